@@ -1,0 +1,123 @@
+"""Micro-benchmark: `Bus.emit` / `Bus.emit_many` vs a minimal reference bus, in one run.
+
+    python bench/bench_bus.py [--events 50000] [--rounds 5]
+
+Both buses run the same no-op async handlers on the same loop. evbridge also
+routes every event and publishes it to the ``memory`` sink, and records
+handler outcomes, durations and metrics; the reference does nothing but await
+each handler inside try/except. Prints a JSON line per configuration with the
+median events/s over ``--rounds`` and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from bridge import Bus, Context, Event, parse_config
+from bridge.handlers import HandlerRegistry
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None  # type: ignore[assignment]
+
+
+class ReferenceBus:
+    """The 15-line baseline: await each handler for the type inside try/except."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, list[Callable[[Event, object], Awaitable[None]]]] = {}
+
+    def subscribe(self, type_: str, fn: Callable[[Event, object], Awaitable[None]]) -> None:
+        self.handlers.setdefault(type_, []).append(fn)
+
+    async def emit(self, event: Event) -> None:
+        for handler in self.handlers.get(event.type, ()):
+            try:
+                await handler(event, None)
+            except Exception as exc:  # noqa: BLE001 - the reference only logs
+                print("handler failed:", exc, file=sys.stderr)
+
+
+async def noop(event: Event, ctx: Context | object) -> None:
+    return None
+
+
+def make_bus(n_handlers: int) -> Bus:
+    config = parse_config(
+        {
+            "sinks": [{"name": "mem", "type": "memory", "max_events": 1000}],
+            "routes": [{"match": "*", "sink": "mem"}],
+            "handlers": {"entry_points": False},
+        },
+        env={},
+    )
+    bus = Bus(config, registry=HandlerRegistry())
+    for i in range(n_handlers):
+        bus.subscribe("bench.event", noop, name=f"noop{i}")
+    return bus
+
+
+async def rate(fn: Callable[[], Awaitable[None]], n: int) -> float:
+    start = time.perf_counter()
+    await fn()
+    return n / (time.perf_counter() - start)
+
+
+async def run(n_events: int, rounds: int) -> list[dict[str, object]]:
+    events = [Event(type="bench.event", data={"i": i}, source="bench") for i in range(n_events)]
+    rows: list[dict[str, object]] = []
+    for n_handlers in (0, 1, 3):
+        ref = ReferenceBus()
+        for _ in range(n_handlers):
+            ref.subscribe("bench.event", noop)
+        async with make_bus(n_handlers) as bus:
+
+            async def ref_loop(ref: ReferenceBus = ref) -> None:
+                for e in events:
+                    await ref.emit(e)
+
+            async def bus_loop(bus: Bus = bus) -> None:
+                for e in events:
+                    await bus.emit(e)
+
+            async def bus_many(bus: Bus = bus) -> None:
+                await bus.emit_many(events)
+
+            samples: dict[str, list[float]] = {"reference": [], "emit": [], "emit_many": []}
+            for _ in range(rounds):
+                # Interleaved so that machine noise hits all three alike.
+                samples["reference"].append(await rate(ref_loop, n_events))
+                samples["emit"].append(await rate(bus_loop, n_events))
+                samples["emit_many"].append(await rate(bus_many, n_events))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows.append(
+            {
+                "handlers": n_handlers,
+                "reference_eps": round(med["reference"]),
+                "emit_eps": round(med["emit"]),
+                "emit_many_eps": round(med["emit_many"]),
+                "emit_vs_reference": round(med["emit"] / med["reference"], 3),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    runner = uvloop.run if uvloop is not None else asyncio.run
+    for row in runner(run(args.events, args.rounds)):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

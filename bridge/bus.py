@@ -1,0 +1,330 @@
+"""The event bus: handlers, routing and delivery, usable in-process with no server.
+
+```python
+async with Bus(config) as bus:
+    result = await bus.emit(Event(type="invite.accepted", data={...}))
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+
+from bridge.config import Config, load_config
+from bridge.delivery import Outcome, Publisher
+from bridge.errors import BridgeError, SinkError
+from bridge.event import Event
+from bridge.handlers import (
+    Context,
+    Handler,
+    HandlerRegistry,
+    import_modules,
+    registry as default_registry,
+)
+from bridge.metrics import METRICS
+from bridge.pipeline import Slot, Watchdog, run_handlers
+from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
+from bridge.routing import Router
+from bridge.sinks.base import Health, Outgoing, Sink, get_sink_type
+
+log = logging.getLogger("bridge.bus")
+
+_HEALTH_TIMEOUT_S = 5.0
+_UNHANDLED = METRICS.events_unhandled.child()
+
+
+def _error_info(exc: BridgeError) -> ErrorInfo:
+    return ErrorInfo(exc.code, exc.message, exc.field, exc.retriable)
+
+
+class _Handled:
+    """An event after its handlers ran: what they did and what they emitted."""
+
+    __slots__ = ("event", "follow_ups", "outcomes")
+
+    def __init__(self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]) -> None:
+        self.event = event
+        self.outcomes = outcomes
+        self.follow_ups = follow_ups
+
+
+class Bus:
+    """Runs handlers for events and publishes notification events to sinks.
+
+    ``Bus()`` uses the embedded default config (one ``file`` sink, route
+    ``"*"``). Handlers registered with ``@on`` are seen by every bus; the
+    modules named in ``handlers.modules`` (and the ``evbridge.handlers``
+    entry-point group) are imported when the bus is built. `subscribe`
+    adds handlers to this bus only.
+
+    Events whose ``source`` is unset get the config's ``source``, filled in on
+    the event object itself before any handler sees it.
+    """
+
+    def __init__(self, config: Config | None = None, *, registry: HandlerRegistry | None = None) -> None:
+        self.config = config if config is not None else load_config(env={})
+        handlers = self.config.handlers
+        import_modules(handlers.modules, entry_point_group="evbridge.handlers" if handlers.entry_points else None)
+        self.registry = HandlerRegistry(parent=registry or default_registry)
+        self.router = Router(self.config.routes)
+        self.sinks: dict[str, Sink] = {}
+        self._publishers: dict[str, Publisher] = {}
+        for sink_config in self.config.sinks:
+            sink_type = get_sink_type(sink_config.type)
+            sink = sink_type.factory(sink_config)
+            self.sinks[sink_config.name] = sink
+            self._publishers[sink_config.name] = Publisher(sink, coalesce=sink_type.coalesce)
+        self._source = self.config.source
+        self._timeout = handlers.timeout_s
+        self._concurrency = handlers.concurrency
+        self._watchdog = Watchdog()
+        self._started = False
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every sink (concurrently). A sink that fails to start stops the others."""
+        if self._started:
+            return
+        results = await asyncio.gather(*(s.start() for s in self.sinks.values()), return_exceptions=True)
+        failed = [(name, r) for name, r in zip(self.sinks, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
+            name, exc = failed[0]
+            if isinstance(exc, BridgeError):
+                raise exc
+            raise BridgeError(f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start") from exc
+        self._started = True
+
+    async def stop(self) -> None:
+        """Wait for publishes in flight, then stop every sink."""
+        if not self._started:
+            return
+        self._started = False
+        await asyncio.gather(*(p.wait_idle() for p in self._publishers.values()), return_exceptions=True)
+        results = await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
+        for name, result in zip(self.sinks, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("sink %s did not stop cleanly: %s", name, result)
+        self._watchdog.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def health(self) -> dict[str, Health]:
+        """Every sink's health check, run concurrently, each bounded in time."""
+
+        async def check(sink: Sink) -> Health:
+            try:
+                return await asyncio.wait_for(sink.healthcheck(), _HEALTH_TIMEOUT_S)
+            except TimeoutError:
+                return Health(ok=False, detail=f"health check timed out after {_HEALTH_TIMEOUT_S:g}s")
+            except Exception as exc:
+                return Health(ok=False, detail=f"{type(exc).__name__}: {exc}")
+
+        results = await asyncio.gather(*(check(s) for s in self.sinks.values()))
+        return dict(zip(self.sinks, results, strict=True))
+
+    # --- handlers -----------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        fn: Callable[..., Any],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        data: type[Any] | None = None,
+        name: str | None = None,
+        inline: bool = False,
+    ) -> Handler:
+        """Add a handler to this bus at runtime (same options as ``@on``)."""
+        return self.registry.add(
+            Handler(fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline)
+        )
+
+    def unsubscribe(self, pattern: str, fn: Callable[..., Any]) -> None:
+        """Remove a handler added with `subscribe`; a no-op if it never was."""
+        self.registry.remove(pattern, fn)
+
+    # --- emitting -----------------------------------------------------------
+
+    def _prepare(self, event: Event) -> Event:
+        if not isinstance(event, Event):
+            raise TypeError(f"emit() takes an Event, got {type(event).__name__}")
+        if event.source is None:
+            msgspec.structs.force_setattr(event, "source", self._source)
+        return event
+
+    async def emit(self, event: Event) -> EmitResult:
+        """Run the handlers for ``event``, then publish it if it is a notification.
+
+        Returns its `EmitResult` (with the results of its follow-ups). Failures
+        of handlers and sinks are in the result; only misuse raises.
+        """
+        event = self._prepare(event)
+        task = asyncio.current_task()
+        assert task is not None, "emit() must run in a task"
+        slot = Slot(task)
+        self._watchdog.enter(slot)
+        try:
+            handled = await self._handle(event, 0, slot)
+        finally:
+            self._watchdog.leave(slot)
+        if event.kind == "domain":
+            result = EmitResult(event.id, event.type, "handled", handled.outcomes)
+        else:
+            result = self._result(handled, await self._publish_one(event))
+        if handled.follow_ups:
+            follow = await self._emit_batch(handled.follow_ups, 1)
+            result = msgspec.structs.replace(result, follow_ups=follow)
+        return result
+
+    async def emit_many(self, events: Iterable[Event], *, concurrency: int | None = None) -> list[EmitResult]:
+        """Emit a batch; results come back in input order.
+
+        Up to ``concurrency`` (default ``handlers.concurrency``) events have
+        their handlers running at once; each event's handlers stay sequential.
+        Notification events are then published in input order, one
+        ``publish_many`` per sink, so events with the same key keep their order.
+        """
+        return await self._emit_batch(list(events), 0, concurrency)
+
+    async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
+        handlers = self.registry.match(event.type)
+        if not handlers:
+            _UNHANDLED.inc()
+            return _Handled(event, [], [])
+        ctx = Context(self, event, depth)
+        outcomes = await run_handlers(handlers, event, ctx, slot, self._timeout)
+        return _Handled(event, outcomes, ctx.follow_ups)
+
+    async def _handle_all(self, events: Sequence[Event], depth: int, concurrency: int) -> list[_Handled]:
+        handled: list[_Handled | None] = [None] * len(events)
+        indexes = iter(range(len(events)))
+
+        async def worker() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            slot = Slot(task)
+            self._watchdog.enter(slot)
+            try:
+                for i in indexes:
+                    handled[i] = await self._handle(self._prepare(events[i]), depth, slot)
+            finally:
+                self._watchdog.leave(slot)
+
+        workers = min(concurrency, len(events))
+        if workers <= 1:
+            await worker()
+        else:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        return handled  # type: ignore[return-value]  # every slot is filled
+
+    async def _emit_batch(
+        self, events: Sequence[Event], depth: int, concurrency: int | None = None
+    ) -> list[EmitResult]:
+        if not events:
+            return []
+        handled = await self._handle_all(events, depth, concurrency or self._concurrency)
+        outcomes: list[Outcome | BridgeError | None] = [None] * len(handled)
+        by_sink: dict[str, list[tuple[int, Outgoing]]] = {}
+        for i, item in enumerate(handled):
+            if item.event.kind == "domain":
+                continue
+            try:
+                sink, outgoing = self.router.resolve(item.event)
+            except BridgeError as exc:
+                outcomes[i] = exc
+                continue
+            by_sink.setdefault(sink, []).append((i, outgoing))
+        if by_sink:
+            self._require_started()
+
+            async def publish(sink: str, items: list[tuple[int, Outgoing]]) -> None:
+                results = await self._publishers[sink].publish_many([o for _, o in items])
+                for (i, _), result in zip(items, results, strict=True):
+                    outcomes[i] = result
+
+            await asyncio.gather(*(publish(s, items) for s, items in by_sink.items()))
+        results = [
+            EmitResult(h.event.id, h.event.type, "handled", h.outcomes)
+            if h.event.kind == "domain"
+            else self._result(h, outcome)
+            for h, outcome in zip(handled, outcomes, strict=True)
+        ]
+        parents = [i for i, h in enumerate(handled) for _ in h.follow_ups]
+        if parents:
+            children = await self._emit_batch(
+                [e for h in handled for e in h.follow_ups], depth + 1, concurrency
+            )
+            grouped: dict[int, list[EmitResult]] = {}
+            for parent, child in zip(parents, children, strict=True):
+                grouped.setdefault(parent, []).append(child)
+            for parent, follow in grouped.items():
+                results[parent] = msgspec.structs.replace(results[parent], follow_ups=follow)
+        return results
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise BridgeError(
+                "the bus is not started: use `async with bus:` (or `await bus.start()`) before "
+                "emitting notification events",
+                code="not_started",
+            )
+
+    async def _publish_one(self, event: Event) -> Outcome | BridgeError:
+        try:
+            sink, outgoing = self.router.resolve(event)
+        except BridgeError as exc:
+            return exc
+        self._require_started()
+        return await self._publishers[sink].publish(outgoing)
+
+    def _result(self, handled: _Handled, outcome: Outcome | BridgeError | None) -> EmitResult:
+        event = handled.event
+        if isinstance(outcome, Delivery):
+            return EmitResult(event.id, event.type, "published", handled.outcomes, [outcome])
+        assert isinstance(outcome, BridgeError)
+        if not isinstance(outcome, SinkError):
+            # Sink failures are logged and counted per batch by the Publisher.
+            stage = "route"
+            METRICS.error(stage, outcome.code)
+            log.warning("event %s %s rejected: %s (%s)", event.type, event.id, outcome.message, outcome.code)
+        METRICS.events_rejected.labels(outcome.code).inc()
+        return EmitResult(event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome))
+
+    # --- introspection ------------------------------------------------------
+
+    def handlers(self) -> list[Handler]:
+        """Every handler this bus runs, in run order."""
+        return self.registry.all()
+
+    def describe(self) -> Mapping[str, Any]:
+        """Routes and handlers, for ``/v1/info``."""
+        return {
+            "routes": [
+                {"name": r.name, "match": r.match, "sink": r.sink, "key": r.key, **msgspec.to_builtins(r.options)}
+                for r in self.router.routes
+            ],
+            "handlers": [
+                {"name": h.name, "pattern": h.pattern, "priority": h.priority, "timeout_s": h.timeout or self._timeout}
+                for h in self.handlers()
+            ],
+        }

@@ -1,0 +1,314 @@
+"""Typed, frozen configuration: one YAML file plus ``EVBRIDGE_*`` environment overrides.
+
+Validated once, at load. Unknown keys are rejected; every error names the
+dotted key path and the bad value. With no file at all, the embedded default
+(`bridge/default.yaml`) applies: one ``file`` sink and a ``"*"`` route to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from bridge.errors import ConfigError
+from bridge.sinks.base import RouteOptions, SinkConfig, get_sink_type
+from bridge.templates import Template
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ListenConfig(_Section, frozen=True, kw_only=True):
+    """API listeners; either may be null (off). ``unix_mode`` is octal text."""
+
+    tcp: str | None = "127.0.0.1:8787"
+    unix: str | None = "./evbridge.sock"
+    unix_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    unix_group: str | None = None
+
+
+class MetricsConfig(_Section, frozen=True, kw_only=True):
+    """The separate listener for /metrics, /healthz and /readyz (null: off)."""
+
+    tcp: str | None = "127.0.0.1:9464"
+
+
+class AuthConfig(_Section, frozen=True, kw_only=True):
+    """``token`` (or env ``EVBRIDGE_TOKEN``): a bearer token every API request must carry."""
+
+    token: str | None = None
+
+
+class LimitsConfig(_Section, frozen=True, kw_only=True):
+    """Bounds on what one client can make the bridge hold."""
+
+    max_body_bytes: PositiveInt = 1024 * 1024
+    max_batch: PositiveInt = 10_000
+    max_inflight: PositiveInt = 10_000
+    max_connections: PositiveInt = 1024
+    max_subscribers: PositiveInt = 64
+
+
+class ShutdownConfig(_Section, frozen=True, kw_only=True):
+    """``grace_s``: how long in-flight work may take to finish after SIGTERM."""
+
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+
+class HandlersConfig(_Section, frozen=True, kw_only=True):
+    """Handler modules to import, default timeout, follow-up depth limit, and how
+    many events of one batch may be processed concurrently."""
+
+    modules: tuple[str, ...] = ()
+    timeout_s: PositiveFloat = 5.0
+    max_depth: PositiveInt = 8
+    concurrency: PositiveInt = 64
+    entry_points: bool = True
+
+
+class LoggingConfig(_Section, frozen=True, kw_only=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One routing rule: events whose type matches ``match`` go to ``sink``.
+
+    ``key`` is a template for the partition / routing key (default: the
+    event's own ``key``). ``options`` holds the sink-specific fields.
+    """
+
+    name: str
+    match: str
+    sink: str
+    options: RouteOptions
+    key: str | None = None
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole configuration. Build it with `load_config` or `parse_config`."""
+
+    source: str = ""
+    handlers: HandlersConfig = HandlersConfig()
+    sinks: tuple[SinkConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    listen: ListenConfig = ListenConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def sink(self, name: str) -> SinkConfig:
+        """The sink config called ``name``."""
+        for sink in self.sinks:
+            if sink.name == name:
+                return sink
+        raise KeyError(name)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "handlers": HandlersConfig,
+    "listen": ListenConfig,
+    "metrics": MetricsConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "shutdown": ShutdownConfig,
+    "logging": LoggingConfig,
+}
+_ROUTE_KEYS = frozenset({"name", "match", "sink", "key"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_AT = re.compile(r" - at `\$([^`]*)`")
+
+
+def default_source() -> str:
+    """``evbridge://<hostname>``: the ``source`` of events that do not set one."""
+    return f"evbridge://{socket.gethostname()}"
+
+
+def _lookup(raw: object, path: str) -> object:
+    """The raw value at a msgspec path like ``.handlers.timeout_s`` or ``[2].x``."""
+    value = raw
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        key, index = part
+        try:
+            value = value[int(index)] if index else value[key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _convert(raw: object, kind: type[Any], prefix: str) -> Any:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _AT.search(message)
+        sub = match.group(1) if match else ""
+        problem = _AT.sub("", message)
+        unknown = re.search(r"unknown field `([^`]*)`", problem)
+        if unknown:
+            sub = f"{sub}.{unknown.group(1)}"
+            where = f"{prefix}{sub}".lstrip(".")
+            raise ConfigError(f"{where}: unknown key", field=where) from None
+        where = f"{prefix}{sub}".lstrip(".") or prefix.lstrip(".") or "(top level)"
+        bad = _lookup(raw, sub)
+        raise ConfigError(f"{where}: {problem} (got {bad!r})", field=where) from None
+
+
+def _check_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigError(
+            f"{where}: must be a name of letters, digits, '.', '_' or '-' (got {value!r})",
+            field=where,
+        )
+    return value
+
+
+def _parse_sink(raw: object, where: str) -> SinkConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
+    _check_name(raw.get("name"), f"{where}.name")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}.type: is required (got {kind!r})", field=f"{where}.type")
+    sink_type = get_sink_type(kind, where=f"{where}.type")
+    parsed: SinkConfig = _convert(dict(raw), sink_type.config, f".{where}")
+    return parsed
+
+
+def _parse_route(raw: object, where: str, sinks: Mapping[str, SinkConfig], index: int) -> RouteConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
+    common = {k: v for k, v in raw.items() if k in _ROUTE_KEYS}
+    rest = {k: v for k, v in raw.items() if k not in _ROUTE_KEYS}
+    for required in ("match", "sink"):
+        value = common.get(required)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"{where}.{required}: is required and must be a non-empty string (got {value!r})",
+                field=f"{where}.{required}",
+            )
+    name = common.get("name", f"route{index}")
+    _check_name(name, f"{where}.name")
+    sink_name = common["sink"]
+    sink = sinks.get(sink_name)
+    if sink is None:
+        raise ConfigError(
+            f"{where}.sink: no sink named {sink_name!r} (sinks: {', '.join(sinks) or 'none'})",
+            field=f"{where}.sink",
+        )
+    sink_type = get_sink_type(sink.type)
+    options: RouteOptions = _convert(rest, sink_type.route, f".{where}")
+    key = common.get("key")
+    if key is not None:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}.key: must be a template string (got {key!r})", field=f"{where}.key")
+        Template(key, where=f"{where}.key")
+    for field in msgspec.structs.fields(options):
+        value = getattr(options, field.name)
+        if isinstance(value, str):
+            Template(value, where=f"{where}.{field.encode_name}")
+    return RouteConfig(name=name, match=common["match"], sink=sink_name, options=options, key=key)
+
+
+def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``."""
+    if env.get("EVBRIDGE_TOKEN"):
+        raw.setdefault("auth", {})
+        if not isinstance(raw["auth"], dict):
+            raise ConfigError("auth: must be a mapping", field="auth")
+        raw["auth"]["token"] = env["EVBRIDGE_TOKEN"]
+    if env.get("EVBRIDGE_SOURCE"):
+        raw["source"] = env["EVBRIDGE_SOURCE"]
+    for var, text in env.items():
+        if not var.startswith("EVBRIDGE_"):
+            continue
+        section, _, key = var[len("EVBRIDGE_") :].lower().partition("_")
+        if section not in _SECTIONS or not key:
+            continue
+        if key not in _SECTIONS[section].__struct_fields__:
+            raise ConfigError(f"{var}: {section} has no key {key!r}", field=var)
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: must be a mapping", field=section)
+        try:
+            target[key] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            target[key] = text
+
+
+def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a decoded config mapping (plus env overrides) into a `Config`."""
+    data: dict[str, Any] = dict(raw or {})
+    _env_overrides(data, os.environ if env is None else env)
+    raw_sinks = data.pop("sinks", None) or []
+    raw_routes = data.pop("routes", None) or []
+    if not isinstance(raw_sinks, list):
+        raise ConfigError(f"sinks: must be a list (got {raw_sinks!r})", field="sinks")
+    if not isinstance(raw_routes, list):
+        raise ConfigError(f"routes: must be a list (got {raw_routes!r})", field="routes")
+    config: Config = _convert(data, Config, "")
+    sinks: dict[str, SinkConfig] = {}
+    for i, raw_sink in enumerate(raw_sinks):
+        sink = _parse_sink(raw_sink, f"sinks[{i}]")
+        if sink.name in sinks:
+            raise ConfigError(
+                f"sinks[{i}].name: {sink.name!r} is used twice", field=f"sinks[{i}].name"
+            )
+        sinks[sink.name] = sink
+    routes = tuple(_parse_route(r, f"routes[{i}]", sinks, i) for i, r in enumerate(raw_routes))
+    seen: set[str] = set()
+    for i, route in enumerate(routes):
+        if route.name in seen:
+            raise ConfigError(f"routes[{i}].name: {route.name!r} is used twice", field=f"routes[{i}].name")
+        seen.add(route.name)
+    return msgspec.structs.replace(
+        config,
+        source=config.source or default_source(),
+        sinks=tuple(sinks.values()),
+        routes=routes,
+    )
+
+
+def load_yaml(text: str, where: str) -> dict[str, Any]:
+    """Parse YAML text that must hold a mapping at the top."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping (got {type(raw).__name__})")
+    return raw
+
+
+def default_config_text() -> str:
+    """The embedded default config (what runs with no config file)."""
+    return resources.files("bridge").joinpath("default.yaml").read_text()
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or ``$EVBRIDGE_CONFIG``, or the embedded default) into a `Config`."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    if chosen is None:
+        return parse_config(load_yaml(default_config_text(), "default config"), env)
+    try:
+        text = Path(chosen).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc.strerror}") from None
+    return parse_config(load_yaml(text, str(chosen)), env)

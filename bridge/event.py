@@ -1,0 +1,272 @@
+"""The event envelope and its codecs.
+
+`Event` is CloudEvents 1.0 compatible: the CloudEvents context attributes plus
+the bridge attributes ``kind``, ``key``, ``headers``, ``correlation_id`` and
+``ttl_ms``. It is immutable; validation runs once, when it is built or decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import msgspec
+
+from bridge.errors import InvalidEvent
+
+Kind = Literal["notification", "domain"]
+KINDS: Final = ("notification", "domain")
+
+MAX_TYPE_LEN: Final = 256
+MAX_ATTR_LEN: Final = 1024
+MAX_HEADER_NAME_LEN: Final = 256
+MAX_HEADER_VALUE_LEN: Final = 8192
+# Header names travel to Kafka headers and AMQP tables: keep them to a token
+# charset so no broker client or downstream HTTP gateway chokes on them.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+
+
+def new_id() -> str:
+    """A fresh event id (UUID4 text)."""
+    return str(uuid.uuid4())
+
+
+def now_rfc3339() -> str:
+    """Current time as RFC 3339 UTC with microseconds and a ``Z`` suffix."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_text(value: object, field: str, max_len: int, *, required: bool) -> None:
+    if value is None:
+        if required:
+            raise InvalidEvent(f"{field} is required", field=field)
+        return
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field} must be a string, got {type(value).__name__}", field=field)
+    if not value:
+        raise InvalidEvent(f"{field} must not be empty", field=field)
+    if len(value) > max_len:
+        raise InvalidEvent(f"{field} is {len(value)} characters, the limit is {max_len}", field=field)
+    if not value.isprintable():
+        raise InvalidEvent(f"{field} contains control characters", field=field)
+
+
+class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One event: CloudEvents context attributes, ``data`` and bridge attributes.
+
+    ``kind="notification"`` (default) runs the handlers and then publishes the
+    event through the router; ``kind="domain"`` runs the handlers only.
+    Construction validates every field and raises `InvalidEvent` naming it.
+    """
+
+    type: str
+    data: Any = None
+    id: str = msgspec.field(default_factory=new_id)
+    source: str | None = None
+    specversion: str = "1.0"
+    time: str = msgspec.field(default_factory=now_rfc3339)
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    kind: Kind = "notification"
+    key: str | None = None
+    headers: dict[str, str] = {}
+    correlation_id: str | None = None
+    ttl_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.type, "type", MAX_TYPE_LEN, required=True)
+        _check_text(self.id, "id", MAX_ATTR_LEN, required=True)
+        _check_text(self.source, "source", MAX_ATTR_LEN, required=False)
+        _check_text(self.subject, "subject", MAX_ATTR_LEN, required=False)
+        _check_text(self.key, "key", MAX_ATTR_LEN, required=False)
+        _check_text(self.correlation_id, "correlation_id", MAX_ATTR_LEN, required=False)
+        _check_text(self.datacontenttype, "datacontenttype", MAX_ATTR_LEN, required=True)
+        if self.specversion != "1.0":
+            raise InvalidEvent(
+                f"specversion must be '1.0', got {self.specversion!r}", field="specversion"
+            )
+        if self.kind not in KINDS:
+            raise InvalidEvent(
+                f"kind must be 'notification' or 'domain', got {self.kind!r}", field="kind"
+            )
+        _check_time(self.time)
+        if self.ttl_ms is not None and (
+            isinstance(self.ttl_ms, bool) or not isinstance(self.ttl_ms, int) or self.ttl_ms <= 0
+        ):
+            raise InvalidEvent(f"ttl_ms must be a positive integer, got {self.ttl_ms!r}", field="ttl_ms")
+        if self.headers:
+            _check_headers(self.headers)
+
+
+def _check_time(value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"time must be an RFC 3339 string, got {value!r}", field="time")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"time is not RFC 3339: {value!r}", field="time") from None
+    if parsed.tzinfo is None or "T" not in value.upper():
+        raise InvalidEvent(f"time must have a date, a time and an offset: {value!r}", field="time")
+
+
+def _check_headers(headers: object) -> None:
+    if not isinstance(headers, dict):
+        raise InvalidEvent("headers must be an object of strings", field="headers")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise InvalidEvent(
+                f"header name {name!r} must match [A-Za-z0-9][A-Za-z0-9._:-]*", field="headers"
+            )
+        if len(name) > MAX_HEADER_NAME_LEN:
+            raise InvalidEvent(f"header name {name[:40]!r}... is too long", field=f"headers.{name}")
+        if not isinstance(value, str):
+            raise InvalidEvent(f"header {name!r} must be a string", field=f"headers.{name}")
+        if len(value) > MAX_HEADER_VALUE_LEN or not value.isprintable():
+            raise InvalidEvent(
+                f"header {name!r} is too long or contains control characters",
+                field=f"headers.{name}",
+            )
+
+
+# --- codecs -----------------------------------------------------------------
+
+_json_decoder: Final = msgspec.json.Decoder(Event)
+_msgpack_decoder: Final = msgspec.msgpack.Decoder(Event)
+_json_encoder: Final = msgspec.json.Encoder()
+
+_AT_PATH = re.compile(r" - at `\$(?:\[\d+\])?\.?([^`]*)`")
+
+
+def field_of(error: msgspec.ValidationError) -> str | None:
+    """The dotted field a msgspec validation message points at (``$.a.b`` → ``a.b``)."""
+    match = _AT_PATH.search(str(error))
+    return match.group(1) or None if match else None
+
+
+def _invalid(error: msgspec.ValidationError) -> InvalidEvent:
+    message = str(error)
+    field = field_of(error)
+    if field is None and "unknown field" in message:
+        found = re.search(r"unknown field `([^`]*)`", message)
+        field = found.group(1) if found else None
+    return InvalidEvent(_AT_PATH.sub("", message), field=field)
+
+
+def decode_json(body: bytes | str) -> Event:
+    """Decode the plain JSON shape of one event.
+
+    Raises `InvalidEvent` (``code='invalid_json'`` for malformed JSON).
+    """
+    try:
+        return _json_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}", code="invalid_json") from None
+
+
+def decode_msgpack(body: bytes) -> Event:
+    """Decode the msgpack form of the plain JSON shape."""
+    try:
+        return _msgpack_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed msgpack: {exc}", code="invalid_msgpack") from None
+
+
+def convert(obj: object) -> Event:
+    """Build an event from an already-decoded mapping of the plain JSON shape."""
+    try:
+        return msgspec.convert(obj, Event)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def data_bytes(event: Event) -> bytes:
+    """The event's ``data`` as bytes: raw bytes as-is, anything else JSON-encoded."""
+    data = event.data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str) and not event.datacontenttype.endswith("json"):
+        return data.encode()
+    return _json_encoder.encode(data)
+
+
+# CloudEvents structured mode (JSON event format). The bridge attributes travel
+# as extension attributes, whose names the spec limits to lowercase a-z0-9.
+_CE_EXTENSIONS: Final = {"kind": "kind", "key": "partitionkey", "correlation_id": "correlationid"}
+
+
+def to_structured(event: Event) -> dict[str, Any]:
+    """The event as a CloudEvents JSON-format object (``data_base64`` for bytes)."""
+    out: dict[str, Any] = {
+        "specversion": event.specversion,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "time": event.time,
+        "datacontenttype": event.datacontenttype,
+    }
+    if event.subject is not None:
+        out["subject"] = event.subject
+    for attr, ext in _CE_EXTENSIONS.items():
+        value = getattr(event, attr)
+        if value is not None:
+            out[ext] = value
+    if event.ttl_ms is not None:
+        out["ttl"] = event.ttl_ms
+    if isinstance(event.data, bytes | bytearray | memoryview):
+        out["data_base64"] = base64.b64encode(bytes(event.data)).decode()
+    elif event.data is not None:
+        out["data"] = event.data
+    return out
+
+
+_CE_REQUIRED: Final = ("id", "source", "type", "specversion")
+_CE_CONTEXT: Final = {"id", "source", "type", "specversion", "time", "subject", "datacontenttype"}
+
+
+def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Event:
+    """Build an event from a decoded CloudEvents JSON-format object.
+
+    Unknown extension attributes are kept as string headers, so nothing the
+    producer sent is lost on the way to the broker.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent("a CloudEvent must be a JSON object", field=None)
+    for name in _CE_REQUIRED:
+        if name not in obj:
+            raise InvalidEvent(f"CloudEvents attribute {name!r} is required", field=name)
+    fields: dict[str, Any] = {k: v for k, v in obj.items() if k in _CE_CONTEXT}
+    extra_headers: dict[str, str] = dict(headers or {})
+    for name, value in obj.items():
+        if name in _CE_CONTEXT or name in ("data", "data_base64"):
+            continue
+        if name == "kind":
+            fields["kind"] = value
+        elif name == "partitionkey":
+            fields["key"] = value
+        elif name == "correlationid":
+            fields["correlation_id"] = value
+        elif name == "ttl":
+            fields["ttl_ms"] = value
+        elif isinstance(value, str | int | float | bool):
+            extra_headers[name] = value if isinstance(value, str) else _json_encoder.encode(value).decode()
+        else:
+            raise InvalidEvent(f"extension attribute {name!r} must be a scalar", field=name)
+    if "data_base64" in obj:
+        if "data" in obj:
+            raise InvalidEvent("data and data_base64 are mutually exclusive", field="data_base64")
+        try:
+            fields["data"] = base64.b64decode(obj["data_base64"], validate=True)
+        except (ValueError, TypeError):
+            raise InvalidEvent("data_base64 is not valid base64", field="data_base64") from None
+    elif "data" in obj:
+        fields["data"] = obj["data"]
+    if extra_headers:
+        fields["headers"] = extra_headers
+    return convert(fields)

@@ -1,0 +1,173 @@
+"""Every Prometheus collector evbridge exports, in one place (prefix ``evbridge_``).
+
+Per-handler statistics sit on the hot path (several per event), so they are
+plain integers and bucket counts updated without locks on the event loop and
+turned into Prometheus families only when scraped. Everything else uses
+prometheus-client's collectors directly. No label carries an unbounded value:
+handler names come from code, sink and route names from config.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class CounterChild:
+    """One labelled series of a `FastCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class HistogramChild:
+    """One labelled series of a `FastHistogram`."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class FastCounter:
+    """A labelled counter for the event loop's hot path: no locks, read at scrape."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.children: dict[tuple[str, ...], CounterChild] = {}
+
+    def child(self, *labels: str) -> CounterChild:
+        found = self.children.get(labels)
+        if found is None:
+            found = self.children[labels] = CounterChild()
+        return found
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, child in list(self.children.items()):
+            family.add_metric(list(labels), child.value)
+        return family
+
+
+class FastHistogram:
+    """A labelled histogram for the event loop's hot path: no locks, read at scrape."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.children: dict[tuple[str, ...], HistogramChild] = {}
+
+    def child(self, *labels: str) -> HistogramChild:
+        found = self.children.get(labels)
+        if found is None:
+            found = self.children[labels] = HistogramChild(self.bounds)
+        return found
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        edges = [*("+Inf" if b == float("inf") else repr(b) for b in self.bounds), "+Inf"]
+        for labels, child in list(self.children.items()):
+            cumulative, acc = [], 0
+            for edge, count in zip(edges, child.buckets, strict=True):
+                acc += count
+                cumulative.append((edge, acc))
+            family.add_metric(list(labels), cumulative, child.sum)
+        return family
+
+
+class _FastCollector(Collector):
+    def __init__(self, metrics: list[FastCounter | FastHistogram]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.metrics:
+            yield metric.family()
+
+
+class Metrics:
+    """The collectors, registered in `registry` (not the global default one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.handler_runs = FastCounter(
+            "evbridge_handler_runs", "Handler runs by outcome.", ("handler", "outcome")
+        )
+        self.handler_duration = FastHistogram(
+            "evbridge_handler_duration_seconds", "Handler run time.", ("handler",), BUCKETS
+        )
+        self.published = FastCounter(
+            "evbridge_published", "Events published, by sink and outcome.", ("sink", "outcome")
+        )
+        self.publish_duration = FastHistogram(
+            "evbridge_publish_duration_seconds", "Time for one publish call (a batch) to a sink.",
+            ("sink",), BUCKETS,
+        )
+        self.publish_batch_size = FastHistogram(
+            "evbridge_publish_batch_size", "Events per publish call to a sink.", ("sink",),
+            (1, 2, 5, 10, 50, 100, 500, 1000, 5000),
+        )
+        self.events_unhandled = FastCounter(
+            "evbridge_events_unhandled", "Events no handler matched (not an error).", ()
+        )
+        r.register(
+            _FastCollector(
+                [
+                    self.handler_runs,
+                    self.handler_duration,
+                    self.published,
+                    self.publish_duration,
+                    self.publish_batch_size,
+                    self.events_unhandled,
+                ]
+            )
+        )
+        self.events_received = Counter(
+            "evbridge_events_received", "Events received, by transport.", ["transport"], registry=r
+        )
+        self.events_rejected = Counter(
+            "evbridge_events_rejected", "Events rejected, by reason code.", ["reason"], registry=r
+        )
+        self.request_duration = Histogram(
+            "evbridge_request_duration_seconds", "HTTP request time.", ["transport", "endpoint"],
+            buckets=BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            "evbridge_inflight_events", "Events being processed now.", registry=r
+        )
+        self.errors = Counter(
+            "evbridge_errors", "Errors, by pipeline stage and error type.", ["stage", "error_type"],
+            registry=r,
+        )
+        self.ready = Gauge("evbridge_ready", "1 when /readyz answers 200.", registry=r)
+        self.loop_lag = Gauge(
+            "evbridge_event_loop_lag_seconds", "How late the loop watchdog last ran.", registry=r
+        )
+
+    def error(self, stage: str, error_type: str) -> None:
+        """Count one error. ``stage`` ∈ ingest, handler, route, publish, delivery."""
+        self.errors.labels(stage, error_type).inc()
+
+
+#: The process-wide metrics; the server exposes ``METRICS.registry``.
+METRICS: Final = Metrics()

@@ -1,0 +1,146 @@
+"""Ordered, isolated handler execution for one event.
+
+Guarantees, for each event:
+- its handlers run one after another, never concurrently, in priority order
+  (higher first) and then registration order;
+- a handler that raises, or outlives its timeout, is recorded (outcome
+  ``error`` / ``timeout``), logged once, counted, and the next handler runs;
+- `StopChain` ends the chain, `Skip` records the handler as skipped;
+- ``asyncio.CancelledError`` that does not come from a handler timeout is
+  always re-raised.
+
+Timeouts use one shared watchdog timer instead of one timer per handler run:
+starting a handler only writes its deadline into the worker's slot, and the
+watchdog (ticking every `Watchdog.TICK` seconds while any event is in flight)
+cancels the worker whose handler is past its deadline. A timeout therefore
+fires up to one tick late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from bridge.handlers import Context, Handler, Skip, StopChain, run_sync
+from bridge.metrics import METRICS
+from bridge.results import ERROR, OK, SKIPPED, STOPPED, TIMEOUT, HandlerOutcome
+
+if TYPE_CHECKING:
+    from bridge.event import Event
+
+log = logging.getLogger("bridge.pipeline")
+_INF: Final = float("inf")
+
+
+class Slot:
+    """One worker task's running-handler record, watched for deadlines."""
+
+    __slots__ = ("deadline", "fired", "handler", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.deadline = _INF
+        self.handler: Handler | None = None
+        self.fired = False
+
+
+class Watchdog:
+    """Cancels workers whose running handler is past its deadline."""
+
+    TICK: Final = 0.02
+
+    def __init__(self) -> None:
+        self._slots: set[Slot] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self, slot: Slot) -> None:
+        self._slots.add(slot)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.TICK, self._check)
+
+    def leave(self, slot: Slot) -> None:
+        self._slots.discard(slot)
+
+    def _check(self) -> None:
+        now = perf_counter()
+        for slot in self._slots:
+            if slot.deadline <= now and not slot.fired:
+                slot.fired = True
+                slot.task.cancel()
+        self._timer = (
+            asyncio.get_running_loop().call_later(self.TICK, self._check) if self._slots else None
+        )
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def run_handlers(
+    handlers: tuple[Handler, ...],
+    event: Event,
+    ctx: Context,
+    slot: Slot,
+    default_timeout: float,
+) -> list[HandlerOutcome]:
+    """Run ``handlers`` for ``event`` under the guarantees in this module's docstring."""
+    outcomes: list[HandlerOutcome] = []
+    for handler in handlers:
+        timeout = handler.timeout or default_timeout
+        error: str | None = None
+        start = perf_counter()
+        slot.deadline = start + timeout
+        slot.handler = handler
+        try:
+            ctx.data = event.data if handler.data_type is None else ctx.decode(handler.data_type)
+            if handler.is_async:
+                await handler.fn(event, ctx)  # type: ignore[misc]
+            elif handler.inline:
+                handler.fn(event, ctx)
+            else:
+                await run_sync(handler.fn, event, ctx)
+            outcome = OK
+        except StopChain as exc:
+            outcome, error = STOPPED, str(exc) or None
+        except Skip as exc:
+            outcome, error = SKIPPED, str(exc) or None
+        except asyncio.CancelledError:
+            if not slot.fired or slot.task.uncancel() > 0:
+                raise
+            outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
+        except msgspec.ValidationError as exc:
+            outcome, error = ERROR, f"data does not match {handler.data_type!r}: {exc}"
+            log.warning("handler %s could not decode %s %s: %s", handler.name, event.type, event.id, exc)
+            METRICS.error("handler", "data_decode")
+        except Exception as exc:
+            outcome, error = ERROR, _describe(exc)
+            log.exception("handler %s failed on %s %s", handler.name, event.type, event.id)
+            METRICS.error("handler", type(exc).__name__)
+        finally:
+            slot.deadline = _INF
+            slot.handler = None
+        if slot.fired:
+            slot.fired = False
+            if outcome != TIMEOUT:
+                # The handler swallowed the watchdog's cancellation: still a timeout.
+                slot.task.uncancel()
+                outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
+            log.warning("handler %s timed out on %s %s after %gs", handler.name, event.type, event.id, timeout)
+            METRICS.error("handler", "timeout")
+        duration = perf_counter() - start
+        handler.runs[outcome].inc()
+        handler.durations.observe(duration)
+        outcomes.append(HandlerOutcome(handler.name, outcome, error, duration))
+        if outcome == STOPPED:
+            break
+    return outcomes

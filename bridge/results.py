@@ -1,0 +1,91 @@
+"""What happened to an event: the objects `Bus.emit` returns and the API serializes."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import msgspec
+
+Outcome = Literal["ok", "error", "timeout", "skipped", "stopped"]
+Status = Literal["handled", "published", "spooled", "rejected"]
+
+OK: Final = "ok"
+ERROR: Final = "error"
+TIMEOUT: Final = "timeout"
+SKIPPED: Final = "skipped"
+STOPPED: Final = "stopped"
+OUTCOMES: Final = (OK, ERROR, TIMEOUT, SKIPPED, STOPPED)
+
+
+class HandlerOutcome(msgspec.Struct, frozen=True):
+    """One handler's run for one event.
+
+    ``outcome`` is ``ok``; ``error`` (it raised, ``error`` says what);
+    ``timeout``; ``skipped`` (it raised `Skip`); or ``stopped`` (it raised
+    `StopChain`, so no later handler ran for this event).
+    """
+
+    name: str
+    outcome: Outcome
+    error: str | None
+    duration_s: float
+
+
+class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a broker confirmed an event: topic/partition/offset or exchange/routing key."""
+
+    sink: str
+    destination: str
+    partition: int | None = None
+    offset: int | None = None
+    routing_key: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    """A rejection reason as the API shows it."""
+
+    code: str
+    message: str
+    field: str | None = None
+    retriable: bool = False
+
+
+class EmitResult(msgspec.Struct, frozen=True):
+    """The outcome of one event and of the follow-ups its handlers emitted.
+
+    ``status``: ``handled`` (a domain event: handlers ran), ``published``
+    (every delivery confirmed by its broker), ``spooled`` (fsync'd to the local
+    spool, delivered in the background) or ``rejected`` (``error`` says why;
+    ``error.retriable`` tells whether sending it again may succeed).
+    Handler failures never change the status: they are in ``handlers``.
+    """
+
+    id: str
+    type: str
+    status: Status
+    handlers: list[HandlerOutcome] = []
+    deliveries: list[Delivery] = []
+    follow_ups: list[EmitResult] = []
+    error: ErrorInfo | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        """The JSON shape of the HTTP API (durations in milliseconds)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "status": self.status,
+            "handlers": [
+                {
+                    "name": h.name,
+                    "outcome": h.outcome,
+                    "error": h.error,
+                    "duration_ms": round(h.duration_s * 1000.0, 3),
+                }
+                for h in self.handlers
+            ],
+            "deliveries": [msgspec.to_builtins(d) for d in self.deliveries],
+            "follow_ups": [f.to_api() for f in self.follow_ups],
+        }
+        if self.error is not None:
+            out["error"] = msgspec.to_builtins(self.error)
+        return out

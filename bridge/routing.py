@@ -1,0 +1,104 @@
+"""Routing rules: event type glob → sink, destination and key. First match wins."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import msgspec
+
+from bridge.config import RouteConfig
+from bridge.errors import NoRoute
+from bridge.event import Event
+from bridge.sinks.base import Outgoing, RouteOptions
+from bridge.templates import Template
+
+_CACHE_LIMIT: Final = 4096
+
+
+def compile_glob(pattern: str) -> Callable[[str], bool]:
+    """A matcher for an event-type glob: exact text, or ``*``/``?``/``[...]`` patterns.
+
+    ``*`` matches across dots (``"invite.*"`` matches ``"invite.a.b"``).
+    """
+    if pattern == "*":
+        return lambda _type: True
+    if not any(ch in pattern for ch in "*?["):
+        return pattern.__eq__
+    match = re.compile(fnmatch.translate(pattern)).match
+    return lambda type_: match(type_) is not None
+
+
+class _Rule:
+    __slots__ = ("config", "key", "matches", "options", "templates")
+
+    def __init__(self, config: RouteConfig) -> None:
+        self.config = config
+        self.matches = compile_glob(config.match)
+        self.key = Template(config.key, where=f"route {config.name}.key") if config.key else None
+        self.options = config.options
+        # Only fields that really vary per event are rendered per event.
+        self.templates: dict[str, Template] = {}
+        for field in msgspec.structs.fields(config.options):
+            value = getattr(config.options, field.name)
+            if isinstance(value, str):
+                template = Template(value, where=f"route {config.name}.{field.name}")
+                if not template.is_literal:
+                    self.templates[field.name] = template
+                elif "{{" in value or "}}" in value:
+                    self.templates[field.name] = template
+
+    def resolve(self, event: Event) -> Outgoing:
+        options: RouteOptions = self.options
+        if self.templates:
+            rendered = {name: t.render(event) for name, t in self.templates.items()}
+            options = msgspec.structs.replace(options, **rendered)
+        key = self.key.render(event) if self.key is not None else event.key
+        return Outgoing(event, self.config.name, options, key)
+
+
+class Router:
+    """Resolves notification events to `Outgoing` items by ordered rules.
+
+    The rule chosen for an event type is cached (bounded), so resolving is a
+    dict lookup plus any per-event template rendering.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self._rules = [_Rule(r) for r in routes]
+        self._by_type: dict[str, _Rule | None] = {}
+
+    @property
+    def routes(self) -> list[RouteConfig]:
+        return [rule.config for rule in self._rules]
+
+    def _rule_for(self, type_: str) -> _Rule | None:
+        try:
+            return self._by_type[type_]
+        except KeyError:
+            pass
+        found = next((rule for rule in self._rules if rule.matches(type_)), None)
+        if len(self._by_type) >= _CACHE_LIMIT:
+            self._by_type.clear()
+        self._by_type[type_] = found
+        return found
+
+    def sink_for(self, event: Event) -> str:
+        """The sink name an event routes to; raises `NoRoute`."""
+        rule = self._rule_for(event.type)
+        if rule is None:
+            raise NoRoute(f"no route matches event type {event.type!r}", field="type")
+        return rule.config.sink
+
+    def resolve(self, event: Event) -> tuple[str, Outgoing]:
+        """(sink name, outgoing item) for a notification event.
+
+        Raises `NoRoute` when no rule matches and `TemplateError` when a
+        template names a field the event lacks.
+        """
+        rule = self._rule_for(event.type)
+        if rule is None:
+            raise NoRoute(f"no route matches event type {event.type!r}", field="type")
+        return rule.config.sink, rule.resolve(event)

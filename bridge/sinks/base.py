@@ -1,0 +1,137 @@
+"""The sink protocol and the registry of sink types, keyed by the config's ``type``.
+
+A sink type is a module exposing ``SINK_TYPE = SinkType(...)``. Built-in types
+are imported lazily, so a broker library is imported only when a sink of its
+type is configured. Third-party sinks register through the ``evbridge.sinks``
+entry-point group, or by calling `register_sink_type`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import ClassVar, Protocol, runtime_checkable
+
+import msgspec
+
+from bridge.errors import ConfigError, SinkError
+from bridge.event import Event
+from bridge.results import Delivery
+
+
+class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Fields every sink config has; each sink type subclasses it with its own."""
+
+    name: str
+    type: str
+
+    #: Config fields whose values are secrets: redacted in logs, /v1/info and `check`.
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Sink-specific route fields (``topic``, ``exchange``, ...).
+
+    String fields containing ``{`` are templates, rendered per event by the
+    router before the sink sees them.
+    """
+
+    def destination(self, sink: str) -> str:
+        """A short text naming where events go (topic, exchange, file path)."""
+        return sink
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """One event on its way to a sink, with its route already resolved."""
+
+    event: Event
+    route: str
+    options: RouteOptions
+    key: str | None
+
+
+class Health(msgspec.Struct, frozen=True):
+    """A sink's health check result."""
+
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What every sink implements.
+
+    ``publish_many`` returns one entry per input, in input order: a `Delivery`
+    once the broker confirmed that event, or the `SinkError` for that event
+    alone. It raises only for failures that are not per-event (and then every
+    event of the call counts as failed with that error).
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[Delivery | SinkError]: ...
+
+    async def healthcheck(self) -> Health: ...
+
+    async def stop(self) -> None: ...
+
+
+class SinkType(msgspec.Struct, frozen=True):
+    """A registered sink type: its config and route classes and its factory.
+
+    ``coalesce=True`` asks the delivery layer to gather events that arrive
+    concurrently into one ``publish_many`` call (network and fsync sinks want
+    this; in-memory sinks do not).
+    """
+
+    type: str
+    config: type[SinkConfig]
+    route: type[RouteOptions]
+    factory: Callable[[SinkConfig], Sink]
+    coalesce: bool = True
+
+
+_BUILTIN = {
+    "memory": "bridge.sinks.memory",
+    "file": "bridge.sinks.file",
+    "kafka": "bridge.sinks.kafka",
+    "rabbitmq": "bridge.sinks.rabbitmq",
+}
+_registry: dict[str, SinkType] = {}
+
+
+def register_sink_type(sink_type: SinkType) -> None:
+    """Make a sink type available to configs under ``sink_type.type``."""
+    _registry[sink_type.type] = sink_type
+
+
+def get_sink_type(name: str, *, where: str = "type") -> SinkType:
+    """Look up a sink type, importing its module on first use."""
+    found = _registry.get(name)
+    if found is not None:
+        return found
+    module_name = _BUILTIN.get(name)
+    if module_name is None:
+        for ep in entry_points(group="evbridge.sinks"):
+            if ep.name == name:
+                module_name = ep.value
+                break
+    if module_name is None:
+        known = sorted({*_BUILTIN, *_registry})
+        raise ConfigError(
+            f"{where}: unknown sink type {name!r} (known: {', '.join(known)})", field=where
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: sink type {name!r} needs a library that is not installed ({exc}); "
+            f"install it with: pip install 'evbridge[{name}]'",
+            field=where,
+        ) from None
+    sink_type: SinkType = module.SINK_TYPE
+    register_sink_type(sink_type)
+    return sink_type
