@@ -41,7 +41,7 @@ class ReferenceBus:
         for handler in self.handlers.get(event.type, ()):
             try:
                 await handler(event, None)
-            except Exception as exc:  # noqa: BLE001 - the reference only logs
+            except Exception as exc:
                 print("handler failed:", exc, file=sys.stderr)
 
 

@@ -25,6 +25,8 @@ from bridge.handlers import (
     Handler,
     HandlerRegistry,
     import_modules,
+)
+from bridge.handlers import (
     registry as default_registry,
 )
 from bridge.metrics import METRICS
@@ -48,7 +50,9 @@ class _Handled:
 
     __slots__ = ("event", "follow_ups", "outcomes")
 
-    def __init__(self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]) -> None:
+    def __init__(
+        self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]
+    ) -> None:
         self.event = event
         self.outcomes = outcomes
         self.follow_ups = follow_ups
@@ -67,10 +71,15 @@ class Bus:
     the event object itself before any handler sees it.
     """
 
-    def __init__(self, config: Config | None = None, *, registry: HandlerRegistry | None = None) -> None:
+    def __init__(
+        self, config: Config | None = None, *, registry: HandlerRegistry | None = None
+    ) -> None:
         self.config = config if config is not None else load_config(env={})
         handlers = self.config.handlers
-        import_modules(handlers.modules, entry_point_group="evbridge.handlers" if handlers.entry_points else None)
+        import_modules(
+            handlers.modules,
+            entry_point_group="evbridge.handlers" if handlers.entry_points else None,
+        )
         self.registry = HandlerRegistry(parent=registry or default_registry)
         self.router = Router(self.config.routes)
         self.sinks: dict[str, Sink] = {}
@@ -92,14 +101,22 @@ class Bus:
         """Start every sink (concurrently). A sink that fails to start stops the others."""
         if self._started:
             return
-        results = await asyncio.gather(*(s.start() for s in self.sinks.values()), return_exceptions=True)
-        failed = [(name, r) for name, r in zip(self.sinks, results, strict=True) if isinstance(r, BaseException)]
+        results = await asyncio.gather(
+            *(s.start() for s in self.sinks.values()), return_exceptions=True
+        )
+        failed = [
+            (name, r)
+            for name, r in zip(self.sinks, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
         if failed:
             await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
             name, exc = failed[0]
             if isinstance(exc, BridgeError):
                 raise exc
-            raise BridgeError(f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start") from exc
+            raise BridgeError(
+                f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
+            ) from exc
         self._started = True
 
     async def stop(self) -> None:
@@ -107,8 +124,12 @@ class Bus:
         if not self._started:
             return
         self._started = False
-        await asyncio.gather(*(p.wait_idle() for p in self._publishers.values()), return_exceptions=True)
-        results = await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
+        )
+        results = await asyncio.gather(
+            *(s.stop() for s in self.sinks.values()), return_exceptions=True
+        )
         for name, result in zip(self.sinks, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("sink %s did not stop cleanly: %s", name, result)
@@ -119,7 +140,10 @@ class Bus:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -134,7 +158,9 @@ class Bus:
             try:
                 return await asyncio.wait_for(sink.healthcheck(), _HEALTH_TIMEOUT_S)
             except TimeoutError:
-                return Health(ok=False, detail=f"health check timed out after {_HEALTH_TIMEOUT_S:g}s")
+                return Health(
+                    ok=False, detail=f"health check timed out after {_HEALTH_TIMEOUT_S:g}s"
+                )
             except Exception as exc:
                 return Health(ok=False, detail=f"{type(exc).__name__}: {exc}")
 
@@ -156,7 +182,9 @@ class Bus:
     ) -> Handler:
         """Add a handler to this bus at runtime (same options as ``@on``)."""
         return self.registry.add(
-            Handler(fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline)
+            Handler(
+                fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline
+            )
         )
 
     def unsubscribe(self, pattern: str, fn: Callable[..., Any]) -> None:
@@ -196,7 +224,9 @@ class Bus:
             result = msgspec.structs.replace(result, follow_ups=follow)
         return result
 
-    async def emit_many(self, events: Iterable[Event], *, concurrency: int | None = None) -> list[EmitResult]:
+    async def emit_many(
+        self, events: Iterable[Event], *, concurrency: int | None = None
+    ) -> list[EmitResult]:
         """Emit a batch; results come back in input order.
 
         Up to ``concurrency`` (default ``handlers.concurrency``) events have
@@ -215,7 +245,9 @@ class Bus:
         outcomes = await run_handlers(handlers, event, ctx, slot, self._timeout)
         return _Handled(event, outcomes, ctx.follow_ups)
 
-    async def _handle_all(self, events: Sequence[Event], depth: int, concurrency: int) -> list[_Handled]:
+    async def _handle_all(
+        self, events: Sequence[Event], depth: int, concurrency: int
+    ) -> list[_Handled]:
         handled: list[_Handled | None] = [None] * len(events)
         indexes = iter(range(len(events)))
 
@@ -306,9 +338,13 @@ class Bus:
             # Sink failures are logged and counted per batch by the Publisher.
             stage = "route"
             METRICS.error(stage, outcome.code)
-            log.warning("event %s %s rejected: %s (%s)", event.type, event.id, outcome.message, outcome.code)
+            log.warning(
+                "event %s %s rejected: %s (%s)", event.type, event.id, outcome.message, outcome.code
+            )
         METRICS.events_rejected.labels(outcome.code).inc()
-        return EmitResult(event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome))
+        return EmitResult(
+            event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
+        )
 
     # --- introspection ------------------------------------------------------
 
@@ -320,11 +356,22 @@ class Bus:
         """Routes and handlers, for ``/v1/info``."""
         return {
             "routes": [
-                {"name": r.name, "match": r.match, "sink": r.sink, "key": r.key, **msgspec.to_builtins(r.options)}
+                {
+                    "name": r.name,
+                    "match": r.match,
+                    "sink": r.sink,
+                    "key": r.key,
+                    **msgspec.to_builtins(r.options),
+                }
                 for r in self.router.routes
             ],
             "handlers": [
-                {"name": h.name, "pattern": h.pattern, "priority": h.priority, "timeout_s": h.timeout or self._timeout}
+                {
+                    "name": h.name,
+                    "pattern": h.pattern,
+                    "priority": h.priority,
+                    "timeout_s": h.timeout or self._timeout,
+                }
                 for h in self.handlers()
             ],
         }

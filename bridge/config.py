@@ -189,7 +189,9 @@ def _parse_sink(raw: object, where: str) -> SinkConfig:
     return parsed
 
 
-def _parse_route(raw: object, where: str, sinks: Mapping[str, SinkConfig], index: int) -> RouteConfig:
+def _parse_route(
+    raw: object, where: str, sinks: Mapping[str, SinkConfig], index: int
+) -> RouteConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
     common = {k: v for k, v in raw.items() if k in _ROUTE_KEYS}
@@ -215,7 +217,9 @@ def _parse_route(raw: object, where: str, sinks: Mapping[str, SinkConfig], index
     key = common.get("key")
     if key is not None:
         if not isinstance(key, str):
-            raise ConfigError(f"{where}.key: must be a template string (got {key!r})", field=f"{where}.key")
+            raise ConfigError(
+                f"{where}.key: must be a template string (got {key!r})", field=f"{where}.key"
+            )
         Template(key, where=f"{where}.key")
     for field in msgspec.structs.fields(options):
         value = getattr(options, field.name)
@@ -273,7 +277,9 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     seen: set[str] = set()
     for i, route in enumerate(routes):
         if route.name in seen:
-            raise ConfigError(f"routes[{i}].name: {route.name!r} is used twice", field=f"routes[{i}].name")
+            raise ConfigError(
+                f"routes[{i}].name: {route.name!r} is used twice", field=f"routes[{i}].name"
+            )
         seen.add(route.name)
     return msgspec.structs.replace(
         config,
@@ -301,7 +307,9 @@ def default_config_text() -> str:
     return resources.files("bridge").joinpath("default.yaml").read_text()
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Load ``path`` (or ``$EVBRIDGE_CONFIG``, or the embedded default) into a `Config`."""
     env = os.environ if env is None else env
     chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None

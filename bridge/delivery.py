@@ -92,9 +92,9 @@ class Publisher:
             results = [exc] * len(items)
         except Exception as exc:
             log.exception("sink %s failed unexpectedly on a batch of %d", self.name, len(items))
-            results = [SinkUnavailable(f"sink {self.name!r} failed: {type(exc).__name__}: {exc}")] * len(
-                items
-            )
+            results = [
+                SinkUnavailable(f"sink {self.name!r} failed: {type(exc).__name__}: {exc}")
+            ] * len(items)
         self._duration.observe(perf_counter() - start)
         self._batch_size.observe(len(items))
         failures = [r for r in results if isinstance(r, SinkError)]

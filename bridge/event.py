@@ -49,7 +49,9 @@ def _check_text(value: object, field: str, max_len: int, *, required: bool) -> N
     if not value:
         raise InvalidEvent(f"{field} must not be empty", field=field)
     if len(value) > max_len:
-        raise InvalidEvent(f"{field} is {len(value)} characters, the limit is {max_len}", field=field)
+        raise InvalidEvent(
+            f"{field} is {len(value)} characters, the limit is {max_len}", field=field
+        )
     if not value.isprintable():
         raise InvalidEvent(f"{field} contains control characters", field=field)
 
@@ -96,7 +98,9 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
         if self.ttl_ms is not None and (
             isinstance(self.ttl_ms, bool) or not isinstance(self.ttl_ms, int) or self.ttl_ms <= 0
         ):
-            raise InvalidEvent(f"ttl_ms must be a positive integer, got {self.ttl_ms!r}", field="ttl_ms")
+            raise InvalidEvent(
+                f"ttl_ms must be a positive integer, got {self.ttl_ms!r}", field="ttl_ms"
+            )
         if self.headers:
             _check_headers(self.headers)
 
@@ -149,8 +153,9 @@ def field_of(error: msgspec.ValidationError) -> str | None:
 def _invalid(error: msgspec.ValidationError) -> InvalidEvent:
     message = str(error)
     field = field_of(error)
-    if field is None and "unknown field" in message:
-        found = re.search(r"unknown field `([^`]*)`", message)
+    if field is None:
+        # "unknown field `x`" / "missing required field `x`" name it only in the text.
+        found = re.search(r"field `([^`]*)`", message)
         field = found.group(1) if found else None
     return InvalidEvent(_AT_PATH.sub("", message), field=field)
 
@@ -255,7 +260,9 @@ def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Ev
         elif name == "ttl":
             fields["ttl_ms"] = value
         elif isinstance(value, str | int | float | bool):
-            extra_headers[name] = value if isinstance(value, str) else _json_encoder.encode(value).decode()
+            extra_headers[name] = (
+                value if isinstance(value, str) else _json_encoder.encode(value).decode()
+            )
         else:
             raise InvalidEvent(f"extension attribute {name!r} must be a scalar", field=name)
     if "data_base64" in obj:

@@ -33,14 +33,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _seq = itertools.count()
 
 
-class StopChain(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopChain(Exception):
     """Raised by a handler: later handlers for this event do not run.
 
     The event is still published; the handler's outcome is ``stopped``.
     """
 
 
-class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Skip(Exception):
     """Raised by a handler: record it as ``skipped``; the chain goes on."""
 
 
@@ -175,7 +175,9 @@ def on(
 
     def decorate(fn: F) -> F:
         registry.add(
-            Handler(fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline)
+            Handler(
+                fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline
+            )
         )
         return fn
 

@@ -73,7 +73,9 @@ class FastCounter:
 class FastHistogram:
     """A labelled histogram for the event loop's hot path: no locks, read at scrape."""
 
-    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
         self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
         self.children: dict[tuple[str, ...], HistogramChild] = {}
 
@@ -120,11 +122,15 @@ class Metrics:
             "evbridge_published", "Events published, by sink and outcome.", ("sink", "outcome")
         )
         self.publish_duration = FastHistogram(
-            "evbridge_publish_duration_seconds", "Time for one publish call (a batch) to a sink.",
-            ("sink",), BUCKETS,
+            "evbridge_publish_duration_seconds",
+            "Time for one publish call (a batch) to a sink.",
+            ("sink",),
+            BUCKETS,
         )
         self.publish_batch_size = FastHistogram(
-            "evbridge_publish_batch_size", "Events per publish call to a sink.", ("sink",),
+            "evbridge_publish_batch_size",
+            "Events per publish call to a sink.",
+            ("sink",),
             (1, 2, 5, 10, 50, 100, 500, 1000, 5000),
         )
         self.events_unhandled = FastCounter(
@@ -149,14 +155,17 @@ class Metrics:
             "evbridge_events_rejected", "Events rejected, by reason code.", ["reason"], registry=r
         )
         self.request_duration = Histogram(
-            "evbridge_request_duration_seconds", "HTTP request time.", ["transport", "endpoint"],
-            buckets=BUCKETS, registry=r,
+            "evbridge_request_duration_seconds",
+            "HTTP request time.",
+            ["transport", "endpoint"],
+            buckets=BUCKETS,
+            registry=r,
         )
-        self.inflight = Gauge(
-            "evbridge_inflight_events", "Events being processed now.", registry=r
-        )
+        self.inflight = Gauge("evbridge_inflight_events", "Events being processed now.", registry=r)
         self.errors = Counter(
-            "evbridge_errors", "Errors, by pipeline stage and error type.", ["stage", "error_type"],
+            "evbridge_errors",
+            "Errors, by pipeline stage and error type.",
+            ["stage", "error_type"],
             registry=r,
         )
         self.ready = Gauge("evbridge_ready", "1 when /readyz answers 200.", registry=r)

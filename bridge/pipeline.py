@@ -27,7 +27,7 @@ import msgspec
 
 from bridge.handlers import Context, Handler, Skip, StopChain, run_sync
 from bridge.metrics import METRICS
-from bridge.results import ERROR, OK, SKIPPED, STOPPED, TIMEOUT, HandlerOutcome
+from bridge.results import ERROR, OK, SKIPPED, STOPPED, TIMEOUT, HandlerOutcome, Outcome
 
 if TYPE_CHECKING:
     from bridge.event import Event
@@ -98,6 +98,7 @@ async def run_handlers(
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
+        outcome: Outcome
         start = perf_counter()
         slot.deadline = start + timeout
         slot.handler = handler
@@ -120,7 +121,9 @@ async def run_handlers(
             outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
         except msgspec.ValidationError as exc:
             outcome, error = ERROR, f"data does not match {handler.data_type!r}: {exc}"
-            log.warning("handler %s could not decode %s %s: %s", handler.name, event.type, event.id, exc)
+            log.warning(
+                "handler %s could not decode %s %s: %s", handler.name, event.type, event.id, exc
+            )
             METRICS.error("handler", "data_decode")
         except Exception as exc:
             outcome, error = ERROR, _describe(exc)
@@ -135,7 +138,13 @@ async def run_handlers(
                 # The handler swallowed the watchdog's cancellation: still a timeout.
                 slot.task.uncancel()
                 outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
-            log.warning("handler %s timed out on %s %s after %gs", handler.name, event.type, event.id, timeout)
+            log.warning(
+                "handler %s timed out on %s %s after %gs",
+                handler.name,
+                event.type,
+                event.id,
+                timeout,
+            )
             METRICS.error("handler", "timeout")
         duration = perf_counter() - start
         handler.runs[outcome].inc()

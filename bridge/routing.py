@@ -45,9 +45,7 @@ class _Rule:
             value = getattr(config.options, field.name)
             if isinstance(value, str):
                 template = Template(value, where=f"route {config.name}.{field.name}")
-                if not template.is_literal:
-                    self.templates[field.name] = template
-                elif "{{" in value or "}}" in value:
+                if not template.is_literal or "{{" in value or "}}" in value:
                     self.templates[field.name] = template
 
     def resolve(self, event: Event) -> Outgoing:

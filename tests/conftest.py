@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from bridge.handlers import HandlerRegistry
@@ -12,6 +10,6 @@ pytest_plugins = ["tests.brokers"]
 
 
 @pytest.fixture
-def registry() -> Iterator[HandlerRegistry]:
+def registry() -> HandlerRegistry:
     """An isolated handler registry, so tests never see each other's ``@on`` handlers."""
-    yield HandlerRegistry()
+    return HandlerRegistry()

@@ -8,6 +8,7 @@ entry-point group, or by calling `register_sink_type`.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -88,8 +89,8 @@ class SinkType(msgspec.Struct, frozen=True):
     """
 
     type: str
-    config: type[SinkConfig]
-    route: type[RouteOptions]
+    config: builtins.type[SinkConfig]
+    route: builtins.type[RouteOptions]
     factory: Callable[[SinkConfig], Sink]
     coalesce: bool = True
 

@@ -54,7 +54,7 @@ class FileSink:
     async def start(self) -> None:
         def open_file() -> BinaryIO:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return open(self.path, "ab")  # noqa: SIM115 - lives until stop()
+            return open(self.path, "ab")
 
         self._file = await asyncio.to_thread(open_file)
 

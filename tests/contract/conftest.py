@@ -1,0 +1,22 @@
+"""The sink contract suite runs every test against every target listed here.
+
+A sink joins by providing a ``target_<name>`` fixture (see target.py) and
+adding ``<name>`` to TARGETS.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.contract.target import ContractTarget
+from tests.contract.target_local import target_file, target_memory
+
+__all__ = ["target_file", "target_memory"]
+
+TARGETS = ["memory", "file"]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> ContractTarget:
+    found: ContractTarget = request.getfixturevalue(f"target_{request.param}")
+    return found

@@ -1,0 +1,91 @@
+"""The contract every sink honours, run against each target in conftest.TARGETS."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.errors import SinkError
+from bridge.event import Event, data_bytes
+from bridge.results import Delivery
+from bridge.sinks.base import Outgoing, RouteOptions
+from tests.contract.target import ContractTarget
+
+
+def outgoing(
+    route: RouteOptions, n: int, *, key: str | None = None, prefix: str = "e"
+) -> list[Outgoing]:
+    return [
+        Outgoing(
+            Event(type=f"contract.{prefix}", data={"n": i, "text": "é✓"}, source="test", key=key),
+            "contract",
+            route,
+            key,
+        )
+        for i in range(n)
+    ]
+
+
+async def test_one_delivery_per_event_in_order(target: ContractTarget) -> None:
+    route = target.route()
+    items = outgoing(route, 5, key="k1")
+    results = await target.sink.publish_many(items)
+    assert len(results) == 5
+    assert all(isinstance(r, Delivery) for r in results), results
+    assert {r.sink for r in results if isinstance(r, Delivery)} == {target.sink.name}
+    received = await target.read(route, 5)
+    assert [r.id for r in received] == [i.event.id for i in items]
+    assert [r.data for r in received] == [data_bytes(i.event) for i in items]
+    assert {r.key for r in received} == {"k1"}
+
+
+async def test_offsets_increase_within_a_destination(target: ContractTarget) -> None:
+    route = target.route()
+    results = await target.sink.publish_many(outgoing(route, 3, key="same"))
+    offsets = [r.offset for r in results if isinstance(r, Delivery)]
+    if all(o is not None for o in offsets):
+        assert offsets == sorted(offsets)
+        assert len(set(offsets)) == 3
+
+
+async def test_bytes_data_round_trips(target: ContractTarget) -> None:
+    route = target.route()
+    payload = bytes(range(256))
+    event = Event(
+        type="contract.bytes", data=payload, datacontenttype="application/octet-stream", source="t"
+    )
+    [result] = await target.sink.publish_many([Outgoing(event, "contract", route, None)])
+    assert isinstance(result, Delivery)
+    [received] = await target.read(route, 1)
+    assert received.data == payload
+    assert received.id == event.id
+
+
+async def test_concurrent_calls_each_get_their_results(target: ContractTarget) -> None:
+    route = target.route()
+    batches = [outgoing(route, 4, prefix=f"c{b}") for b in range(5)]
+    results = await asyncio.gather(*(target.sink.publish_many(b) for b in batches))
+    assert [len(r) for r in results] == [4] * 5
+    assert all(isinstance(d, Delivery) for r in results for d in r)
+    received = await target.read(route, 20)
+    assert sorted(r.id for r in received) == sorted(i.event.id for b in batches for i in b)
+
+
+async def test_healthy_after_start(target: ContractTarget) -> None:
+    health = await target.sink.healthcheck()
+    assert health.ok, health.detail
+
+
+async def test_after_stop_publish_fails_per_event_instead_of_raising(
+    target: ContractTarget,
+) -> None:
+    route = target.route()
+    await target.sink.stop()
+    try:
+        results = await target.sink.publish_many(outgoing(route, 2))
+    except SinkError:  # pragma: no cover - the contract forbids this
+        raise AssertionError("publish_many raised instead of returning per-event errors") from None
+    if not all(isinstance(r, Delivery) for r in results):
+        assert all(isinstance(r, SinkError) for r in results)
+    health = await target.sink.healthcheck()
+    assert not health.ok
+    await target.sink.start()  # the fixture stops it again

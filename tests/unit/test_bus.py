@@ -1,0 +1,487 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge import Bus, Context, Event, MaxDepthExceeded, Skip, StopChain, parse_config
+from bridge.errors import BridgeError, ConfigError
+from bridge.handlers import HandlerRegistry
+from bridge.metrics import METRICS
+from bridge.sinks.memory import MemorySink
+
+
+def make_bus(registry: HandlerRegistry, **extra: Any) -> Bus:
+    raw: dict[str, Any] = {
+        "sinks": [{"name": "mem", "type": "memory"}],
+        "routes": [
+            {"name": "keyed", "match": "keyed.*", "sink": "mem", "key": "{data.user}"},
+            {"name": "orders", "match": "order.*", "sink": "mem", "topic": "orders.{type}"},
+        ],
+        "handlers": {"entry_points": False, **extra.pop("handlers", {})},
+        **extra,
+    }
+    return Bus(parse_config(raw, {}), registry=registry)
+
+
+def memory(bus: Bus) -> MemorySink:
+    sink = bus.sinks["mem"]
+    assert isinstance(sink, MemorySink)
+    return sink
+
+
+async def test_handlers_run_by_priority_then_registration(registry: HandlerRegistry) -> None:
+    calls: list[str] = []
+    bus = make_bus(registry)
+
+    def recorder(tag: str) -> Any:
+        async def handler(event: Event, ctx: Context) -> None:
+            calls.append(tag)
+
+        return handler
+
+    bus.subscribe("order.*", recorder("low-first"), priority=0, name="low-first")
+    bus.subscribe("order.created", recorder("high"), priority=10, name="high")
+    bus.subscribe("*", recorder("low-second"), priority=0, name="low-second")
+    bus.subscribe("other", recorder("never"), name="never")
+    async with bus:
+        result = await bus.emit(Event(type="order.created"))
+    assert calls == ["high", "low-first", "low-second"]
+    assert [h.name for h in result.handlers] == ["high", "low-first", "low-second"]
+    assert result.status == "published"
+    assert result.deliveries[0].destination == "orders.order.created"
+
+
+async def test_handlers_of_one_event_never_overlap(registry: HandlerRegistry) -> None:
+    running = 0
+    peak = 0
+    bus = make_bus(registry)
+
+    async def handler(event: Event, ctx: Context) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        running -= 1
+
+    for i in range(5):
+        bus.subscribe("order.x", handler, name=f"h{i}")
+    async with bus:
+        await bus.emit(Event(type="order.x"))
+    assert peak == 1
+
+
+async def test_failure_is_isolated_recorded_and_counted(
+    registry: HandlerRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = make_bus(registry)
+    after: list[str] = []
+
+    async def boom(event: Event, ctx: Context) -> None:
+        raise ValueError("bad input")
+
+    async def later(event: Event, ctx: Context) -> None:
+        after.append(event.id)
+
+    bus.subscribe("order.x", boom, priority=1, name="t.boom")
+    bus.subscribe("order.x", later, name="t.later")
+    before = METRICS.handler_runs.child("t.boom", "error").value
+    async with bus:
+        result = await bus.emit(Event(type="order.x"))
+    assert [(h.name, h.outcome) for h in result.handlers] == [
+        ("t.boom", "error"),
+        ("t.later", "ok"),
+    ]
+    assert result.handlers[0].error == "ValueError: bad input"
+    assert after == [result.id]
+    assert result.status == "published"
+    assert METRICS.handler_runs.child("t.boom", "error").value == before + 1
+    logged = [r for r in caplog.records if "t.boom failed" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+
+
+async def test_timeout_becomes_an_outcome_and_the_chain_goes_on(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry, handlers={"timeout_s": 5})
+
+    async def hang(event: Event, ctx: Context) -> None:
+        await asyncio.Event().wait()
+
+    async def stubborn(event: Event, ctx: Context) -> None:
+        # Swallows the cancellation: must still be recorded as a timeout.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    async def ok(event: Event, ctx: Context) -> None:
+        return None
+
+    bus.subscribe("order.x", hang, priority=3, timeout=0.05, name="hang")
+    bus.subscribe("order.x", stubborn, priority=2, timeout=0.05, name="stubborn")
+    bus.subscribe("order.x", ok, priority=1, name="ok")
+    async with bus:
+        started = time.perf_counter()
+        result = await bus.emit(Event(type="order.x"))
+        elapsed = time.perf_counter() - started
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+    assert [h.outcome for h in result.handlers] == ["timeout", "timeout", "ok"]
+    assert result.handlers[0].error == "timed out after 0.05s"
+    assert elapsed < 2.0
+
+
+async def test_outside_cancellation_is_never_swallowed(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    entered = asyncio.Event()
+
+    async def hang(event: Event, ctx: Context) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    bus.subscribe("order.x", hang)
+    async with bus:
+        task = asyncio.create_task(bus.emit(Event(type="order.x")))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_stop_chain_and_skip(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    ran: list[str] = []
+
+    async def skipper(event: Event, ctx: Context) -> None:
+        raise Skip("not for me")
+
+    async def stopper(event: Event, ctx: Context) -> None:
+        ran.append("stopper")
+        raise StopChain("enough")
+
+    async def never(event: Event, ctx: Context) -> None:
+        ran.append("never")
+
+    bus.subscribe("order.x", skipper, priority=3, name="skipper")
+    bus.subscribe("order.x", stopper, priority=2, name="stopper")
+    bus.subscribe("order.x", never, priority=1, name="never")
+    async with bus:
+        result = await bus.emit(Event(type="order.x"))
+    assert [(h.name, h.outcome, h.error) for h in result.handlers] == [
+        ("skipper", "skipped", "not for me"),
+        ("stopper", "stopped", "enough"),
+    ]
+    assert ran == ["stopper"]
+    assert result.status == "published"  # stopping the chain does not stop delivery
+
+
+async def test_follow_ups_run_through_the_pipeline_and_nest_in_the_result(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)
+
+    async def on_invite(event: Event, ctx: Context) -> None:
+        await ctx.emit(Event(type="order.member_added", data={"from": event.id}))
+
+    seen: list[int] = []
+
+    async def on_member(event: Event, ctx: Context) -> None:
+        seen.append(ctx.depth)
+
+    bus.subscribe("invite.accepted", on_invite)
+    bus.subscribe("order.member_added", on_member)
+    async with bus:
+        result = await bus.emit(Event(type="invite.accepted", kind="domain"))
+    assert result.status == "handled"
+    [follow] = result.follow_ups
+    assert follow.type == "order.member_added"
+    assert follow.status == "published"
+    assert seen == [1]
+    assert [e.type for e in memory(bus).events] == ["order.member_added"]  # type: ignore[attr-defined]
+
+
+async def test_follow_up_cycles_stop_at_the_depth_limit(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry, handlers={"max_depth": 3})
+
+    async def loop(event: Event, ctx: Context) -> None:
+        await ctx.emit(Event(type="order.loop"))
+
+    bus.subscribe("order.loop", loop, name="loop")
+    async with bus:
+        result = await bus.emit(Event(type="order.loop"))
+    depth = 0
+    node = result
+    while node.follow_ups:
+        [node] = node.follow_ups
+        depth += 1
+    assert depth == 3
+    assert node.handlers[0].outcome == "error"
+    assert node.handlers[0].error is not None
+    assert "max_depth is 3" in node.handlers[0].error
+    ctx = Context(bus, Event(type="x"), depth=3)
+    with pytest.raises(MaxDepthExceeded):
+        await ctx.emit(Event(type="y"))
+
+
+class Invite(msgspec.Struct):
+    user_id: int
+    group: str
+
+
+async def test_typed_data_decodes_once_and_a_mismatch_is_that_handlers_error(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)
+    got: list[Any] = []
+
+    async def typed(event: Event, ctx: Context) -> None:
+        got.append(ctx.data)
+
+    async def raw(event: Event, ctx: Context) -> None:
+        got.append(ctx.data)
+
+    bus.subscribe("invite.x", typed, data=Invite, name="typed", priority=2)
+    bus.subscribe("invite.x", raw, name="raw", priority=1)
+    async with bus:
+        good = await bus.emit(
+            Event(type="invite.x", kind="domain", data={"user_id": 1, "group": "g"})
+        )
+        bad = await bus.emit(Event(type="invite.x", kind="domain", data={"user_id": "one"}))
+    assert got[0] == Invite(1, "g")
+    assert got[1] == {"user_id": 1, "group": "g"}
+    assert [h.outcome for h in good.handlers] == ["ok", "ok"]
+    assert [h.outcome for h in bad.handlers] == ["error", "ok"]
+    assert bad.handlers[0].error is not None
+    assert "user_id" in bad.handlers[0].error
+
+
+async def test_plain_def_handlers_run_off_the_loop(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    threads: list[int] = []
+
+    def blocking(event: Event, ctx: Context) -> None:
+        threads.append(threading.get_ident())
+        time.sleep(0.05)
+
+    inline_threads: list[int] = []
+
+    def cheap(event: Event, ctx: Context) -> None:
+        inline_threads.append(threading.get_ident())
+
+    bus.subscribe("order.x", blocking)
+    bus.subscribe("order.x", cheap, inline=True)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async with bus:
+        tick_task = asyncio.create_task(ticker())
+        result = await bus.emit(Event(type="order.x"))
+        tick_task.cancel()
+    assert [h.outcome for h in result.handlers] == ["ok", "ok"]
+    assert threads[0] != threading.get_ident()
+    assert inline_threads == [threading.get_ident()]
+    assert ticks >= 3  # the loop kept running while the sync handler slept
+
+
+async def test_no_handler_is_fine_and_counted(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    unhandled = METRICS.events_unhandled.child()
+    before = unhandled.value
+    async with bus:
+        result = await bus.emit(Event(type="order.quiet"))
+    assert result.status == "published"
+    assert result.handlers == []
+    assert unhandled.value == before + 1
+
+
+async def test_notification_without_route_is_rejected_not_dropped(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)
+    async with bus:
+        result = await bus.emit(Event(type="nowhere.x"))
+        domain = await bus.emit(Event(type="nowhere.x", kind="domain"))
+    assert result.status == "rejected"
+    assert result.error is not None
+    assert result.error.code == "no_route"
+    assert domain.status == "handled"
+    assert memory(bus).items == []
+
+
+async def test_key_template_and_missing_field(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    async with bus:
+        ok = await bus.emit(Event(type="keyed.a", data={"user": 42}, key="ignored"))
+        missing = await bus.emit(Event(type="keyed.a", data={}))
+    assert memory(bus).items[0].key == "42"
+    assert ok.status == "published"
+    assert missing.status == "rejected"
+    assert missing.error is not None
+    assert (missing.error.code, missing.error.field) == ("template_error", "data.user")
+
+
+async def test_subscribe_and_unsubscribe(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    calls: list[str] = []
+
+    async def handler(event: Event, ctx: Context) -> None:
+        calls.append(event.type)
+
+    bus.unsubscribe("order.*", handler)  # never subscribed: a no-op
+    bus.subscribe("order.*", handler)
+    async with bus:
+        await bus.emit(Event(type="order.a"))
+        bus.unsubscribe("order.*", handler)
+        await bus.emit(Event(type="order.b"))
+    assert calls == ["order.a"]
+
+
+async def test_runtime_subscriptions_do_not_leak_between_buses(registry: HandlerRegistry) -> None:
+    one, two = make_bus(registry), make_bus(registry)
+
+    async def handler(event: Event, ctx: Context) -> None:
+        return None
+
+    one.subscribe("order.*", handler)
+    assert len(one.handlers()) == 1
+    assert two.handlers() == []
+
+
+async def test_emit_many_limits_concurrency_and_keeps_publish_order(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry, handlers={"concurrency": 4})
+    running = 0
+    peak = 0
+
+    async def slow(event: Event, ctx: Context) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        # Later events finish sooner, to show publish order does not follow finish order.
+        await asyncio.sleep(0.001 * (20 - event.data["i"]))
+        running -= 1
+
+    bus.subscribe("keyed.*", slow)
+    events = [Event(type="keyed.a", data={"i": i, "user": "u1"}) for i in range(20)]
+    async with bus:
+        results = await bus.emit_many(events)
+        limited = await bus.emit_many(events[:6], concurrency=1)
+    assert peak == 4
+    assert [r.id for r in results] == [e.id for e in events]
+    assert [e.data["i"] for e in memory(bus).events[:20]] == list(range(20))  # type: ignore[attr-defined]
+    assert all(r.status == "published" for r in results + limited)
+    offsets = [r.deliveries[0].offset for r in results]
+    assert offsets == sorted(offsets)
+
+
+async def test_emit_many_mixes_outcomes_per_event(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    async with bus:
+        results = await bus.emit_many(
+            [
+                Event(type="order.a"),
+                Event(type="nowhere"),
+                Event(type="d", kind="domain"),
+                Event(type="keyed.x"),
+            ]
+        )
+    assert [r.status for r in results] == ["published", "rejected", "handled", "rejected"]
+
+
+async def test_source_defaults_from_config(registry: HandlerRegistry) -> None:
+    bus = Bus(
+        parse_config(
+            {
+                "source": "evbridge://unit",
+                "sinks": [{"name": "mem", "type": "memory"}],
+                "routes": [{"match": "*", "sink": "mem"}],
+                "handlers": {"entry_points": False},
+            },
+            {},
+        ),
+        registry=registry,
+    )
+    async with bus:
+        await bus.emit(Event(type="a"))
+        await bus.emit(Event(type="b", source="mine"))
+    assert [e.source for e in memory(bus).events] == ["evbridge://unit", "mine"]  # type: ignore[attr-defined]
+
+
+async def test_notifications_need_a_started_bus(registry: HandlerRegistry) -> None:
+    bus = make_bus(registry)
+    with pytest.raises(BridgeError) as info:
+        await bus.emit(Event(type="order.a"))
+    assert info.value.code == "not_started"
+    assert (await bus.emit(Event(type="x", kind="domain"))).status == "handled"
+
+
+def test_handler_modules_are_imported_and_failures_name_the_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "good_handlers_mod.py").write_text(
+        "from bridge import on\n@on('mod.*')\nasync def h(event, ctx):\n    pass\n"
+    )
+    (tmp_path / "broken_handlers_mod.py").write_text("raise RuntimeError('no database')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = {"handlers": {"entry_points": False, "modules": ["good_handlers_mod"]}}
+    bus = Bus(parse_config(base, {}))
+    assert any(h.pattern == "mod.*" for h in bus.handlers())
+    with pytest.raises(ConfigError) as info:
+        Bus(
+            parse_config(
+                {"handlers": {"entry_points": False, "modules": ["broken_handlers_mod"]}}, {}
+            )
+        )
+    assert "broken_handlers_mod" in str(info.value)
+    assert "no database" in str(info.value)
+    assert info.value.field == "handlers.modules[0]"
+    # Keep the process-wide registry clean for other tests.
+    from bridge.handlers import registry as default
+
+    for handler in list(default.all()):
+        if handler.pattern == "mod.*":
+            default.remove("mod.*", handler.fn)
+    sys.modules.pop("good_handlers_mod", None)
+
+
+async def test_file_sink_writes_fsynced_json_lines(
+    registry: HandlerRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "out.jsonl"
+    bus = Bus(
+        parse_config(
+            {
+                "sinks": [{"name": "f", "type": "file", "path": str(path)}],
+                "routes": [{"match": "*", "sink": "f"}],
+                "handlers": {"entry_points": False},
+            },
+            {},
+        ),
+        registry=registry,
+    )
+    calls = METRICS.publish_batch_size.child("f")
+    calls_before = sum(calls.buckets)
+    async with bus:
+        results = await asyncio.gather(
+            *(bus.emit(Event(type="f.x", data={"n": i})) for i in range(10))
+        )
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 10
+    decoded = [msgspec.json.decode(line) for line in lines]
+    assert sorted(d["data"]["n"] for d in decoded) == list(range(10))
+    assert {d["id"] for d in decoded} == {r.id for r in results}
+    assert len({r.deliveries[0].offset for r in results}) == 10
+    # Concurrent single emits were coalesced into one write (and one fsync).
+    assert sum(calls.buckets) - calls_before == 1

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import load_config, parse_config
+from bridge.errors import ConfigError
+from bridge.sinks.file import FileConfig
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    return {
+        "sinks": [{"name": "m", "type": "memory"}],
+        "routes": [{"match": "*", "sink": "m"}],
+        **extra,
+    }
+
+
+def error_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env or {})
+    return info.value
+
+
+def test_embedded_default_has_a_file_sink_and_catch_all_route() -> None:
+    config = load_config(env={})
+    assert config.sinks == (
+        FileConfig(name="out", type="file", path="./evbridge-out/events.jsonl"),
+    )
+    assert [(r.match, r.sink) for r in config.routes] == [("*", "out")]
+    assert config.handlers.timeout_s == 5.0
+    assert config.handlers.max_depth == 8
+    assert config.handlers.concurrency == 64
+    assert config.source.startswith("evbridge://")
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(minimal(), {})
+    with pytest.raises(AttributeError):
+        config.source = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        (minimal(colour="red"), "colour", "unknown key"),
+        (minimal(handlers={"timeout_s": "slow"}), "handlers.timeout_s", "'slow'"),
+        (minimal(handlers={"timeout_s": -1}), "handlers.timeout_s", "-1"),
+        (minimal(handlers={"max_depth": 0}), "handlers.max_depth", "0"),
+        (minimal(handlers={"bogus": 1}), "handlers.bogus", "unknown key"),
+        (minimal(listen={"unix_mode": "999"}), "listen.unix_mode", "'999'"),
+        ({"sinks": [{"name": "m", "type": "nosuch"}]}, "sinks[0].type", "nosuch"),
+        ({"sinks": [{"name": "m", "type": "memory", "extra": 1}]}, "sinks[0].extra", "unknown key"),
+        ({"sinks": [{"type": "memory"}]}, "sinks[0].name", "None"),
+        ({"sinks": [{"name": "f", "type": "file"}]}, "sinks[0]", "path"),
+        (
+            {"sinks": [{"name": "m", "type": "memory"}, {"name": "m", "type": "memory"}]},
+            "sinks[1].name",
+            "twice",
+        ),
+        ({"sinks": [], "routes": [{"match": "*", "sink": "missing"}]}, "routes[0].sink", "missing"),
+        (
+            {"sinks": [{"name": "m", "type": "memory"}], "routes": [{"sink": "m"}]},
+            "routes[0].match",
+            "None",
+        ),
+        (
+            {
+                "sinks": [{"name": "m", "type": "memory"}],
+                "routes": [{"match": "*", "sink": "m", "queue": "q"}],
+            },
+            "routes[0].queue",
+            "unknown key",
+        ),
+        (
+            {
+                "sinks": [{"name": "m", "type": "memory"}],
+                "routes": [{"match": "*", "sink": "m", "key": "{nope}"}],
+            },
+            "routes[0].key",
+            "nope",
+        ),
+        (
+            {
+                "sinks": [{"name": "m", "type": "memory"}],
+                "routes": [{"match": "*", "sink": "m", "topic": "t.{x"}],
+            },
+            "routes[0].topic",
+            "unclosed",
+        ),
+        ({"sinks": {"name": "m"}}, "sinks", "list"),
+    ],
+)
+def test_errors_name_the_key_and_the_value(raw: dict[str, Any], field: str, fragment: str) -> None:
+    error = error_of(raw)
+    assert error.field is not None
+    assert error.field.startswith(field), (error.field, str(error))
+    assert fragment in str(error), str(error)
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    config = parse_config(
+        minimal(),
+        {
+            "EVBRIDGE_TOKEN": "s3cret",
+            "EVBRIDGE_HANDLERS_TIMEOUT_S": "2.5",
+            "EVBRIDGE_LISTEN_TCP": "null",
+        },
+    )
+    assert config.auth.token == "s3cret"
+    assert config.handlers.timeout_s == 2.5
+    assert config.listen.tcp is None
+    error = error_of(minimal(), {"EVBRIDGE_HANDLERS_TIMEOUTS": "1"})
+    assert error.field == "EVBRIDGE_HANDLERS_TIMEOUTS"
+
+
+def test_load_from_file_and_env_var(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "sinks:\n  - {name: m, type: memory}\nroutes:\n  - {match: 'a.*', sink: m}\nsource: me\n"
+    )
+    assert load_config(path, env={}).source == "me"
+    assert load_config(env={"EVBRIDGE_CONFIG": str(path)}).routes[0].match == "a.*"
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", env={})
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path, env={})
+    path.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, env={})

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from bridge.errors import InvalidEvent
+from bridge.event import (
+    Event,
+    data_bytes,
+    decode_json,
+    decode_msgpack,
+    from_structured,
+    to_structured,
+)
+
+
+def test_defaults_fill_id_time_and_kind() -> None:
+    event = Event(type="invite.accepted", data={"a": 1})
+    assert len(event.id) == 36
+    assert event.time.endswith("Z")
+    assert event.kind == "notification"
+    assert event.specversion == "1.0"
+    assert event.datacontenttype == "application/json"
+
+
+def test_is_immutable() -> None:
+    event = Event(type="x")
+    with pytest.raises(AttributeError):
+        event.type = "y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"type": ""}, "type"),
+        ({"type": "x" * 257}, "type"),
+        ({"type": "a\nb"}, "type"),
+        ({"type": "x", "id": ""}, "id"),
+        ({"type": "x", "kind": "other"}, "kind"),
+        ({"type": "x", "specversion": "0.3"}, "specversion"),
+        ({"type": "x", "time": "yesterday"}, "time"),
+        ({"type": "x", "time": "2026-01-01T00:00:00"}, "time"),
+        ({"type": "x", "headers": {"bad name": "v"}}, "headers"),
+        ({"type": "x", "headers": {"h": "line\r\nInjected: 1"}}, "headers.h"),
+        ({"type": "x", "ttl_ms": 0}, "ttl_ms"),
+        ({"type": "x", "key": ""}, "key"),
+    ],
+)
+def test_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        Event(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert info.value.code == "invalid_event"
+
+
+def test_decode_json_happy_and_errors() -> None:
+    event = decode_json(b'{"type": "a.b", "data": [1, 2], "key": "k", "headers": {"x": "1"}}')
+    assert (event.type, event.data, event.key, event.headers) == ("a.b", [1, 2], "k", {"x": "1"})
+    with pytest.raises(InvalidEvent) as info:
+        decode_json(b'{"type": 5}')
+    assert info.value.field == "type"
+    with pytest.raises(InvalidEvent) as info:
+        decode_json(b'{"type": "x", "colour": "red"}')
+    assert info.value.field == "colour"
+    with pytest.raises(InvalidEvent) as info:
+        decode_json(b"{not json")
+    assert info.value.code == "invalid_json"
+    with pytest.raises(InvalidEvent) as info:
+        decode_json(b'{"data": 1}')
+    assert info.value.field == "type"
+
+
+def test_decode_msgpack() -> None:
+    import msgspec
+
+    body = msgspec.msgpack.encode({"type": "m", "data": {"x": b"\x00\x01"}})
+    event = decode_msgpack(body)
+    assert event.data == {"x": b"\x00\x01"}
+    with pytest.raises(InvalidEvent):
+        decode_msgpack(b"\xc1")
+
+
+def test_data_bytes() -> None:
+    assert data_bytes(Event(type="x", data={"a": "é"})) == '{"a":"é"}'.encode()
+    assert data_bytes(Event(type="x", data=b"\x00raw")) == b"\x00raw"
+    assert data_bytes(Event(type="x", data="plain", datacontenttype="text/plain")) == b"plain"
+    assert data_bytes(Event(type="x", data="s")) == b'"s"'
+
+
+def test_structured_round_trip_keeps_bridge_attributes() -> None:
+    event = Event(
+        type="t",
+        source="s",
+        data=b"\x01\x02",
+        key="k",
+        kind="domain",
+        subject="sub",
+        correlation_id="c",
+        ttl_ms=1000,
+    )
+    obj = to_structured(event)
+    assert obj["data_base64"] == base64.b64encode(b"\x01\x02").decode()
+    assert obj["partitionkey"] == "k"
+    back = from_structured(obj)
+    for name in (
+        "id",
+        "type",
+        "source",
+        "data",
+        "key",
+        "kind",
+        "subject",
+        "correlation_id",
+        "ttl_ms",
+        "time",
+    ):
+        assert getattr(back, name) == getattr(event, name), name
+
+
+def test_structured_requires_context_attributes_and_keeps_extensions() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        from_structured({"id": "1", "type": "t", "specversion": "1.0"})
+    assert info.value.field == "source"
+    event = from_structured(
+        {
+            "id": "1",
+            "type": "t",
+            "source": "s",
+            "specversion": "1.0",
+            "traceparent": "00-ab",
+            "n": 3,
+        }
+    )
+    assert event.headers == {"traceparent": "00-ab", "n": "3"}
+    with pytest.raises(InvalidEvent):
+        from_structured(
+            {"id": "1", "type": "t", "source": "s", "specversion": "1.0", "data_base64": "!!"}
+        )
