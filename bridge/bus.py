@@ -9,6 +9,7 @@ async with Bus(config) as bus:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -34,6 +35,7 @@ from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Health, Outgoing, Sink, get_sink_type
+from bridge.subscriptions import Hub, Overflow, Subscription
 
 log = logging.getLogger("bridge.bus")
 
@@ -56,6 +58,15 @@ class _Handled:
         self.event = event
         self.outcomes = outcomes
         self.follow_ups = follow_ups
+
+
+class _Lifecycle:
+    """Started/stopped state, shared by a bus and its scopes."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
 
 
 class Bus:
@@ -93,13 +104,15 @@ class Bus:
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
         self._watchdog = Watchdog()
-        self._started = False
+        self._life = _Lifecycle()
+        self._hub = Hub()
+        self.name = "root"
 
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
         """Start every sink (concurrently). A sink that fails to start stops the others."""
-        if self._started:
+        if self._life.started:
             return
         results = await asyncio.gather(
             *(s.start() for s in self.sinks.values()), return_exceptions=True
@@ -117,13 +130,13 @@ class Bus:
             raise BridgeError(
                 f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
             ) from exc
-        self._started = True
+        self._life.started = True
 
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink."""
-        if not self._started:
+        if not self._life.started:
             return
-        self._started = False
+        self._life.started = False
         await asyncio.gather(
             *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
         )
@@ -149,7 +162,30 @@ class Bus:
 
     @property
     def started(self) -> bool:
-        return self._started
+        return self._life.started
+
+    # --- scopes and subscriptions -------------------------------------------
+
+    def scope(self, name: str, *, shared: bool = False) -> Bus:
+        """A child bus sharing this bus's sinks, handlers and lifecycle.
+
+        Its subscriptions see only events emitted through it (and it does not
+        see the parent's), unless ``shared=True``, when both share one stream.
+        """
+        child = copy.copy(self)
+        child.name = f"{self.name}/{name}"
+        child._hub = self._hub if shared else Hub()
+        return child
+
+    def subscription(
+        self, *patterns: str, max_queue: int = 1000, overflow: Overflow = "drop_oldest"
+    ) -> Subscription:
+        """Subscribe to events of this scope whose type matches any glob in ``patterns``.
+
+        Use as ``async with bus.subscription("order.*") as events: async for n in events``.
+        See `bridge.subscriptions` for the queueing and overflow guarantees.
+        """
+        return Subscription(self._hub, patterns, max_queue=max_queue, overflow=overflow)
 
     async def health(self) -> dict[str, Health]:
         """Every sink's health check, run concurrently, each bounded in time."""
@@ -219,6 +255,8 @@ class Bus:
             result = EmitResult(event.id, event.type, "handled", handled.outcomes)
         else:
             result = self._result(handled, await self._publish_one(event))
+        if self._hub.subscriptions:
+            self._hub.publish(event, result.status)
         if handled.follow_ups:
             follow = await self._emit_batch(handled.follow_ups, 1)
             result = msgspec.structs.replace(result, follow_ups=follow)
@@ -301,6 +339,9 @@ class Bus:
             else self._result(h, outcome)
             for h, outcome in zip(handled, outcomes, strict=True)
         ]
+        if self._hub.subscriptions:
+            for h, result in zip(handled, results, strict=True):
+                self._hub.publish(h.event, result.status)
         parents = [i for i, h in enumerate(handled) for _ in h.follow_ups]
         if parents:
             children = await self._emit_batch(
@@ -314,7 +355,7 @@ class Bus:
         return results
 
     def _require_started(self) -> None:
-        if not self._started:
+        if not self._life.started:
             raise BridgeError(
                 "the bus is not started: use `async with bus:` (or `await bus.start()`) before "
                 "emitting notification events",

@@ -136,6 +136,9 @@ class Metrics:
         self.events_unhandled = FastCounter(
             "evbridge_events_unhandled", "Events no handler matched (not an error).", ()
         )
+        self.subscription_dropped = FastCounter(
+            "evbridge_subscription_dropped", "Events subscribers lost to queue overflow.", ()
+        )
         r.register(
             _FastCollector(
                 [
@@ -145,6 +148,7 @@ class Metrics:
                     self.publish_duration,
                     self.publish_batch_size,
                     self.events_unhandled,
+                    self.subscription_dropped,
                 ]
             )
         )
@@ -171,6 +175,10 @@ class Metrics:
         self.ready = Gauge("evbridge_ready", "1 when /readyz answers 200.", registry=r)
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds", "How late the loop watchdog last ran.", registry=r
+        )
+
+        self.subscribers = Gauge(
+            "evbridge_subscribers", "Live subscriptions (in-process and SSE).", registry=r
         )
 
     def error(self, stage: str, error_type: str) -> None:
