@@ -5,16 +5,23 @@ BIN := $(VENV)/bin
 
 .PHONY: venv run test lint typecheck bench clean
 
-$(BIN)/evbridge: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Stamps record what was installed, so a changed pyproject.toml reinstalls.
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all]'
 	touch $@
 
-venv: $(BIN)/evbridge
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+venv: $(VENV)/.installed-test
 
 ## Run the bridge on its embedded default config (no broker needed).
-run: venv
+run: $(VENV)/.installed-run
 	$(BIN)/evbridge serve
 
 ## Lint, type-check and run the whole test suite against real brokers.
