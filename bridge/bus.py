@@ -30,6 +30,7 @@ from bridge.handlers import (
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
@@ -104,6 +105,11 @@ class Bus:
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
         self._watchdog = Watchdog()
+        self._loopwatch = (
+            LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s)
+            if handlers.loop_warn_s > 0
+            else None
+        )
         self._life = _Lifecycle()
         self._hub = Hub()
         self.name = "root"
@@ -131,6 +137,8 @@ class Bus:
                 f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
             ) from exc
         self._life.started = True
+        if self._loopwatch is not None:
+            self._loopwatch.start()
 
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink."""
@@ -147,6 +155,8 @@ class Bus:
             if isinstance(result, Exception):
                 log.warning("sink %s did not stop cleanly: %s", name, result)
         self._watchdog.close()
+        if self._loopwatch is not None:
+            self._loopwatch.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

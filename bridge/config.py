@@ -76,6 +76,8 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     max_depth: PositiveInt = 8
     concurrency: PositiveInt = 64
     entry_points: bool = True
+    #: Warn (naming the handler) when the event loop is blocked this long; 0 turns it off.
+    loop_warn_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):

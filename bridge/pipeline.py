@@ -55,25 +55,25 @@ class Watchdog:
     TICK: Final = 0.02
 
     def __init__(self) -> None:
-        self._slots: set[Slot] = set()
+        self.slots: set[Slot] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def enter(self, slot: Slot) -> None:
-        self._slots.add(slot)
+        self.slots.add(slot)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.TICK, self._check)
 
     def leave(self, slot: Slot) -> None:
-        self._slots.discard(slot)
+        self.slots.discard(slot)
 
     def _check(self) -> None:
         now = perf_counter()
-        for slot in self._slots:
+        for slot in self.slots:
             if slot.deadline <= now and not slot.fired:
                 slot.fired = True
                 slot.task.cancel()
         self._timer = (
-            asyncio.get_running_loop().call_later(self.TICK, self._check) if self._slots else None
+            asyncio.get_running_loop().call_later(self.TICK, self._check) if self.slots else None
         )
 
     def close(self) -> None:

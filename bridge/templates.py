@@ -62,7 +62,7 @@ def _header_getter(name: str, spec: str) -> Callable[[Event], str]:
 class Template:
     """A parsed template; `render` raises `TemplateError` naming a missing field."""
 
-    __slots__ = ("_getters", "_literal", "_parts", "fields", "source")
+    __slots__ = ("_literal", "_parts", "fields", "source")
 
     def __init__(self, source: str, *, where: str) -> None:
         self.source = source

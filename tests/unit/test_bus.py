@@ -16,6 +16,7 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import METRICS
 from bridge.sinks.memory import MemorySink
+from tests.brokers import wait_until
 
 
 def make_bus(registry: HandlerRegistry, **extra: Any) -> Bus:
@@ -485,3 +486,30 @@ async def test_file_sink_writes_fsynced_json_lines(
     assert len({r.deliveries[0].offset for r in results}) == 10
     # Concurrent single emits were coalesced into one write (and one fsync).
     assert sum(calls.buckets) - calls_before == 1
+
+
+async def test_a_handler_blocking_the_loop_is_named_and_counted(
+    registry: HandlerRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = make_bus(registry, handlers={"loop_warn_s": 0.1})
+
+    async def blocker(event: Event, ctx: Context) -> None:
+        time.sleep(0.4)  # noqa: ASYNC251 - the bad handler under test
+
+    bus.subscribe("order.block", blocker, name="tests.blocker")
+    blocked = METRICS.errors.labels("handler", "loop_blocked")
+    before = blocked._value.get()
+    async with bus:
+        result = await bus.emit(Event(type="order.block"))
+        assert bus._loopwatch is not None
+        assert bus._loopwatch.stalls == 1
+        watch = bus._loopwatch
+        # The lag is recorded by the first heartbeat after the stall.
+        await wait_until(lambda: watch.max_lag >= 0.2, timeout=2, what="lag recorded")
+    assert result.handlers[0].outcome == "ok"
+    warnings = [
+        r.getMessage() for r in caplog.records if "event loop has been blocked" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "tests.blocker" in warnings[0]
+    assert blocked._value.get() == before + 1
