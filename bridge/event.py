@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import re
-import uuid
 from datetime import UTC, datetime
+from random import getrandbits
+from time import time_ns
 from typing import Any, Final, Literal
 
 import msgspec
@@ -30,13 +31,40 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 
 
 def new_id() -> str:
-    """A fresh event id (UUID4 text)."""
-    return str(uuid.uuid4())
+    """A fresh event id: UUID version 4 text.
+
+    The 122 random bits come from the `random` module's generator (seeded
+    from ``os.urandom`` and reseeded in forked children), not one
+    ``os.urandom`` system call per id: ids must be unique, not secret.
+    """
+    n = (getrandbits(128) & _UUID_CLEAR) | _UUID_V4
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
+_second_text: tuple[int, str] = (-1, "")
 
 
 def now_rfc3339() -> str:
     """Current time as RFC 3339 UTC with microseconds and a ``Z`` suffix."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    global _second_text
+    now = time_ns() // 1000
+    second, micros = divmod(now, 1_000_000)
+    cached, text = _second_text
+    if cached != second:
+        # Formatting a datetime costs a microsecond; do it once per second.
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text = (second, text)
+    global _last_now
+    _last_now = f"{text}.{micros:06d}Z"
+    return _last_now
+
+
+#: The last `now_rfc3339` result: an event whose ``time`` is this very object got
+#: it from the default factory a moment ago and needs no parsing to validate.
+_last_now = ""
 
 
 def _check_text(value: object, field: str, max_len: int, *, required: bool) -> None:
@@ -106,6 +134,8 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 
 
 def _check_time(value: object) -> None:
+    if value is _last_now:
+        return
     if not isinstance(value, str):
         raise InvalidEvent(f"time must be an RFC 3339 string, got {value!r}", field="time")
     try:
@@ -199,6 +229,15 @@ def data_bytes(event: Event) -> bytes:
     if isinstance(data, str) and not event.datacontenttype.endswith("json"):
         return data.encode()
     return _json_encoder.encode(data)
+
+
+def to_plain(event: Event) -> dict[str, Any]:
+    """Every envelope field as JSON-ready values; bytes ``data`` becomes ``data_base64``."""
+    out = msgspec.structs.asdict(event)
+    if isinstance(event.data, bytes | bytearray | memoryview):
+        del out["data"]
+        out["data_base64"] = base64.b64encode(bytes(event.data)).decode()
+    return out
 
 
 # CloudEvents structured mode (JSON event format). The bridge attributes travel

@@ -83,9 +83,21 @@ class EmitResult(msgspec.Struct, frozen=True):
                 }
                 for h in self.handlers
             ],
-            "deliveries": [msgspec.to_builtins(d) for d in self.deliveries],
-            "follow_ups": [f.to_api() for f in self.follow_ups],
+            "deliveries": [_delivery(d) for d in self.deliveries],
+            "follow_ups": [f.to_api() for f in self.follow_ups] if self.follow_ups else [],
         }
         if self.error is not None:
             out["error"] = msgspec.to_builtins(self.error)
         return out
+
+
+def _delivery(d: Delivery) -> dict[str, Any]:
+    # By hand rather than msgspec.to_builtins: this runs once per published event.
+    out: dict[str, Any] = {"sink": d.sink, "destination": d.destination}
+    if d.partition is not None:
+        out["partition"] = d.partition
+    if d.offset is not None:
+        out["offset"] = d.offset
+    if d.routing_key is not None:
+        out["routing_key"] = d.routing_key
+    return out

@@ -123,6 +123,22 @@ class Subscription:
                 self._waiter = None
         return self._notice()
 
+    async def next(self, timeout: float) -> Notice | None:  # noqa: ASYNC109 - a poll interval
+        """The next notice, or None if none arrives within ``timeout`` seconds.
+
+        Raises `SubscriptionOverflow` / `StopAsyncIteration` as iteration does.
+        """
+        if not self._queue and not self.overflowed and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        return await self.__anext__()
+
     def get_nowait(self) -> Notice | None:
         """The next queued notice, or None (for callers that poll)."""
         return self._notice() if self._queue else None

@@ -7,16 +7,15 @@ Each line holds every envelope field; bytes ``data`` is written as
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import msgspec
 
 from bridge.errors import SinkError, SinkUnavailable
-from bridge.event import Event
+from bridge.event import to_plain
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
 
@@ -31,15 +30,6 @@ class FileConfig(SinkConfig, frozen=True, kw_only=True):
 
 class FileRoute(RouteOptions, frozen=True, kw_only=True):
     """The file sink has no per-route fields."""
-
-
-def record(event: Event) -> dict[str, Any]:
-    """The JSON Lines record of an event: every field, bytes data as base64."""
-    out = msgspec.structs.asdict(event)
-    if isinstance(event.data, bytes | bytearray | memoryview):
-        del out["data"]
-        out["data_base64"] = base64.b64encode(bytes(event.data)).decode()
-    return out
 
 
 class FileSink:
@@ -70,7 +60,7 @@ class FileSink:
         if self._file is None:
             err = SinkUnavailable(f"file sink {self.name!r} is not started")
             return [err] * len(items)
-        lines = [_encoder.encode(record(item.event)) + b"\n" for item in items]
+        lines = [_encoder.encode(to_plain(item.event)) + b"\n" for item in items]
         async with self._lock:
             try:
                 start = await asyncio.to_thread(self._write, b"".join(lines))

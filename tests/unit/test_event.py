@@ -24,6 +24,24 @@ def test_defaults_fill_id_time_and_kind() -> None:
     assert event.datacontenttype == "application/json"
 
 
+def test_ids_are_uuid4_text_and_unique() -> None:
+    import uuid
+
+    ids = {Event(type="x").id for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_default_time_is_rfc3339_utc_and_moves_forward() -> None:
+    from datetime import datetime
+
+    first, second = Event(type="x").time, Event(type="x").time
+    assert datetime.fromisoformat(first) <= datetime.fromisoformat(second)
+    assert len(first) == len("2026-01-01T00:00:00.000000Z")
+
+
 def test_is_immutable() -> None:
     event = Event(type="x")
     with pytest.raises(AttributeError):
