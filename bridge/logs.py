@@ -1,0 +1,109 @@
+"""Structured logging: one line per outcome, as text or JSON.
+
+Fields passed with ``extra={...}`` become structured fields: ``key=value``
+pairs after the sentence in text format, top-level keys in JSON format::
+
+    2026-11-22T07:25:00.123Z info  bridge.server: listening on tcp 127.0.0.1:8787 listener=tcp
+    {"time":"2026-11-22T07:25:00.123Z","level":"info","logger":"bridge.server",
+     "message":"listening on tcp 127.0.0.1:8787","listener":"tcp"}
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TextIO
+
+import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
+
+Format = Literal["text", "json"]
+LEVELS: Final = ("debug", "info", "warning", "error")
+
+_STANDARD: Final = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
+    | {"message", "asctime", "taskName"}
+)
+_encoder: Final = msgspec.json.Encoder(enc_hook=str)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a record carries (what was passed as ``extra``)."""
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else _encoder.encode(value).decode()
+    if not text or any(ch in text for ch in ' "=\n'):
+        return _encoder.encode(text).decode()
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <level> <logger>: <message> key=value ...`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        line = f"{_timestamp(record)} {level:<7} {record.name}: {record.getMessage()}"
+        fields = fields_of(record)
+        if fields:
+            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(fields_of(record))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return _encoder.encode(out).decode()
+
+
+class MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a malformed request with a traceback at ERROR; make it one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed HTTP request answered with %d: %s"
+            record.args = (exc.code, exc.message)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def setup_logging(
+    format: Format = "text", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Route every log record to ``stream`` (stderr) in ``format`` at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedHttpFilter())
+    # evbridge logs one line per outcome itself; aiohttp's access log would double it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,319 @@
+"""The ``/v1`` endpoints: post one event, post a batch, info, the OpenAPI document.
+
+One `Api` object per listener holds everything a request needs, looked up
+once: the bus, the limits, the auth check and the metric children for its
+transport. The per-request path does no regex compiles and no metric lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+from time import monotonic, perf_counter
+from typing import Any, Final, Literal
+
+from aiohttp import web
+from prometheus_client import Counter
+
+import bridge
+from bridge.durable import Preference, parse_prefer
+from bridge.errors import BridgeError, InvalidEvent
+from bridge.event import Event
+from bridge.metrics import METRICS
+from bridge.results import EmitResult
+from bridge.server.auth import BearerAuth
+from bridge.server.errors import (
+    RETRY_AFTER_S,
+    ApiError,
+    from_api_error,
+    json_response,
+    status_for,
+)
+from bridge.server.ingest import decode_batch, decode_event
+from bridge.server.state import Sidecar
+
+log = logging.getLogger("bridge.server")
+
+Transport = Literal["tcp", "unix"]
+
+_RETRY: Final = {"Retry-After": RETRY_AFTER_S}
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document of this API (``bridge/openapi.json``)."""
+    return resources.files("bridge").joinpath("openapi.json").read_bytes()
+
+
+class Api:
+    """Request handlers for one API listener (one transport)."""
+
+    def __init__(self, sidecar: Sidecar, transport: Transport) -> None:
+        self.sidecar = sidecar
+        self.bus = sidecar.bus
+        self.transport = transport
+        limits = sidecar.config.limits
+        self.max_body = limits.max_body_bytes
+        # A batch larger than max_inflight could never be admitted: refuse it as too large.
+        self.max_batch = min(limits.max_batch, limits.max_inflight)
+        token = sidecar.config.auth.token
+        self.auth = BearerAuth(token) if token and transport == "tcp" else None
+        self.stats = sidecar.stats
+        self._received = METRICS.events_received.labels(transport)
+        self._duration_event = METRICS.request_duration.labels(transport, "events")
+        self._duration_batch = METRICS.request_duration.labels(transport, "batch")
+        self._rejected: dict[str, Counter] = {}
+        self._openapi = openapi_document()
+        # `Prefer: respond-async` / `wait=N` count only where durable delivery is on.
+        durable = self.bus.durable
+        self._honour_prefer = durable is not None and durable.allow_override
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _count_rejected(self, code: str, count: int = 1) -> None:
+        child = self._rejected.get(code)
+        if child is None:
+            child = self._rejected[code] = METRICS.events_rejected.labels(code)
+        child.inc(count)
+        METRICS.errors.labels("ingest", code).inc(count)
+        self.stats.rejected += count
+
+    async def _read(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"the body is {length} bytes; limits.max_body_bytes is {self.max_body}",
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(
+                413, "body_too_large", f"the body is over limits.max_body_bytes ({self.max_body})"
+            ) from None
+        except ConnectionError:
+            raise ApiError(
+                400, "incomplete_body", "the client closed the connection before the body ended"
+            ) from None
+
+    def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
+        """A whole request refused: count it, log one line, answer the JSON error."""
+        self._count_rejected(exc.code, count)
+        # Not force-closed on 413: aiohttp reads and drops the unread body (bounded by its
+        # lingering time), so the client can finish sending and read this answer.
+        response = from_api_error(exc)
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s %s refused with %d %s: %s",
+                request.method,
+                request.path,
+                exc.status,
+                exc.code,
+                exc.message,
+                extra={"status": exc.status, "code": exc.code, "transport": self.transport},
+            )
+        return response
+
+    # --- POST /v1/events ---------------------------------------------------------------
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        start = perf_counter()
+        sidecar = self.sidecar
+        self.stats.requests += 1
+        sidecar.request_started()
+        try:
+            if self.auth is not None:
+                self.auth.check(request.headers)
+            sidecar.admit(1)
+            try:
+                body = await self._read(request)
+                self._received.inc()
+                headers = request.headers
+                try:
+                    event = decode_event(headers.get("Content-Type"), headers, body)
+                except InvalidEvent as exc:
+                    raise ApiError(400, exc.code, exc.message, field=exc.field) from None
+                preference = self._preference(request)
+                result = await self.bus.emit(event, delivery=preference)
+            finally:
+                sidecar.release(1)
+            response = self._answer(request, result, preference)
+        except ApiError as exc:
+            response = self._refused(request, exc)
+        except BridgeError as exc:  # the bus refused to emit at all (e.g. stopped)
+            response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            sidecar.request_done()
+        self._duration_event.observe(perf_counter() - start)
+        return response
+
+    def _preference(self, request: web.Request) -> Preference | None:
+        """The request's ``Prefer`` (RFC 7240), where the config lets it choose the mode."""
+        if not self._honour_prefer:
+            return None
+        return parse_prefer(request.headers.get("Prefer"))
+
+    def _answer(
+        self, request: web.Request, result: EmitResult, preference: Preference | None = None
+    ) -> web.Response:
+        """The result as the response: 200, or 202 once spooled. Rejections were logged
+        by the bus or the publisher."""
+        error = result.error
+        status = (
+            (202 if result.status == "spooled" else 200) if error is None else status_for(error)
+        )
+        if error is None:
+            self.stats.accepted += 1
+        else:
+            self.stats.rejected += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event %s %s %s: %d",
+                result.type,
+                result.id,
+                result.status,
+                status,
+                extra={"status": status, "transport": self.transport},
+            )
+        headers = _RETRY if status in (429, 503) else None
+        if preference is not None:
+            if result.status == "spooled" and preference.mode == "durable":
+                headers = {"Preference-Applied": "respond-async"}
+            elif result.status == "published" and preference.wait_s is not None:
+                headers = {"Preference-Applied": f"wait={preference.wait_s:g}"}
+        return json_response(result.to_api(), status, headers)
+
+    # --- POST /v1/events/batch ---------------------------------------------------------
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        start = perf_counter()
+        sidecar = self.sidecar
+        self.stats.requests += 1
+        sidecar.request_started()
+        try:
+            if self.auth is not None:
+                self.auth.check(request.headers)
+            sidecar.admit(1)
+            reserved = 1
+            try:
+                body = await self._read(request)
+                headers = request.headers
+                items = decode_batch(
+                    headers.get("Content-Type"), headers, body, max_items=self.max_batch
+                )
+                self._received.inc(len(items))
+                events = [item for item in items if isinstance(item, Event)]
+                if len(events) > reserved:
+                    sidecar.admit(len(events) - reserved)
+                    reserved = len(events)
+                preference = self._preference(request)
+                results = await self.bus.emit_many(events, delivery=preference) if events else []
+            finally:
+                sidecar.release(reserved)
+            response = json_response(self._batch_body(items, results))
+        except ApiError as exc:
+            response = self._refused(request, exc)
+        except BridgeError as exc:
+            response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            sidecar.request_done()
+        self._duration_batch.observe(perf_counter() - start)
+        return response
+
+    def _batch_body(
+        self, items: list[Event | InvalidEvent], results: list[EmitResult]
+    ) -> dict[str, Any]:
+        out: list[dict[str, Any]] = []
+        accepted = rejected = 0
+        invalid: list[tuple[int, InvalidEvent]] = []
+        done = iter(results)
+        for index, item in enumerate(items):
+            if isinstance(item, InvalidEvent):
+                out.append({"index": index, "status": "rejected", "error": item.to_dict()})
+                invalid.append((index, item))
+                continue
+            result = next(done)
+            out.append({"index": index, **result.to_api()})
+            if result.error is None:
+                accepted += 1
+            else:
+                rejected += 1
+        self.stats.accepted += accepted
+        self.stats.rejected += rejected
+        for _, exc in invalid:
+            self._count_rejected(exc.code)
+        rejected += len(invalid)
+        if invalid:
+            index, first = invalid[0]
+            log.info(
+                "batch of %d: %d items invalid, the first at index %d: %s (%s)",
+                len(items),
+                len(invalid),
+                index,
+                first.message,
+                first.code,
+                extra={"invalid": len(invalid), "transport": self.transport},
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch of %d: %d accepted, %d rejected",
+                len(items),
+                accepted,
+                rejected,
+                extra={"accepted": accepted, "rejected": rejected, "transport": self.transport},
+            )
+        return {"accepted": accepted, "rejected": rejected, "results": out}
+
+    # --- GET /v1/info, /v1/openapi.json ----------------------------------------------------
+
+    async def info(self, request: web.Request) -> web.Response:
+        if self.auth is not None:
+            self.auth.check(request.headers)
+        sidecar = self.sidecar
+        config = sidecar.config
+        health = await sidecar.health() if sidecar.phase == "running" else {}
+        described = self.bus.describe()
+        sinks = []
+        for sink in config.sinks:
+            state = health.get(sink.name)
+            sinks.append(
+                {
+                    "name": sink.name,
+                    "type": sink.type,
+                    "ok": state.ok if state is not None else False,
+                    "detail": state.detail if state is not None else sidecar.phase,
+                }
+            )
+        limits = config.limits
+        return json_response(
+            {
+                "version": bridge.__version__,
+                "phase": sidecar.phase,
+                "uptime_s": round(monotonic() - sidecar.started_at, 3),
+                "listeners": sidecar.listeners,
+                "auth": {"tcp": bool(config.auth.token), "unix": False},
+                "limits": {
+                    "max_body_bytes": limits.max_body_bytes,
+                    "max_batch": limits.max_batch,
+                    "max_inflight": limits.max_inflight,
+                },
+                "inflight": sidecar.inflight,
+                "sinks": sinks,
+                "routes": described["routes"],
+                "handlers": described["handlers"],
+            }
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        if self.auth is not None:
+            self.auth.check(request.headers)
+        return web.Response(body=self._openapi, content_type="application/json")

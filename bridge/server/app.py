@@ -1,0 +1,119 @@
+"""The aiohttp applications: one per listener, all sharing one `Sidecar`.
+
+``create_app(sidecar, "tcp" | "unix")`` serves the API plus the probes;
+``create_app(sidecar, "metrics")`` serves only ``/metrics``, ``/healthz`` and
+``/readyz``. Handlers find the sidecar under `SIDECAR` (a typed ``AppKey``),
+so routes added elsewhere (say, spool administration) can reach it.
+
+`standalone_app` builds a self-contained API app whose ``cleanup_ctx``
+starts and stops the sidecar, for embedding and aiohttp's test client; the
+``evbridge serve`` command instead drives the lifecycle itself
+(`bridge.server.run`), because shutdown must be ordered across listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
+from typing import Final, Literal
+
+from aiohttp import web
+from prometheus_client import Histogram
+
+from bridge.config import Config
+from bridge.metrics import METRICS
+from bridge.server.api import Api
+from bridge.server.errors import ApiError, error_response, from_api_error, from_http_exception
+from bridge.server.probes import Probes
+from bridge.server.spool_admin import add_spool_routes
+from bridge.server.state import Sidecar
+from bridge.server.subscribe import add_subscribe_routes
+
+log = logging.getLogger("bridge.server")
+
+Listener = Literal["tcp", "unix", "metrics"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SIDECAR: Final = web.AppKey("sidecar", Sidecar)
+LISTENER: Final = web.AppKey("listener", str)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as a JSON body: router misses, body limits, and anything unforeseen."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(exc)
+    except ApiError as exc:
+        return from_api_error(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        METRICS.error("ingest", "internal_error")
+        return error_response(500, "internal_error", "evbridge failed to answer; see its log")
+
+
+def _timed(handler: Handler, child: Histogram) -> Handler:
+    async def timed(request: web.Request) -> web.StreamResponse:
+        start = perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            child.observe(perf_counter() - start)
+
+    return timed
+
+
+def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
+    probes = Probes(sidecar)
+    for path, name, handler in (
+        ("/healthz", "healthz", probes.healthz),
+        ("/readyz", "readyz", probes.readyz),
+        ("/metrics", "metrics", probes.metrics),
+    ):
+        app.router.add_get(path, _timed(handler, METRICS.request_duration.labels(transport, name)))
+
+
+def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
+    """The aiohttp application for one listener."""
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=sidecar.config.limits.max_body_bytes
+    )
+    app[SIDECAR] = sidecar
+    app[LISTENER] = listener
+    if listener == "metrics":
+        _add_probes(app, sidecar, "tcp")
+        return app
+    api = Api(sidecar, listener)
+    app.router.add_post("/v1/events", api.post_event)
+    app.router.add_post("/v1/events/batch", api.post_batch)
+    duration = METRICS.request_duration
+    app.router.add_get("/v1/info", _timed(api.info, duration.labels(listener, "info")))
+    app.router.add_get(
+        "/v1/openapi.json", _timed(api.openapi, duration.labels(listener, "openapi"))
+    )
+    add_spool_routes(app, sidecar, listener)
+    add_subscribe_routes(app, sidecar, listener)
+    _add_probes(app, sidecar, listener)
+    return app
+
+
+def standalone_app(config: Config, listener: Literal["tcp", "unix"] = "tcp") -> web.Application:
+    """An API app that starts its own sidecar on startup and stops it on cleanup."""
+    sidecar = Sidecar(config)
+    app = create_app(sidecar, listener)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await sidecar.start()
+        yield
+        sidecar.begin_shutdown()
+        await sidecar.stop(config.shutdown.grace_s)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,128 @@
+"""``evbridge check``: validate the config and run every sink's health check.
+
+Each sink is started, checked and stopped on its own (each bounded in time),
+so one broker that is down does not hide the state of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+
+from bridge.bus import Bus
+from bridge.config import Config, load_config
+from bridge.errors import BridgeError, ConfigError
+from bridge.server.auth import check_exposure
+from bridge.server.listeners import MAX_UNIX_PATH, parse_tcp
+from bridge.sinks.base import Sink
+
+
+@dataclass
+class Line:
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    lines: list[Line] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(line.ok for line in self.lines)
+
+    def add(self, what: str, ok: bool, detail: str) -> None:
+        self.lines.append(Line(what, ok, detail))
+
+    def text(self) -> str:
+        width = max((len(line.what) for line in self.lines), default=0)
+        out = [
+            f"{line.what:<{width}}  {'ok ' if line.ok else 'FAIL'}  {line.detail}"
+            for line in self.lines
+        ]
+        failed = sum(not line.ok for line in self.lines)
+        out.append("all checks passed" if not failed else f"{failed} check(s) failed")
+        return "\n".join(out)
+
+
+def _check_listen(config: Config, report: Report) -> None:
+    parts = []
+    try:
+        tcp = parse_tcp(config.listen.tcp, "listen.tcp") if config.listen.tcp else None
+        if config.metrics.tcp:
+            parse_tcp(config.metrics.tcp, "metrics.tcp")
+        check_exposure(config, tcp[0] if tcp else None)
+        unix = config.listen.unix
+        if unix is not None and len(os.fsencode(unix)) > MAX_UNIX_PATH:
+            raise ConfigError(f"listen.unix: {unix!r} is longer than {MAX_UNIX_PATH} bytes")
+        if tcp is None and unix is None:
+            raise ConfigError("listen: both tcp and unix are null; enable at least one")
+    except ConfigError as exc:
+        report.add("listen", False, exc.message)
+        return
+    if config.listen.tcp:
+        parts.append(f"tcp {config.listen.tcp}" + (" (token)" if config.auth.token else ""))
+    if config.listen.unix:
+        parts.append(f"unix {config.listen.unix} (mode {config.listen.unix_mode})")
+    if config.metrics.tcp:
+        parts.append(f"metrics {config.metrics.tcp}")
+    report.add("listen", True, ", ".join(parts))
+
+
+async def _check_sink(name: str, kind: str, sink: Sink, timeout: float, report: Report) -> None:  # noqa: ASYNC109
+    what = f"sink {name} ({kind})"
+    try:
+        await asyncio.wait_for(sink.start(), timeout)
+    except TimeoutError:
+        report.add(what, False, f"did not start within {timeout:g}s")
+        return
+    except Exception as exc:
+        message = exc.message if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
+        report.add(what, False, f"failed to start: {message}")
+        return
+    try:
+        health = await asyncio.wait_for(sink.healthcheck(), timeout)
+        report.add(what, health.ok, health.detail or ("healthy" if health.ok else "unhealthy"))
+    except TimeoutError:
+        report.add(what, False, f"health check did not answer within {timeout:g}s")
+    except Exception as exc:
+        report.add(what, False, f"health check failed: {type(exc).__name__}: {exc}")
+    finally:
+        try:
+            await asyncio.wait_for(sink.stop(), timeout)
+        except Exception as exc:
+            report.add(what, False, f"did not stop cleanly: {type(exc).__name__}: {exc}")
+
+
+async def run_check(path: str | None, where: str, *, timeout: float) -> Report:  # noqa: ASYNC109
+    """Check the config at ``path`` (None: env or embedded default) and its sinks."""
+    report = Report()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        report.add("config", False, exc.message)
+        return report
+    report.add("config", True, where)
+    _check_listen(config, report)
+    try:
+        bus = Bus(config)
+    except BridgeError as exc:
+        report.add("handlers", False, exc.message)
+        return report
+    report.add(
+        "handlers",
+        True,
+        f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules",
+    )
+    report.add(
+        "routes",
+        True,
+        ", ".join(f"{r.name}: {r.match} -> {r.sink}" for r in config.routes) or "none",
+    )
+    kinds = {s.name: s.type for s in config.sinks}
+    await asyncio.gather(
+        *(_check_sink(name, kinds[name], sink, timeout, report) for name, sink in bus.sinks.items())
+    )
+    return report

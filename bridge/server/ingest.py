@@ -1,0 +1,288 @@
+"""Request bodies to events: the content modes of ``POST /v1/events`` and ``/v1/events/batch``.
+
+Single event (``decode_event``):
+
+- ``application/json`` (also a missing Content-Type): the plain JSON shape;
+- ``application/cloudevents+json``: CloudEvents structured mode;
+- CloudEvents binary mode, chosen by a ``ce-specversion``, ``ce-id`` or
+  ``ce-type`` header: the ``ce-*`` headers are the attributes and the body is
+  ``data`` (decoded when its Content-Type is JSON, raw bytes otherwise);
+- ``application/msgpack``: the plain JSON shape in msgpack.
+
+Batch (``decode_batch``): a JSON array (``application/json``), NDJSON
+(``application/x-ndjson``), ``application/cloudevents-batch+json`` or a
+msgpack array. A bad item becomes that item's `InvalidEvent`; only a body that
+cannot be split into items fails the whole request.
+
+W3C ``traceparent``/``tracestate`` request headers are copied into each event's
+``headers`` unless the event carries its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import unquote
+
+import msgspec
+
+from bridge.errors import InvalidEvent
+from bridge.event import Event, convert, decode_json, decode_msgpack, from_structured
+from bridge.server.errors import ApiError
+
+JSON: Final = "application/json"
+CLOUDEVENTS: Final = "application/cloudevents+json"
+CLOUDEVENTS_BATCH: Final = "application/cloudevents-batch+json"
+NDJSON: Final = "application/x-ndjson"
+MSGPACK: Final = "application/msgpack"
+
+_MEDIA_ALIASES: Final = {
+    "application/x-msgpack": MSGPACK,
+    "application/vnd.msgpack": MSGPACK,
+    "application/ndjson": NDJSON,
+    "application/jsonl": NDJSON,
+    "application/x-jsonlines": NDJSON,
+    "application/jsonlines": NDJSON,
+}
+SINGLE_TYPES: Final = (JSON, CLOUDEVENTS, MSGPACK)
+BATCH_TYPES: Final = (JSON, NDJSON, CLOUDEVENTS_BATCH, MSGPACK)
+
+_media_cache: dict[str, str] = {}
+_MEDIA_CACHE_LIMIT: Final = 256
+
+_raw_list_json: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_list_msgpack: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_any_json: Final = msgspec.json.Decoder()
+
+# W3C Trace Context, level 1: version-traceid-parentid-flags (lowercase hex).
+_TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?\Z")
+_TRACESTATE_MAX: Final = 512
+
+
+def media_type(content_type: str | None) -> str:
+    """The lowercased media type of a Content-Type header (no parameters); JSON if absent."""
+    if not content_type:
+        return JSON
+    found = _media_cache.get(content_type)
+    if found is None:
+        found = content_type.partition(";")[0].strip().lower()
+        found = _MEDIA_ALIASES.get(found, found)
+        if len(_media_cache) >= _MEDIA_CACHE_LIMIT:
+            _media_cache.clear()
+        _media_cache[content_type] = found
+    return found
+
+
+def trace_context(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """``traceparent`` (and ``tracestate``) from request headers, if the traceparent is valid.
+
+    An invalid ``traceparent`` is ignored together with its ``tracestate``, as
+    the W3C spec asks.
+    """
+    parent = headers.get("traceparent")
+    if parent is None:
+        return None
+    parent = parent.strip()
+    if not _TRACEPARENT.match(parent) or parent.startswith("ff"):
+        return None
+    found = {"traceparent": parent}
+    state = headers.get("tracestate")
+    if state:
+        state = state.strip()
+        if state and len(state) <= _TRACESTATE_MAX and state.isprintable():
+            found["tracestate"] = state
+    return found
+
+
+def with_trace(event: Event, trace: dict[str, str] | None) -> Event:
+    """``event`` with the request's trace context added to its headers (its own win)."""
+    if trace is None:
+        return event
+    headers = event.headers
+    if all(name in headers for name in trace):
+        return event
+    return msgspec.structs.replace(event, headers={**trace, **headers})
+
+
+def _unsupported(media: str, accepted: tuple[str, ...], hint: str = "") -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        f"unsupported Content-Type {media!r}; use one of {', '.join(accepted)}{hint}",
+        field="Content-Type",
+    )
+
+
+def is_binary_mode(headers: Mapping[str, str]) -> bool:
+    return "ce-specversion" in headers or "ce-type" in headers or "ce-id" in headers
+
+
+def decode_event(content_type: str | None, headers: Mapping[str, str], body: bytes) -> Event:
+    """One event from a ``POST /v1/events`` request.
+
+    Raises `InvalidEvent` (400) or `ApiError` (415).
+    """
+    media = media_type(content_type)
+    if media == CLOUDEVENTS:
+        event = decode_structured(body)
+    elif is_binary_mode(headers):
+        event = decode_binary(content_type, headers, body)
+    elif media == JSON:
+        event = decode_json(body)
+    elif media == MSGPACK:
+        event = decode_msgpack(body)
+    elif media in (NDJSON, CLOUDEVENTS_BATCH):
+        raise _unsupported(media, SINGLE_TYPES, "; send batches to /v1/events/batch")
+    else:
+        raise _unsupported(media, SINGLE_TYPES, ", or CloudEvents binary mode (ce-* headers)")
+    return with_trace(event, trace_context(headers))
+
+
+def decode_structured(body: bytes) -> Event:
+    """A CloudEvents JSON-format (structured mode) event."""
+    try:
+        obj = _any_json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}", code="invalid_json") from None
+    return from_structured(obj)
+
+
+_BINARY_ATTRIBUTES: Final = {
+    "id": "id",
+    "source": "source",
+    "type": "type",
+    "specversion": "specversion",
+    "time": "time",
+    "subject": "subject",
+    "kind": "kind",
+    "partitionkey": "key",
+    "correlationid": "correlation_id",
+}
+_BINARY_REQUIRED: Final = ("id", "source", "type", "specversion")
+
+
+def _is_json(media: str) -> bool:
+    return media == JSON or media.endswith("+json") or media == "text/json"
+
+
+def decode_binary(content_type: str | None, headers: Mapping[str, str], body: bytes) -> Event:
+    """A CloudEvents binary-mode event: ``ce-*`` headers plus the body as ``data``."""
+    fields: dict[str, Any] = {}
+    extensions: dict[str, str] = {}
+    for name, raw_value in headers.items():
+        lower = name.lower()
+        if not lower.startswith("ce-") or len(lower) == 3:
+            continue
+        attr = lower[3:]
+        value = raw_value
+        if "%" in value:
+            try:
+                value = unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidEvent(
+                    f"header {name} is not valid percent-encoded UTF-8", field=attr
+                ) from None
+        target = _BINARY_ATTRIBUTES.get(attr)
+        if target is not None:
+            fields[target] = value
+        elif attr == "ttl":
+            try:
+                fields["ttl_ms"] = int(value)
+            except ValueError:
+                raise InvalidEvent(
+                    f"ce-ttl must be an integer, got {value!r}", field="ttl_ms"
+                ) from None
+        elif attr == "datacontenttype":
+            raise InvalidEvent(
+                "in binary mode the Content-Type header is the data content type; "
+                "drop ce-datacontenttype",
+                field="datacontenttype",
+            )
+        else:
+            extensions[attr] = value
+    for name in _BINARY_REQUIRED:
+        if name not in fields:
+            raise InvalidEvent(f"CloudEvents binary mode needs the ce-{name} header", field=name)
+    if body:
+        media = media_type(content_type) if content_type else "application/octet-stream"
+        fields["datacontenttype"] = content_type or media
+        if _is_json(media):
+            try:
+                fields["data"] = _any_json.decode(body)
+            except msgspec.DecodeError as exc:
+                raise InvalidEvent(
+                    f"malformed JSON data: {exc}", code="invalid_json", field="data"
+                ) from None
+        else:
+            fields["data"] = bytes(body)
+    elif content_type:
+        fields["datacontenttype"] = content_type
+    if extensions:
+        fields["headers"] = extensions
+    return convert(fields)
+
+
+# --- batches ------------------------------------------------------------------
+
+
+def _split_ndjson(body: bytes) -> list[bytes]:
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+_RawListDecoder = (
+    msgspec.json.Decoder[list[msgspec.Raw]] | msgspec.msgpack.Decoder[list[msgspec.Raw]]
+)
+
+
+def _split_array(body: bytes, decoder: _RawListDecoder, what: str) -> list[bytes]:
+    try:
+        raws = decoder.decode(body)
+    except msgspec.ValidationError:
+        raise ApiError(400, "invalid_batch", f"a batch must be a {what} array of events") from None
+    except msgspec.DecodeError as exc:
+        code = "invalid_json" if what == "JSON" else "invalid_msgpack"
+        raise ApiError(400, code, f"malformed {what}: {exc}") from None
+    return [bytes(raw) for raw in raws]
+
+
+def decode_batch(
+    content_type: str | None, headers: Mapping[str, str], body: bytes, *, max_items: int
+) -> list[Event | InvalidEvent]:
+    """The items of a ``POST /v1/events/batch`` body, in input order.
+
+    Each item is its `Event` or the `InvalidEvent` that says why it is not
+    one. Raises `ApiError` when the body as a whole is unusable: 415 for an
+    unsupported type, 400 when it cannot be split into items, 413 when it has
+    more than ``max_items``.
+    """
+    media = media_type(content_type)
+    items: list[bytes]
+    decode_item: Callable[[bytes], Event]
+    if media == NDJSON:
+        items, decode_item = _split_ndjson(body), decode_json
+    elif media == JSON:
+        items, decode_item = _split_array(body, _raw_list_json, "JSON"), decode_json
+    elif media == CLOUDEVENTS_BATCH:
+        items, decode_item = _split_array(body, _raw_list_json, "JSON"), decode_structured
+    elif media == MSGPACK:
+        items, decode_item = _split_array(body, _raw_list_msgpack, "msgpack"), decode_msgpack
+    elif media == CLOUDEVENTS:
+        raise _unsupported(media, BATCH_TYPES, "; send single events to /v1/events")
+    else:
+        raise _unsupported(media, BATCH_TYPES)
+    if len(items) > max_items:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"the batch has {len(items)} events; the limit is {max_items}",
+            field=None,
+        )
+    trace = trace_context(headers)
+    out: list[Event | InvalidEvent] = []
+    for item in items:
+        try:
+            out.append(with_trace(decode_item(item), trace))
+        except InvalidEvent as exc:
+            out.append(exc)
+    return out

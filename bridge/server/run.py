@@ -1,0 +1,237 @@
+"""``evbridge serve``: open the listeners, run until SIGTERM/SIGINT, shut down in order.
+
+Start: the metrics listener first (``/healthz`` answers while sinks start),
+then the bus (every sink), then the API listeners; one log line per listener.
+
+Shutdown, on the first SIGTERM or SIGINT:
+
+1. readiness goes 503 (``/readyz`` keeps answering on the metrics listener);
+2. the API listeners stop accepting and idle keep-alive connections close;
+3. requests in flight finish, bounded by ``shutdown.grace_s`` (then cancelled);
+4. the bus stops: coalesced publishes finish, sinks flush and stop;
+5. the metrics listener closes, the Unix socket file is removed, and one
+   summary line is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+from time import monotonic
+
+from aiohttp import web
+
+import bridge
+from bridge.config import Config
+from bridge.errors import ConfigError
+from bridge.server.app import Listener, create_app
+from bridge.server.auth import check_exposure
+from bridge.server.listeners import (
+    BACKLOG,
+    absolute,
+    bind_tcp,
+    bind_unix,
+    format_tcp,
+    parse_tcp,
+    remove_unix,
+)
+from bridge.server.state import Sidecar
+
+log = logging.getLogger("bridge.server")
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, sidecar: Sidecar, main: asyncio.Task[None]
+) -> None:
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.info("%s received again: already shutting down", name, extra={"signal": name})
+            return
+        log.info("%s received: shutting down", name, extra={"signal": name})
+        stop.set()
+        if sidecar.phase == "starting":
+            main.cancel()  # a sink may take long to connect: do not wait for it
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
+_CUT_OFF_S = 0.1
+
+
+async def _drain(sidecar: Sidecar, runners: list[web.AppRunner], grace: float) -> bool:
+    """Stop accepting, close idle connections, wait up to ``grace`` s for requests in flight.
+
+    True if every event request finished in time.
+    """
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            runner.server.pre_shutdown()
+    return await sidecar.wait_idle(grace)
+
+
+async def _start_site(sidecar: Sidecar, listener: Listener, sock: socket.socket) -> web.AppRunner:
+    runner = web.AppRunner(
+        create_app(sidecar, listener),
+        access_log=None,
+        handle_signals=False,
+        # `_drain` already waited out the grace period: what is left gets cancelled.
+        shutdown_timeout=_CUT_OFF_S,
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, backlog=BACKLOG).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def _listening(sidecar: Sidecar, listener: str, address: str) -> None:
+    sidecar.listeners[listener] = address
+    log.info(
+        "listening on %s %s", listener, address, extra={"listener": listener, "address": address}
+    )
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Run the sidecar until a signal (or ``stop`` is set). Startup failures raise.
+
+    A signal during startup (sinks still connecting) cancels it: `asyncio.CancelledError`.
+    """
+    listen = config.listen
+    tcp = parse_tcp(listen.tcp, "listen.tcp") if listen.tcp else None
+    metrics = parse_tcp(config.metrics.tcp, "metrics.tcp") if config.metrics.tcp else None
+    if tcp is None and listen.unix is None:
+        raise ConfigError("listen: both tcp and unix are null; enable at least one", field="listen")
+    check_exposure(config, tcp[0] if tcp else None)
+    grace = config.shutdown.grace_s
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    sidecar = Sidecar(config)
+    main = asyncio.current_task()
+    assert main is not None
+    api_runners: list[web.AppRunner] = []
+
+    async def close_api() -> None:
+        runners = api_runners[:]
+        api_runners.clear()
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
+
+    drain_s = 0.0
+    draining = 0
+    async with AsyncExitStack() as stack:
+        _install_signals(loop, stop, sidecar, main)
+        stack.callback(_remove_signals, loop)
+        if metrics is not None:
+            sock = bind_tcp(*metrics, where="metrics.tcp")
+            address = format_tcp(sock.getsockname())
+            try:
+                metrics_runner = await _start_site(sidecar, "metrics", sock)
+            except BaseException:
+                sock.close()
+                raise
+            stack.push_async_callback(metrics_runner.cleanup)
+            _listening(sidecar, "metrics", address)
+        await sidecar.start()
+        stack.push_async_callback(sidecar.stop, grace)
+        if listen.unix is not None:
+            unix_path = listen.unix
+            sock, inode = bind_unix(unix_path, int(listen.unix_mode, 8), listen.unix_group)
+            stack.callback(remove_unix, unix_path, inode)
+            stack.push_async_callback(close_api)
+            try:
+                api_runners.append(await _start_site(sidecar, "unix", sock))
+            except BaseException:
+                sock.close()
+                raise
+            _listening(sidecar, "unix", absolute(unix_path))
+        if tcp is not None:
+            sock = bind_tcp(*tcp, where="listen.tcp")
+            address = format_tcp(sock.getsockname())
+            if not api_runners:
+                stack.push_async_callback(close_api)
+            try:
+                api_runners.append(await _start_site(sidecar, "tcp", sock))
+            except BaseException:
+                sock.close()
+                raise
+            _listening(sidecar, "tcp", address)
+        bus = sidecar.bus
+        log.info(
+            "evbridge %s started: %d sinks, %d routes, %d handlers",
+            bridge.__version__,
+            len(bus.sinks),
+            len(config.routes),
+            len(bus.handlers()),
+            extra={"version": bridge.__version__, "pid": os.getpid()},
+        )
+        # Everything allocated so far lives until exit: keep it out of the collector's
+        # full passes, which would otherwise show up as latency spikes.
+        gc.collect()
+        gc.freeze()
+        await stop.wait()
+
+        # Ordered shutdown; the exit stack then stops the bus and the metrics listener.
+        sidecar.begin_shutdown()
+        draining = sidecar.active_requests
+        log.info(
+            "draining: %d requests in flight, grace %.1fs",
+            draining,
+            grace,
+            extra={"in_flight": draining, "grace_s": grace},
+        )
+        started = monotonic()
+        if not await _drain(sidecar, api_runners, grace):
+            log.warning(
+                "%d requests still in flight after the %.1fs grace period: cancelling them",
+                sidecar.active_requests,
+                grace,
+                extra={"in_flight": sidecar.active_requests},
+            )
+        await close_api()
+        # Let the requests cancelled at the grace limit unwind (and be counted).
+        await sidecar.wait_idle(1.0)
+        drain_s = monotonic() - started
+    stats = sidecar.stats
+    log.info(
+        "evbridge stopped after %.1fs: %d requests, %d events accepted, %d rejected; "
+        "drained %d in-flight requests in %.2fs, %d cut off at the grace limit",
+        monotonic() - sidecar.started_at,
+        stats.requests,
+        stats.accepted,
+        stats.rejected,
+        draining - stats.cancelled,
+        drain_s,
+        stats.cancelled,
+        extra={
+            "requests": stats.requests,
+            "accepted": stats.accepted,
+            "rejected": stats.rejected,
+            "drained": draining - stats.cancelled,
+            "cut_off": stats.cancelled,
+            "drain_s": round(drain_s, 3),
+        },
+    )
+
+
+def loop_factory() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop when uvloop is installed, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

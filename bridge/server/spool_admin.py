@@ -1,0 +1,45 @@
+"""``POST /v1/spool/dead-letters/replay``: what ``evbridge spool replay-dead-letters``
+calls while the sidecar runs (the sidecar owns the spool; no other process may write it)."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from bridge.errors import SpoolError
+from bridge.server.auth import BearerAuth
+from bridge.server.errors import ApiError, json_response, status_for
+from bridge.server.state import Sidecar
+from bridge.spool.cli import REPLAY_PATH
+
+
+class _ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    sink: str | None = None
+
+
+_decode = msgspec.json.Decoder(_ReplayRequest).decode
+
+
+def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> None:
+    """Add the spool administration endpoints to an API listener's app."""
+    token = sidecar.config.auth.token
+    auth = BearerAuth(token) if token and listener == "tcp" else None
+
+    async def replay(request: web.Request) -> web.Response:
+        if auth is not None:
+            auth.check(request.headers)
+        durable = sidecar.bus.durable
+        if durable is None:
+            raise ApiError(404, "not_found", "durable delivery is not configured: no spool")
+        body = await request.read()
+        try:
+            wanted = _decode(body) if body.strip() else _ReplayRequest()
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "invalid_json", f'expected {{"sink": NAME}}: {exc}') from None
+        try:
+            moved = await durable.replay_dead_letters(wanted.sink)
+        except SpoolError as exc:
+            raise ApiError(status_for(exc), exc.code, exc.message) from None
+        return json_response({"replayed": moved})
+
+    app.router.add_post(REPLAY_PATH, replay)

@@ -1,0 +1,190 @@
+"""The sidecar's shared state: the bus, admission (in-flight limit), phase and readiness.
+
+One `Sidecar` serves every listener (TCP, Unix socket, metrics). Its phase
+goes ``starting`` → ``running`` → ``draining`` → ``stopped``; only
+``running`` accepts events and answers ``/readyz`` with 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import Any, Final, Literal
+
+from bridge.bus import Bus
+from bridge.config import Config
+from bridge.metrics import METRICS
+from bridge.server.errors import ApiError
+from bridge.sinks.base import Health
+
+log = logging.getLogger("bridge.server")
+
+Phase = Literal["starting", "running", "draining", "stopped"]
+
+#: How long a health check result is reused, so probes do not hammer brokers.
+HEALTH_TTL_S: Final = 1.0
+
+
+class Stats:
+    """Counters for the shutdown summary line (plain ints on the event loop)."""
+
+    __slots__ = ("accepted", "cancelled", "rejected", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        #: Event requests cancelled before they finished (cut off at the shutdown grace limit).
+        self.cancelled = 0
+        self.accepted = 0
+        self.rejected = 0
+
+
+class Sidecar:
+    """The bus plus everything the HTTP side shares across listeners."""
+
+    def __init__(self, config: Config, bus: Bus | None = None) -> None:
+        self.config = config
+        self.bus = bus if bus is not None else Bus(config)
+        self.phase: Phase = "starting"
+        #: Events admitted and not finished (a batch counts its size).
+        self.inflight = 0
+        #: Event requests (single or batch) being processed now.
+        self.active_requests = 0
+        #: Open ``/v1/subscribe`` streams across listeners (bounded by limits.max_subscribers).
+        self.sse_streams = 0
+        self.max_inflight = config.limits.max_inflight
+        #: Listener name → address, filled in as listeners open (for /v1/info).
+        self.listeners: dict[str, str] = {}
+        self.stats = Stats()
+        self.started_at = monotonic()
+        self._health: dict[str, Health] | None = None
+        self._health_at = 0.0
+        self._health_task: asyncio.Task[dict[str, Health]] | None = None
+        self._idle: asyncio.Event | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the bus (every sink); the sidecar then accepts events."""
+        METRICS.inflight.set_function(lambda: float(self.inflight))
+        await self.bus.start()
+        self.phase = "running"
+        self.started_at = monotonic()
+        ready, _ = await self.readiness()
+        if not ready:
+            log.warning("started, but not ready yet: a sink health check fails")
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes 503 and new events are refused with 503."""
+        if self.phase in ("draining", "stopped"):
+            return
+        self.phase = "draining"
+        METRICS.ready.set(0)
+
+    async def stop(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, reported when hit
+        """Stop the bus (flush and stop sinks) within ``timeout`` s; False if it took longer."""
+        self.begin_shutdown()
+        self.phase = "stopped"
+        if self.bus.durable is not None:
+            # Background delivery gets shutdown.grace_s of its own to drain the spool.
+            timeout += self.config.shutdown.grace_s
+        try:
+            await asyncio.wait_for(self.bus.stop(), timeout)
+        except TimeoutError:
+            log.warning("sinks did not stop within %.1fs", timeout)
+            return False
+        return True
+
+    @property
+    def accepting(self) -> bool:
+        return self.phase == "running"
+
+    # --- admission --------------------------------------------------------------
+
+    def admit(self, count: int) -> None:
+        """Reserve ``count`` in-flight events, or raise 429 (over the limit) / 503 (not running).
+
+        The caller must give them back with ``release(count)``.
+        """
+        if self.phase != "running":
+            if self.phase == "starting":
+                raise ApiError(503, "not_started", "evbridge is starting; retry shortly")
+            raise ApiError(
+                503, "shutting_down", "evbridge is shutting down; send to another instance"
+            )
+        if self.inflight + count > self.max_inflight:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{self.inflight} events are in flight; limits.max_inflight is {self.max_inflight}",
+            )
+        self.inflight += count
+
+    def release(self, count: int) -> None:
+        self.inflight -= count
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_done(self) -> None:
+        self.active_requests -= 1
+        if self._idle is not None and not self.active_requests:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, reported when hit
+        """Wait until no event request is in flight; False if ``timeout`` s passed first."""
+        if not self.active_requests:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- health ------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Health]:
+        """Every sink's health, cached for `HEALTH_TTL_S`; concurrent callers share one check."""
+        if self._health is not None and monotonic() - self._health_at < HEALTH_TTL_S:
+            return self._health
+        task = self._health_task
+        if task is None:
+            task = self._health_task = asyncio.ensure_future(self._check_health())
+        return await asyncio.shield(task)
+
+    async def _check_health(self) -> dict[str, Health]:
+        try:
+            result = await self.bus.health()
+            self._health, self._health_at = result, monotonic()
+            return result
+        finally:
+            self._health_task = None
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body) for ``/readyz``; also sets the ``evbridge_ready`` gauge."""
+        reasons: list[str] = []
+        sinks: dict[str, dict[str, Any]] = {}
+        durable = self.bus.durable
+        # A sink reached only through the spool does not hold events up when it is down.
+        behind_spool = durable.sinks_behind_spool() if durable is not None else frozenset()
+        if self.phase == "running":
+            for name, health in (await self.health()).items():
+                sinks[name] = {"ok": health.ok, "detail": health.detail}
+                if not health.ok and name not in behind_spool:
+                    reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
+        if durable is not None and durable.full:
+            reasons.append("the spool is full: new events are refused until delivery frees space")
+        # The phase is read after the health check, which may have awaited a shutdown.
+        if self.phase == "starting":
+            reasons.append("starting: sinks are not started yet")
+        elif self.phase != "running":
+            reasons.append("shutting down: not accepting events")
+        ready = not reasons
+        METRICS.ready.set(1 if ready else 0)
+        body: dict[str, Any] = {"ready": ready, "phase": self.phase, "sinks": sinks}
+        if durable is not None:
+            body["spool"] = durable.describe()
+        if not ready:
+            body["not_ready"] = reasons
+        return ready, body
