@@ -9,11 +9,19 @@ from __future__ import annotations
 import pytest
 
 from tests.contract.target import ContractTarget
+from tests.contract.target_kafka import target_kafka_noida, target_kafka_tansu
 from tests.contract.target_local import target_file, target_memory
+from tests.contract.target_rabbitmq import target_rabbitmq
 
-__all__ = ["target_file", "target_memory"]
+__all__ = [
+    "target_file",
+    "target_kafka_noida",
+    "target_kafka_tansu",
+    "target_memory",
+    "target_rabbitmq",
+]
 
-TARGETS = ["memory", "file"]
+TARGETS = ["memory", "file", "rabbitmq", "kafka_tansu", "kafka_noida"]
 
 
 @pytest.fixture(params=TARGETS)
