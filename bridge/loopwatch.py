@@ -22,6 +22,7 @@ from bridge.pipeline import Watchdog
 log = logging.getLogger("bridge.loopwatch")
 
 INTERVAL_S: Final = 0.05
+_INF: Final = float("inf")
 
 
 class LoopWatch:
@@ -80,7 +81,8 @@ class LoopWatch:
             except RuntimeError:  # the set changed size while we copied it
                 continue
             for slot in slots:
-                if slot.task is task and slot.handler is not None:
+                # A finite deadline means the slot's handler is running right now.
+                if slot.task is task and slot.handler is not None and slot.deadline != _INF:
                     return slot.handler.name
             break
         return "(no handler: the bridge itself or a sink)"
