@@ -18,7 +18,8 @@ from typing import Any, Self
 import msgspec
 
 from bridge.config import Config, load_config
-from bridge.delivery import Outcome, Publisher
+from bridge.delivery import Publisher
+from bridge.durable import DurableDelivery, Preference, Result, Spooled
 from bridge.errors import BridgeError, SinkError
 from bridge.event import Event
 from bridge.handlers import (
@@ -101,6 +102,12 @@ class Bus:
             sink = sink_type.factory(sink_config)
             self.sinks[sink_config.name] = sink
             self._publishers[sink_config.name] = Publisher(sink, coalesce=sink_type.coalesce)
+        #: The spool and its deliverer, when some route delivers durably (`bridge.durable`).
+        self.durable = (
+            DurableDelivery(self.config, self._publishers)
+            if DurableDelivery.needed(self.config)
+            else None
+        )
         self._source = self.config.source
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
@@ -136,6 +143,14 @@ class Bus:
             raise BridgeError(
                 f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
             ) from exc
+        if self.durable is not None:
+            try:
+                await self.durable.start()
+            except BaseException:
+                await asyncio.gather(
+                    *(s.stop() for s in self.sinks.values()), return_exceptions=True
+                )
+                raise
         self._life.started = True
         if self._loopwatch is not None:
             self._loopwatch.start()
@@ -145,6 +160,9 @@ class Bus:
         if not self._life.started:
             return
         self._life.started = False
+        if self.durable is not None:
+            # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
+            await self.durable.stop(self.config.shutdown.grace_s)
         await asyncio.gather(
             *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
         )
@@ -246,11 +264,13 @@ class Bus:
             msgspec.structs.force_setattr(event, "source", self._source)
         return event
 
-    async def emit(self, event: Event) -> EmitResult:
+    async def emit(self, event: Event, *, delivery: Preference | None = None) -> EmitResult:
         """Run the handlers for ``event``, then publish it if it is a notification.
 
         Returns its `EmitResult` (with the results of its follow-ups). Failures
         of handlers and sinks are in the result; only misuse raises.
+        ``delivery`` (a request's ``Prefer``) chooses sync or durable delivery
+        for it and its follow-ups, where ``delivery.allow_override`` permits.
         """
         event = self._prepare(event)
         task = asyncio.current_task()
@@ -264,16 +284,20 @@ class Bus:
         if event.kind == "domain":
             result = EmitResult(event.id, event.type, "handled", handled.outcomes)
         else:
-            result = self._result(handled, await self._publish_one(event))
+            result = self._result(handled, await self._publish_one(event, delivery))
         if self._hub.subscriptions:
             self._hub.publish(event, result.status)
         if handled.follow_ups:
-            follow = await self._emit_batch(handled.follow_ups, 1)
+            follow = await self._emit_batch(handled.follow_ups, 1, None, delivery)
             result = msgspec.structs.replace(result, follow_ups=follow)
         return result
 
     async def emit_many(
-        self, events: Iterable[Event], *, concurrency: int | None = None
+        self,
+        events: Iterable[Event],
+        *,
+        concurrency: int | None = None,
+        delivery: Preference | None = None,
     ) -> list[EmitResult]:
         """Emit a batch; results come back in input order.
 
@@ -282,7 +306,7 @@ class Bus:
         Notification events are then published in input order, one
         ``publish_many`` per sink, so events with the same key keep their order.
         """
-        return await self._emit_batch(list(events), 0, concurrency)
+        return await self._emit_batch(list(events), 0, concurrency, delivery)
 
     async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
         handlers = self.registry.match(event.type)
@@ -318,12 +342,16 @@ class Bus:
         return handled  # type: ignore[return-value]  # every slot is filled
 
     async def _emit_batch(
-        self, events: Sequence[Event], depth: int, concurrency: int | None = None
+        self,
+        events: Sequence[Event],
+        depth: int,
+        concurrency: int | None = None,
+        delivery: Preference | None = None,
     ) -> list[EmitResult]:
         if not events:
             return []
         handled = await self._handle_all(events, depth, concurrency or self._concurrency)
-        outcomes: list[Outcome | BridgeError | None] = [None] * len(handled)
+        outcomes: list[Result | None] = [None] * len(handled)
         by_sink: dict[str, list[tuple[int, Outgoing]]] = {}
         for i, item in enumerate(handled):
             if item.event.kind == "domain":
@@ -338,7 +366,13 @@ class Bus:
             self._require_started()
 
             async def publish(sink: str, items: list[tuple[int, Outgoing]]) -> None:
-                results = await self._publishers[sink].publish_many([o for _, o in items])
+                batch = [o for _, o in items]
+                results: Sequence[Result]
+                if self.durable is None:
+                    results = await self._publishers[sink].publish_many(batch)
+                else:
+                    publisher = self._publishers[sink]
+                    results = await self.durable.deliver(sink, batch, publisher, delivery)
                 for (i, _), result in zip(items, results, strict=True):
                     outcomes[i] = result
 
@@ -355,7 +389,7 @@ class Bus:
         parents = [i for i, h in enumerate(handled) for _ in h.follow_ups]
         if parents:
             children = await self._emit_batch(
-                [e for h in handled for e in h.follow_ups], depth + 1, concurrency
+                [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery
             )
             grouped: dict[int, list[EmitResult]] = {}
             for parent, child in zip(parents, children, strict=True):
@@ -372,18 +406,22 @@ class Bus:
                 code="not_started",
             )
 
-    async def _publish_one(self, event: Event) -> Outcome | BridgeError:
+    async def _publish_one(self, event: Event, delivery: Preference | None) -> Result:
         try:
             sink, outgoing = self.router.resolve(event)
         except BridgeError as exc:
             return exc
         self._require_started()
+        if self.durable is not None:
+            return await self.durable.deliver_one(sink, outgoing, self._publishers[sink], delivery)
         return await self._publishers[sink].publish(outgoing)
 
-    def _result(self, handled: _Handled, outcome: Outcome | BridgeError | None) -> EmitResult:
+    def _result(self, handled: _Handled, outcome: Result | None) -> EmitResult:
         event = handled.event
         if isinstance(outcome, Delivery):
             return EmitResult(event.id, event.type, "published", handled.outcomes, [outcome])
+        if isinstance(outcome, Spooled):
+            return EmitResult(event.id, event.type, "spooled", handled.outcomes)
         assert isinstance(outcome, BridgeError)
         if not isinstance(outcome, SinkError):
             # Sink failures are logged and counted per batch by the Publisher.

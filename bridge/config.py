@@ -85,6 +85,37 @@ class LoggingConfig(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class RetryConfig(_Section, frozen=True, kw_only=True):
+    """Retries of spooled events after a retriable failure: exponential backoff from
+    ``initial_s`` up to ``max_s``, with jitter. An event is given up on (dead-lettered)
+    after ``max_attempts`` attempts or ``max_age_s`` seconds after it was accepted,
+    whichever comes first; null means no limit of that kind."""
+
+    initial_s: PositiveFloat = 0.1
+    max_s: PositiveFloat = 30.0
+    max_attempts: PositiveInt | None = None
+    max_age_s: PositiveFloat | None = 86400.0
+
+
+class DeliveryConfig(_Section, frozen=True, kw_only=True):
+    """``mode``: ``sync`` answers after the broker confirmed; ``durable`` answers after
+    the event is fsync'd to the spool in ``spool_dir`` and delivers in the background.
+    ``allow_override`` lets a request choose with ``Prefer: respond-async`` / ``wait=N``."""
+
+    mode: Literal["sync", "durable"] = "sync"
+    spool_dir: str = "./evbridge-spool"
+    max_spool_bytes: PositiveInt = 1024 * 1024 * 1024
+    allow_override: bool = True
+    retry: RetryConfig = RetryConfig()
+
+
+class DeadLetterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a route's undeliverable events go: ``sink`` plus that sink's route fields."""
+
+    sink: str
+    options: RouteOptions
+
+
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
     """One routing rule: events whose type matches ``match`` go to ``sink``.
 
@@ -97,6 +128,9 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
     sink: str
     options: RouteOptions
     key: str | None = None
+    #: Overrides ``delivery.mode`` for this route (null: use it).
+    delivery: Literal["sync", "durable"] | None = None
+    dead_letter: DeadLetterConfig | None = None
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -112,6 +146,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     limits: LimitsConfig = LimitsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     def sink(self, name: str) -> SinkConfig:
         """The sink config called ``name``."""
@@ -129,8 +164,9 @@ _SECTIONS: dict[str, type[_Section]] = {
     "limits": LimitsConfig,
     "shutdown": ShutdownConfig,
     "logging": LoggingConfig,
+    "delivery": DeliveryConfig,
 }
-_ROUTE_KEYS = frozenset({"name", "match", "sink", "key"})
+_ROUTE_KEYS = frozenset({"name", "match", "sink", "key", "delivery", "dead_letter"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _AT = re.compile(r" - at `\$([^`]*)`")
 
@@ -223,11 +259,51 @@ def _parse_route(
                 f"{where}.key: must be a template string (got {key!r})", field=f"{where}.key"
             )
         Template(key, where=f"{where}.key")
+    _check_templates(options, where)
+    delivery = common.get("delivery")
+    if delivery not in (None, "sync", "durable"):
+        raise ConfigError(
+            f"{where}.delivery: must be 'sync' or 'durable' (got {delivery!r})",
+            field=f"{where}.delivery",
+        )
+    dead_letter = _parse_dead_letter(common.get("dead_letter"), f"{where}.dead_letter", sinks)
+    return RouteConfig(
+        name=name,
+        match=common["match"],
+        sink=sink_name,
+        options=options,
+        key=key,
+        delivery=delivery,
+        dead_letter=dead_letter,
+    )
+
+
+def _check_templates(options: RouteOptions, where: str) -> None:
     for field in msgspec.structs.fields(options):
         value = getattr(options, field.name)
         if isinstance(value, str):
             Template(value, where=f"{where}.{field.encode_name}")
-    return RouteConfig(name=name, match=common["match"], sink=sink_name, options=options, key=key)
+
+
+def _parse_dead_letter(
+    raw: object, where: str, sinks: Mapping[str, SinkConfig]
+) -> DeadLetterConfig | None:
+    """``dead_letter: {sink: NAME, <that sink's route fields>}`` (null: none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with a 'sink' (got {raw!r})", field=where)
+    sink_name = raw.get("sink")
+    sink = sinks.get(sink_name) if isinstance(sink_name, str) else None
+    if sink is None:
+        raise ConfigError(
+            f"{where}.sink: no sink named {sink_name!r} (sinks: {', '.join(sinks) or 'none'})",
+            field=f"{where}.sink",
+        )
+    rest = {k: v for k, v in raw.items() if k != "sink"}
+    options: RouteOptions = _convert(rest, get_sink_type(sink.type).route, f".{where}")
+    _check_templates(options, where)
+    return DeadLetterConfig(sink=sink.name, options=options)
 
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -105,3 +105,17 @@ class Overloaded(BridgeError):
 
     code = "overloaded"
     retriable = True
+
+
+class SpoolError(BridgeError):
+    """The durable spool could not take the event now (a disk error); retry later."""
+
+    code = "spool_error"
+    retriable = True
+
+
+class SpoolFull(SpoolError):
+    """The spool is at ``delivery.max_spool_bytes``: nothing new is accepted until
+    delivered events free space. Events already accepted are never dropped."""
+
+    code = "spool_full"

@@ -10,11 +10,16 @@ handler names come from code, sink and route names from config.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 BUCKETS: Final = (
@@ -106,6 +111,61 @@ class _FastCollector(Collector):
             yield metric.family()
 
 
+class SpoolGauges(NamedTuple):
+    """A snapshot of the spool for the gauges, taken at scrape time."""
+
+    events: Mapping[str, int]
+    bytes: Mapping[str, int]
+    oldest_age_s: Mapping[str, float]
+    dead_letters: Mapping[str, int]
+    disk_bytes: int
+    max_bytes: int
+    full: bool
+
+
+class SpoolGaugeCollector(Collector):
+    """The spool gauges; `source` (set by the durable delivery) is read at each scrape."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], SpoolGauges] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        snap = source()
+        per_sink: list[tuple[str, str, Mapping[str, float] | Mapping[str, int]]] = [
+            ("evbridge_spool_events", "Events in the spool waiting for delivery.", snap.events),
+            ("evbridge_spool_bytes", "Bytes of events waiting for delivery.", snap.bytes),
+            (
+                "evbridge_spool_oldest_age_seconds",
+                "Age of the oldest event waiting for delivery (0 when none).",
+                snap.oldest_age_s,
+            ),
+            (
+                "evbridge_spool_dead_letters",
+                "Events in the local dead-letter area (see `evbridge spool`).",
+                snap.dead_letters,
+            ),
+        ]
+        for name, doc, values in per_sink:
+            family = GaugeMetricFamily(name, doc, labels=("sink",))
+            for sink, value in sorted(values.items()):
+                family.add_metric([sink], float(value))
+            yield family
+        yield GaugeMetricFamily(
+            "evbridge_spool_disk_bytes", "Bytes of spool files on disk.", value=snap.disk_bytes
+        )
+        yield GaugeMetricFamily(
+            "evbridge_spool_max_bytes", "delivery.max_spool_bytes.", value=snap.max_bytes
+        )
+        yield GaugeMetricFamily(
+            "evbridge_spool_full",
+            "1 while new events are refused because the spool is full.",
+            value=1.0 if snap.full else 0.0,
+        )
+
+
 class Metrics:
     """The collectors, registered in `registry` (not the global default one)."""
 
@@ -180,6 +240,45 @@ class Metrics:
         self.subscribers = Gauge(
             "evbridge_subscribers", "Live subscriptions (in-process and SSE).", registry=r
         )
+
+        # Durable delivery (bridge/spool, bridge/deliverer.py).
+        self.spool_recovered = Counter(
+            "evbridge_spool_recovered",
+            "Records found pending in the spool at startup and sent again "
+            "(each may be a duplicate of one delivered before a crash).",
+            registry=r,
+        )
+        self.spool_corrupt_records = Counter(
+            "evbridge_spool_corrupt_records",
+            "Damaged regions of spool files skipped or cut (each lost one record or more).",
+            registry=r,
+        )
+        self.spool_commit_duration = Histogram(
+            "evbridge_spool_commit_duration_seconds",
+            "Time for one group commit (write and fsync) to the spool.",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.spool_commit_records = Histogram(
+            "evbridge_spool_commit_records",
+            "Records per group commit to the spool.",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000),
+            registry=r,
+        )
+        self.delivery_retries = Counter(
+            "evbridge_delivery_retries",
+            "Spooled events scheduled for another publish attempt after a retriable failure.",
+            ["sink"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "evbridge_dead_lettered",
+            "Spooled events given up on, by sink and reason (an error code).",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.spool_gauges = SpoolGaugeCollector()
+        r.register(self.spool_gauges)
 
     def error(self, stage: str, error_type: str) -> None:
         """Count one error. ``stage`` ∈ ingest, handler, route, publish, delivery."""
