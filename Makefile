@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint typecheck bench clean
+.PHONY: venv run test lint typecheck bench fuzz clean
 
 # Stamps record what was installed, so a changed pyproject.toml reinstalls.
 $(VENV)/.installed-run: pyproject.toml
@@ -38,6 +38,10 @@ typecheck: venv
 bench: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_bus.py
+
+## Fuzz the API (schemathesis on the served OpenAPI document, thousands of cases) and the decoders.
+fuzz: venv
+	EVBRIDGE_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/fuzz
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -59,10 +59,9 @@ def _setup_logging(args: argparse.Namespace, config: Config | None) -> None:
 
 
 def _run(coro: Any) -> Any:
-    from bridge.server import loop_factory
+    from bridge.server.run import run_to_exit
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
+    return run_to_exit(coro)
 
 
 # --- serve ----------------------------------------------------------------------------

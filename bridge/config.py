@@ -19,6 +19,7 @@ import msgspec
 import yaml
 
 from bridge.errors import ConfigError
+from bridge.redact import shown_config_value
 from bridge.sinks.base import RouteOptions, SinkConfig, get_sink_type
 from bridge.templates import Template
 
@@ -52,13 +53,28 @@ class AuthConfig(_Section, frozen=True, kw_only=True):
 
 
 class LimitsConfig(_Section, frozen=True, kw_only=True):
-    """Bounds on what one client can make the bridge hold."""
+    """Bounds on what one client can make the bridge hold (docs/guarantees.md).
+
+    ``max_body_bytes``: 413 above it (checked against Content-Length before
+    reading, and while reading a chunked body). ``max_batch``: 413 for more
+    items in one batch. ``max_inflight``: 429 while this many events are being
+    processed. ``max_connections``: open connections on the TCP and Unix
+    listeners together (the metrics listener has a budget of its own); beyond
+    it a new connection gets 503 and is closed. ``header_timeout_s``: from a
+    request's first byte to the end of its headers; ``body_timeout_s``: from
+    there to the end of its body; over either, 408 and the connection closes.
+    ``keepalive_timeout_s``: an idle keep-alive connection is closed after it
+    (keep it above your HTTP client's pool idle timeout).
+    """
 
     max_body_bytes: PositiveInt = 1024 * 1024
     max_batch: PositiveInt = 10_000
     max_inflight: PositiveInt = 10_000
     max_connections: PositiveInt = 1024
     max_subscribers: PositiveInt = 64
+    header_timeout_s: PositiveFloat = 10.0
+    body_timeout_s: PositiveFloat = 30.0
+    keepalive_timeout_s: PositiveFloat = 300.0
 
 
 class ShutdownConfig(_Section, frozen=True, kw_only=True):
@@ -202,8 +218,8 @@ def _convert(raw: object, kind: type[Any], prefix: str) -> Any:
             where = f"{prefix}{sub}".lstrip(".")
             raise ConfigError(f"{where}: unknown key", field=where) from None
         where = f"{prefix}{sub}".lstrip(".") or prefix.lstrip(".") or "(top level)"
-        bad = _lookup(raw, sub)
-        raise ConfigError(f"{where}: {problem} (got {bad!r})", field=where) from None
+        bad = shown_config_value(sub, _lookup(raw, sub))
+        raise ConfigError(f"{where}: {problem} (got {bad})", field=where) from None
 
 
 def _check_name(value: object, where: str) -> str:

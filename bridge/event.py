@@ -23,8 +23,11 @@ KINDS: Final = ("notification", "domain")
 
 MAX_TYPE_LEN: Final = 256
 MAX_ATTR_LEN: Final = 1024
-MAX_HEADER_NAME_LEN: Final = 256
+#: AMQP table keys are short strings: at most 255 bytes (the name charset is ASCII).
+MAX_HEADER_NAME_LEN: Final = 255
 MAX_HEADER_VALUE_LEN: Final = 8192
+#: JSON carries integers of any size; the spool (msgpack) and broker headers take 64 bits.
+MAX_TTL_MS: Final = 2**63 - 1
 # Header names travel to Kafka headers and AMQP tables: keep them to a token
 # charset so no broker client or downstream HTTP gateway chokes on them.
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
@@ -45,8 +48,10 @@ def new_id() -> str:
 
 
 #: The last `new_id` result: an event whose ``id`` is this very object got it
-#: from the default factory a moment ago and is valid by construction.
-_last_id = ""
+#: from the default factory a moment ago and is valid by construction. It starts
+#: as a string built at run time, never ``""``: the empty string is a singleton, so a
+#: decoded empty ``id`` would be this very object and skip validation.
+_last_id = "".join(("<no id", " yet>"))
 
 
 _UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
@@ -71,7 +76,8 @@ def now_rfc3339() -> str:
 
 #: The last `now_rfc3339` result: an event whose ``time`` is this very object got
 #: it from the default factory a moment ago and needs no parsing to validate.
-_last_now = ""
+#: Built at run time for the same reason as `_last_id`.
+_last_now = "".join(("<no time", " yet>"))
 
 
 def _check_text(value: object, field: str, max_len: int, *, required: bool) -> None:
@@ -142,10 +148,13 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
         if self.time is not _last_now:
             _check_time(self.time)
         if self.ttl_ms is not None and (
-            isinstance(self.ttl_ms, bool) or not isinstance(self.ttl_ms, int) or self.ttl_ms <= 0
+            isinstance(self.ttl_ms, bool)
+            or not isinstance(self.ttl_ms, int)
+            or not 0 < self.ttl_ms <= MAX_TTL_MS
         ):
             raise InvalidEvent(
-                f"ttl_ms must be a positive integer, got {self.ttl_ms!r}", field="ttl_ms"
+                f"ttl_ms must be an integer from 1 to {MAX_TTL_MS}, got {self.ttl_ms!r}",
+                field="ttl_ms",
             )
         if self.headers:
             _check_headers(self.headers)
@@ -163,21 +172,40 @@ def _check_time(value: object) -> None:
 
 
 def _check_headers(headers: object) -> None:
+    """Header names and values that every broker binding can carry as they are.
+
+    A name is 1-255 characters of ``[A-Za-z0-9._:-]`` starting with a letter or
+    digit (255: AMQP's short-string limit for table keys); a value is at most
+    `MAX_HEADER_VALUE_LEN` characters with no control characters (no CR, LF
+    or NUL can reach a broker or a downstream HTTP gateway). The error's
+    ``field`` is ``headers.<name>``.
+    """
     if not isinstance(headers, dict):
         raise InvalidEvent("headers must be an object of strings", field="headers")
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            raise InvalidEvent(
-                f"header name {name!r} must match [A-Za-z0-9][A-Za-z0-9._:-]*", field="headers"
-            )
+        if not isinstance(name, str):
+            raise InvalidEvent("header names must be strings", field="headers")
+        field = f"headers.{name[:64]}"
         if len(name) > MAX_HEADER_NAME_LEN:
-            raise InvalidEvent(f"header name {name[:40]!r}... is too long", field=f"headers.{name}")
-        if not isinstance(value, str):
-            raise InvalidEvent(f"header {name!r} must be a string", field=f"headers.{name}")
-        if len(value) > MAX_HEADER_VALUE_LEN or not value.isprintable():
             raise InvalidEvent(
-                f"header {name!r} is too long or contains control characters",
-                field=f"headers.{name}",
+                f"header name {name[:40]!r}... is {len(name)} characters, "
+                f"the limit is {MAX_HEADER_NAME_LEN}",
+                field=field,
+            )
+        if not _HEADER_NAME.match(name):
+            raise InvalidEvent(
+                f"header name {name!r} must match [A-Za-z0-9][A-Za-z0-9._:-]*", field=field
+            )
+        if not isinstance(value, str):
+            raise InvalidEvent(f"header {name!r} must be a string", field=field)
+        if len(value) > MAX_HEADER_VALUE_LEN:
+            raise InvalidEvent(
+                f"header {name!r} is {len(value)} characters, the limit is {MAX_HEADER_VALUE_LEN}",
+                field=field,
+            )
+        if not value.isprintable():
+            raise InvalidEvent(
+                f"header {name!r} contains control characters (CR, LF, NUL, ...)", field=field
             )
 
 
@@ -299,7 +327,8 @@ def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Ev
     if not isinstance(obj, dict):
         raise InvalidEvent("a CloudEvent must be a JSON object", field=None)
     for name in _CE_REQUIRED:
-        if name not in obj:
+        # A null required attribute is as absent as a missing one (CloudEvents JSON format).
+        if obj.get(name) is None:
             raise InvalidEvent(f"CloudEvents attribute {name!r} is required", field=name)
     fields: dict[str, Any] = {k: v for k, v in obj.items() if k in _CE_CONTEXT}
     extra_headers: dict[str, str] = dict(headers or {})

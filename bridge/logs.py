@@ -1,5 +1,10 @@
 """Structured logging: one line per outcome, as text or JSON.
 
+Every line is passed through `bridge.redact.scrub` (no registered secret and
+no URL password is ever written), text lines have control characters escaped
+(a value a client sent cannot forge a log line), and a line written while a
+request is handled carries that request's ``request_id`` (`REQUEST_ID`).
+
 Fields passed with ``extra={...}`` become structured fields: ``key=value``
 pairs after the sentence in text format, top-level keys in JSON format::
 
@@ -12,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 
 import msgspec
 from aiohttp.http_exceptions import HttpProcessingError
+
+from bridge.redact import scrub, scrub_value
 
 Format = Literal["text", "json"]
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -27,6 +35,9 @@ _STANDARD: Final = frozenset(
 )
 _encoder: Final = msgspec.json.Encoder(enc_hook=str)
 
+#: The id of the request being handled in this context (set by the server's middleware).
+REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("evbridge_request_id", default=None)
+
 
 def _timestamp(record: logging.LogRecord) -> str:
     moment = datetime.fromtimestamp(record.created, UTC)
@@ -34,15 +45,27 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    """The structured fields a record carries (what was passed as ``extra``)."""
-    return {
+    """The structured fields a record carries (what was passed as ``extra``), plus
+    ``request_id`` when the record was written while a request was handled."""
+    fields = {
         k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
     }
+    request_id = REQUEST_ID.get()
+    if request_id is not None and "request_id" not in fields:
+        fields["request_id"] = request_id
+    return fields
+
+
+def _escape_controls(text: str) -> str:
+    """Control characters as escapes (``\\n``, ``\\x1b``): one record, one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def _text_value(value: object) -> str:
-    text = value if isinstance(value, str) else _encoder.encode(value).decode()
-    if not text or any(ch in text for ch in ' "=\n'):
+    text = scrub(value if isinstance(value, str) else _encoder.encode(value).decode())
+    if not text or not text.isprintable() or any(ch in text for ch in ' "='):
         return _encoder.encode(text).decode()
     return text
 
@@ -52,12 +75,13 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
-        line = f"{_timestamp(record)} {level:<7} {record.name}: {record.getMessage()}"
+        message = _escape_controls(scrub(record.getMessage()))
+        line = f"{_timestamp(record)} {level:<7} {record.name}: {message}"
         fields = fields_of(record)
         if fields:
             line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + scrub(self.formatException(record.exc_info))
         return line
 
 
@@ -69,11 +93,12 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub(record.getMessage()),
         }
-        out.update(fields_of(record))
+        for key, value in fields_of(record).items():
+            out[key] = scrub_value(value) if isinstance(value, str | dict | list | tuple) else value
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = scrub(self.formatException(record.exc_info))
         return _encoder.encode(out).decode()
 
 

@@ -1,7 +1,9 @@
 """Event-loop lag watchdog: detects a handler that blocks the loop and names it.
 
 A heartbeat timer on the loop records when it last ran, and
-``evbridge_event_loop_lag_seconds`` is how late it ran. A daemon thread looks
+``evbridge_event_loop_lag_seconds`` is the worst lag seen in the last
+`HOLD_S` seconds (a stall shows on the next scrapes, not only for the 50 ms
+until the next heartbeat overwrites it). A daemon thread looks
 at that heartbeat: when it is older than ``warn_after_s``, the loop is blocked
 *now*, so the thread reads which task the loop is running and, through the
 pipeline's slots, which handler. One warning per stall, naming the handler,
@@ -22,6 +24,8 @@ from bridge.pipeline import Watchdog
 log = logging.getLogger("bridge.loopwatch")
 
 INTERVAL_S: Final = 0.05
+#: How long the lag gauge keeps showing a peak: longer than a usual scrape interval.
+HOLD_S: Final = 60.0
 _INF: Final = float("inf")
 
 
@@ -39,6 +43,8 @@ class LoopWatch:
         self._expected = self._beat
         self.stalls = 0
         self.max_lag = 0.0
+        self._held = 0.0
+        self._held_at = self._beat
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -66,7 +72,9 @@ class LoopWatch:
         now = monotonic()
         lag = max(0.0, now - self._expected)
         self.max_lag = max(self.max_lag, lag)
-        METRICS.loop_lag.set(lag)
+        if lag >= self._held or now - self._held_at >= HOLD_S:
+            self._held, self._held_at = lag, now
+            METRICS.loop_lag.set(lag)
         self._beat = now
         self._schedule()
 

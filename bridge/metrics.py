@@ -234,7 +234,9 @@ class Metrics:
         )
         self.ready = Gauge("evbridge_ready", "1 when /readyz answers 200.", registry=r)
         self.loop_lag = Gauge(
-            "evbridge_event_loop_lag_seconds", "How late the loop watchdog last ran.", registry=r
+            "evbridge_event_loop_lag_seconds",
+            "The worst event-loop lag seen by the watchdog in the last 60 s.",
+            registry=r,
         )
 
         self.subscribers = Gauge(

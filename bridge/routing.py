@@ -10,7 +10,7 @@ from typing import Final
 import msgspec
 
 from bridge.config import RouteConfig
-from bridge.errors import NoRoute
+from bridge.errors import BridgeError, ConfigError, NoRoute
 from bridge.event import Event
 from bridge.sinks.base import Outgoing, RouteOptions
 from bridge.templates import Template
@@ -47,12 +47,19 @@ class _Rule:
                 template = Template(value, where=f"route {config.name}.{field.name}")
                 if not template.is_literal or "{{" in value or "}}" in value:
                     self.templates[field.name] = template
+        if not self.templates:
+            try:
+                self.options.check(None)
+            except BridgeError as exc:
+                where = f"route {config.name}.{exc.field}"
+                raise ConfigError(f"{where}: {exc.message}", field=where) from None
 
     def resolve(self, event: Event) -> Outgoing:
         options: RouteOptions = self.options
         if self.templates:
             rendered = {name: t.render(event) for name, t in self.templates.items()}
             options = msgspec.structs.replace(options, **rendered)
+        options.check(event)
         key = self.key.render(event) if self.key is not None else event.key
         return Outgoing(event, self.config.name, options, key)
 

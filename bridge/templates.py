@@ -62,10 +62,12 @@ def _header_getter(name: str, spec: str) -> Callable[[Event], str]:
 class Template:
     """A parsed template; `render` raises `TemplateError` naming a missing field."""
 
-    __slots__ = ("_literal", "_parts", "fields", "source")
+    __slots__ = ("_literal", "_option", "_parts", "fields", "source")
 
     def __init__(self, source: str, *, where: str) -> None:
         self.source = source
+        # "route orders.topic" -> "topic": the option a bad rendered value is reported under.
+        self._option = where.rpartition(" ")[2].rpartition(".")[2] or where
         parts: list[str | Callable[[Event], str]] = []
         fields: list[str] = []
         i, n = 0, len(source)
@@ -122,14 +124,26 @@ class Template:
         return self._literal is not None
 
     def render(self, event: Event) -> str:
-        """Render for ``event``; the result is never empty and has no control characters."""
+        """Render for ``event``.
+
+        The result is never empty, at most `MAX_RENDERED_LEN` characters and has
+        no control characters (no CR, LF or NUL reaches a broker's topic, routing
+        key or message key); otherwise `TemplateError` names the option (``topic``,
+        ``routing_key``, ``key``) and shows the rendered value, escaped.
+        """
         if self._literal is not None:
             return self._literal
         out = "".join(p if isinstance(p, str) else p(event) for p in self._parts)
         if not out or len(out) > MAX_RENDERED_LEN or not out.isprintable():
+            if not out:
+                problem = "is empty"
+            elif len(out) > MAX_RENDERED_LEN:
+                problem = f"is {len(out)} characters, the limit is {MAX_RENDERED_LEN}"
+            else:
+                problem = "contains control characters"
             raise TemplateError(
-                f"template {self.source!r} rendered an empty, over-long or non-printable value",
-                field=self.fields[0] if self.fields else None,
+                f"{self._option} rendered from template {self.source!r} as {out[:100]!r} {problem}",
+                field=self._option,
             )
         return out
 

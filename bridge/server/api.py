@@ -21,6 +21,7 @@ from bridge.durable import Preference, parse_prefer
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
 from bridge.metrics import METRICS
+from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import (
@@ -276,6 +277,8 @@ class Api:
     # --- GET /v1/info, /v1/openapi.json ----------------------------------------------------
 
     async def info(self, request: web.Request) -> web.Response:
+        """``GET /v1/info``: no secret in it (sink details and routes are scrubbed,
+        sink configs are not shown at all)."""
         if self.auth is not None:
             self.auth.check(request.headers)
         sidecar = self.sidecar
@@ -290,7 +293,7 @@ class Api:
                     "name": sink.name,
                     "type": sink.type,
                     "ok": state.ok if state is not None else False,
-                    "detail": state.detail if state is not None else sidecar.phase,
+                    "detail": scrub(state.detail) if state is not None else sidecar.phase,
                 }
             )
         limits = config.limits
@@ -308,7 +311,8 @@ class Api:
                 },
                 "inflight": sidecar.inflight,
                 "sinks": sinks,
-                "routes": described["routes"],
+                # Route options are config values: masked like everything else shown.
+                "routes": scrub_value(described["routes"]),
                 "handlers": described["handlers"],
             }
         )

@@ -26,7 +26,16 @@ from bridge.config import Config
 from bridge.metrics import METRICS
 from bridge.server.api import Api
 from bridge.server.errors import ApiError, error_response, from_api_error, from_http_exception
+from bridge.server.limits import (
+    CONNECTION_GUARD,
+    ConnectionBudget,
+    ConnectionGuard,
+    connection_limits,
+    shared_budget,
+)
 from bridge.server.probes import Probes
+from bridge.server.requestid import install as install_request_ids
+from bridge.server.requestid import request_ids
 from bridge.server.spool_admin import add_spool_routes
 from bridge.server.state import Sidecar
 from bridge.server.subscribe import add_subscribe_routes
@@ -82,11 +91,22 @@ def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
 
 def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     """The aiohttp application for one listener."""
+    limits = sidecar.config.limits
     app = web.Application(
-        middlewares=[json_errors], client_max_size=sidecar.config.limits.max_body_bytes
+        middlewares=[request_ids, connection_limits, json_errors],
+        client_max_size=limits.max_body_bytes,
     )
+    install_request_ids(app)
     app[SIDECAR] = sidecar
     app[LISTENER] = listener
+    # The TCP and Unix listeners share one connection budget; the metrics listener has
+    # its own, so probes still answer while API clients hold every slot.
+    budget = (
+        ConnectionBudget(limits.max_connections, "metrics")
+        if listener == "metrics"
+        else shared_budget(sidecar, limits.max_connections)
+    )
+    app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget)
     if listener == "metrics":
         _add_probes(app, sidecar, "tcp")
         return app

@@ -1,7 +1,9 @@
 """``evbridge check``: validate the config and run every sink's health check.
 
 Each sink is started, checked and stopped on its own (each bounded in time),
-so one broker that is down does not hide the state of the others.
+so one broker that is down does not hide the state of the others. No line
+shows a secret: every detail goes through `bridge.redact.scrub`, with the
+config's secrets registered as soon as it is loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from bridge.bus import Bus
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
+from bridge.redact import register_config, scrub
 from bridge.server.auth import check_exposure
 from bridge.server.listeners import MAX_UNIX_PATH, parse_tcp
 from bridge.sinks.base import Sink
@@ -34,7 +37,7 @@ class Report:
         return all(line.ok for line in self.lines)
 
     def add(self, what: str, ok: bool, detail: str) -> None:
-        self.lines.append(Line(what, ok, detail))
+        self.lines.append(Line(what, ok, scrub(detail)))
 
     def text(self) -> str:
         width = max((len(line.what) for line in self.lines), default=0)
@@ -104,6 +107,7 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
     except ConfigError as exc:
         report.add("config", False, exc.message)
         return report
+    register_config(config)
     report.add("config", True, where)
     _check_listen(config, report)
     try:

@@ -33,7 +33,8 @@ def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> N
             raise ApiError(404, "not_found", "durable delivery is not configured: no spool")
         body = await request.read()
         try:
-            wanted = _decode(body) if body.strip() else _ReplayRequest()
+            # Only a truly empty body means "all sinks"; whitespace is malformed JSON.
+            wanted = _decode(body) if body else _ReplayRequest()
         except msgspec.DecodeError as exc:
             raise ApiError(400, "invalid_json", f'expected {{"sink": NAME}}: {exc}') from None
         try:

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 from bridge.bus import Bus
 from bridge.config import Config
 from bridge.metrics import METRICS
+from bridge.redact import register_config
 from bridge.server.errors import ApiError
 from bridge.sinks.base import Health
 
@@ -43,6 +44,8 @@ class Sidecar:
     """The bus plus everything the HTTP side shares across listeners."""
 
     def __init__(self, config: Config, bus: Bus | None = None) -> None:
+        # Before any sink connects: from here on no log line shows these secrets.
+        register_config(config)
         self.config = config
         self.bus = bus if bus is not None else Bus(config)
         self.phase: Phase = "starting"

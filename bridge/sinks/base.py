@@ -42,6 +42,15 @@ class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         """A short text naming where events go (topic, exchange, file path)."""
         return sink
 
+    def check(self, event: Event | None) -> None:
+        """Refuse options (as rendered for ``event``) that the broker could never take.
+
+        Raises `TemplateError` naming the option (``topic``, ``routing_key``) or
+        `InvalidEvent` naming the event field, so the caller gets a 400 before
+        anything is spooled or sent. The router calls it for every event, and
+        once at config load with ``event=None`` for routes without templates.
+        """
+
 
 class Outgoing(msgspec.Struct, frozen=True):
     """One event on its way to a sink, with its route already resolved."""

@@ -39,7 +39,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
+from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, TemplateError
 from bridge.event import Event, data_bytes, to_structured
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
@@ -134,6 +134,25 @@ class KafkaRoute(RouteOptions, frozen=True, kw_only=True):
 
     def destination(self, sink: str) -> str:
         return self.topic
+
+    def check(self, event: Event | None) -> None:
+        """The topic, as rendered, is a legal Kafka topic name: a 400, not a broker error."""
+        topic = self.topic
+        if topic in _GOOD_TOPICS:
+            return
+        if not _TOPIC.match(topic) or topic in (".", ".."):
+            raise TemplateError(
+                f"topic {topic[:100]!r} is not a valid Kafka topic name "
+                "(1-249 characters of [A-Za-z0-9._-], not '.' or '..')",
+                field="topic",
+            )
+        if len(_GOOD_TOPICS) >= _HASH_CACHE_LIMIT:
+            _GOOD_TOPICS.clear()
+        _GOOD_TOPICS.add(topic)
+
+
+#: Topic names already checked (bounded; cleared when full).
+_GOOD_TOPICS: set[str] = set()
 
 
 # --------------------------------------------------------------------------- errors

@@ -36,7 +36,14 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 from yarl import URL
 
-from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
+from bridge.errors import (
+    ConfigError,
+    InvalidEvent,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
+    TemplateError,
+)
 from bridge.event import Event, data_bytes
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
@@ -85,6 +92,36 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
 
     def destination(self, sink: str) -> str:
         return self.exchange if self.exchange is not None else sink
+
+    def check(self, event: Event | None) -> None:
+        """Routing key and exchange fit an AMQP short string (255 bytes); so do the
+        event attributes sent as AMQP properties. A 400 instead of a publish error."""
+        for field, value in (("routing_key", self.routing_key), ("exchange", self.exchange)):
+            if value is not None and _too_long(value):
+                raise TemplateError(
+                    f"{field} {value[:60]!r}... is {len(value.encode())} bytes as rendered; "
+                    f"AMQP allows {SHORTSTR_MAX}",
+                    field=field,
+                )
+        if event is None:
+            return
+        for field, value in (
+            ("type", event.type),
+            ("id", event.id),
+            ("source", event.source),
+            ("correlation_id", event.correlation_id),
+            ("datacontenttype", event.datacontenttype),
+        ):
+            if value is not None and _too_long(value):
+                raise InvalidEvent(
+                    f"{field} is {len(value.encode())} bytes; RabbitMQ routes carry it in an "
+                    f"AMQP property of at most {SHORTSTR_MAX} bytes",
+                    field=field,
+                )
+
+
+def _too_long(value: str) -> bool:
+    return len(value) > SHORTSTR_MAX // 4 and len(value.encode()) > SHORTSTR_MAX
 
 
 # --- the message ------------------------------------------------------------

@@ -14,12 +14,15 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from bridge.config import load_config
 from bridge.errors import BridgeError, ConfigError
+
+if TYPE_CHECKING:
+    from bridge.spool.inspect import Inspection
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 REPLAY_PATH = "/v1/spool/dead-letters/replay"
@@ -77,14 +80,21 @@ def _age(oldest_ns: int | None) -> str:
     return "-" if not oldest_ns else f"{(time.time_ns() - oldest_ns) / 1e9:.1f}s"
 
 
-def _status(args: argparse.Namespace) -> int:
+def _inspect(args: argparse.Namespace) -> Inspection | int:
+    """The spool's inspection, or the exit status after printing why there is none."""
     from bridge.spool.inspect import inspect
 
     try:
-        found = inspect(_directory(args))
+        return inspect(_directory(args))
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _status(args: argparse.Namespace) -> int:
+    found = _inspect(args)
+    if isinstance(found, int):
+        return found
     if args.json:
         print(msgspec.json.encode(found.to_dict()).decode())
         return EXIT_OK
@@ -112,13 +122,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from bridge.spool.inspect import inspect
-
-    try:
-        found = inspect(_directory(args))
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+    found = _inspect(args)
+    if isinstance(found, int):
+        return found
     if args.json:
         print(msgspec.json.encode(found.to_dict()).decode())
     else:

@@ -59,7 +59,7 @@ def test_is_immutable() -> None:
         ({"type": "x", "specversion": "0.3"}, "specversion"),
         ({"type": "x", "time": "yesterday"}, "time"),
         ({"type": "x", "time": "2026-01-01T00:00:00"}, "time"),
-        ({"type": "x", "headers": {"bad name": "v"}}, "headers"),
+        ({"type": "x", "headers": {"bad name": "v"}}, "headers.bad name"),
         ({"type": "x", "headers": {"h": "line\r\nInjected: 1"}}, "headers.h"),
         ({"type": "x", "ttl_ms": 0}, "ttl_ms"),
         ({"type": "x", "key": ""}, "key"),

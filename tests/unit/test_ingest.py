@@ -99,7 +99,7 @@ def test_plain_json_all_fields() -> None:
         (b'{"type": "a", "kind": "weird"}', "invalid_event", "kind"),
         (b'{"type": "a", "bogus": 1}', "invalid_event", "bogus"),
         (b'{"type": "a", "time": "yesterday"}', "invalid_event", "time"),
-        (b'{"type": "a", "headers": {"bad name": "x"}}', "invalid_event", "headers"),
+        (b'{"type": "a", "headers": {"bad name": "x"}}', "invalid_event", "headers.bad name"),
     ],
 )
 def test_plain_json_errors(body: bytes, code: str, field: str | None) -> None:
