@@ -1,6 +1,6 @@
 """Micro-benchmark: `Bus.emit` / `Bus.emit_many` vs a minimal reference bus, in one run.
 
-    python bench/bench_bus.py [--events 50000] [--rounds 5]
+    python bench/bench_bus.py [--events 50000] [--rounds 5] [--gc-threshold N]
 
 Both buses run the same no-op async handlers on the same loop. evbridge also
 routes every event and publishes it to the ``memory`` sink, and records
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -117,7 +118,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="first-generation GC threshold (`evbridge serve` uses bridge.server.run.GC_THRESHOLD)",
+    )
     args = parser.parse_args()
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     runner = uvloop.run if uvloop is not None else asyncio.run
     for row in runner(run(args.events, args.rounds)):
         print(json.dumps(row))

@@ -1,6 +1,6 @@
 """Publisher throughput with no subscriber vs one stalled subscriber, in one run.
 
-    python bench/bench_subscriptions.py [--events 20000] [--rounds 7]
+    python bench/bench_subscriptions.py [--events 20000] [--rounds 7] [--gc-threshold N]
 
 The stalled subscriber never reads, so its queue stays full and every event
 costs it a drop (``drop_oldest``). Target: ≥ 0.9x the no-subscriber rate.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import time
@@ -54,7 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--gc-threshold", type=int, default=None, help="as in bench_bus.py")
     args = parser.parse_args()
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     runner = uvloop.run if uvloop is not None else asyncio.run
     print(json.dumps(runner(run(args.events, args.rounds))))
 
