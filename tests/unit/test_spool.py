@@ -274,3 +274,23 @@ async def test_appends_are_refused_once_closed(tmp_path: Path) -> None:
     with pytest.raises(SpoolError) as caught:
         await append(spool, 1)
     assert caught.value.code == "spool_closed"
+
+
+async def test_the_in_memory_tail_is_bounded_by_what_it_costs(tmp_path: Path) -> None:
+    """Large events keep far fewer records in memory than small ones (TAIL_BYTES holds
+    for payload and event objects together), and every record still reads back."""
+    from bridge.spool.store import TAIL_BYTES, TAIL_COST_PER_BYTE
+
+    big = "x" * 64 * 1024
+    n = 300
+    async with make_spool(tmp_path, max_bytes=1 << 30) as spool:
+        for start in range(0, n, 50):
+            await spool.append(
+                ["mem"] * 50,
+                [codec.encode("mem", outgoing(i, data=big)) for i in range(start, start + 50)],
+            )
+        tail = spool._tail
+        charged = sum(item.size for item in tail) * TAIL_COST_PER_BYTE
+        assert 0 < len(tail) < n
+        assert charged <= TAIL_BYTES + 50 * len(big) * TAIL_COST_PER_BYTE  # one batch of slack
+        assert ids_of(await read_all(spool)) == [ev(i) for i in range(n)]
