@@ -132,19 +132,27 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
 class Conn(asyncio.Protocol):
-    """One keep-alive connection with at most one request in flight."""
+    """One keep-alive connection with at most one request in flight.
+
+    `send` resolves to the answer's status; with ``keep_body`` (a subclass
+    attribute) to ``(status, body)``.
+    """
+
+    keep_body = False
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance.
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.transport = None
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("connection lost"))
 
@@ -159,13 +167,15 @@ class Conn(asyncio.Protocol):
         if len(buf) < end + 4 + length:
             return
         status = int(buf[9:12])
+        answer = (status, bytes(buf[end + 4 : end + 4 + length])) if self.keep_body else status
         del buf[: end + 4 + length]
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(status)
+            waiter.set_result(answer)
 
-    def send(self, request: bytes) -> asyncio.Future[int]:
-        assert self.transport is not None
+    def send(self, request: bytes) -> asyncio.Future[Any]:
+        if self.transport is None:
+            raise ConnectionError("connection closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self.waiter

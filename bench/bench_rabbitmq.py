@@ -43,9 +43,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_http import Conn  # noqa: E402  (the load generator's connection)
+
 README = HERE / "README.md"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 CONNECTIONS = 32
@@ -211,46 +215,6 @@ async def ceiling(url: str, exchange_name: str, duration: float, inflight: int) 
 
 
 # --------------------------------------------------------------------------- load generator
-
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
-
-
-class Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection with at most one request in flight."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection lost"))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        match = _CONTENT_LENGTH.search(buf, 0, end + 2)
-        length = int(match.group(1)) if match else 0
-        if len(buf) < end + 4 + length:
-            return
-        status = int(buf[9:12])
-        del buf[: end + 4 + length]
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(status)
-
-    def send(self, request: bytes) -> asyncio.Future[int]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return self.waiter
 
 
 async def closed_loop(

@@ -215,46 +215,10 @@ def seq_of(event_id: str) -> int:
     return int(event_id.rpartition("-")[2])
 
 
-class BodyConn(asyncio.Protocol):
+class BodyConn(bench_http.Conn):
     """One keep-alive connection, one request in flight; answers (status, body)."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance.
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection lost"))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        match = bench_http._CONTENT_LENGTH.search(buf, 0, end + 2)
-        length = int(match.group(1)) if match else 0
-        if len(buf) < end + 4 + length:
-            return
-        status = int(buf[9:12])
-        body = bytes(buf[end + 4 : end + 4 + length])
-        del buf[: end + 4 + length]
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, body))
-
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
-        if self.transport is None:
-            raise ConnectionError("connection closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return self.waiter
+    keep_body = True
 
 
 class LoadStats:
