@@ -147,7 +147,9 @@ class Deliverer:
         for field in msgspec.structs.fields(config.options):
             value = getattr(config.options, field.name)
             if isinstance(value, str) and "{" in value:
-                templates[field.name] = Template(value, where=f"dead_letter.{field.name}")
+                templates[field.name] = Template(
+                    value, where=f"dead_letter.{field.name}", option=field.name
+                )
         return _DeadLetterRoute(self.publishers[config.sink], config.options, templates)
 
     def start(self) -> None:

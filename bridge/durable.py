@@ -145,6 +145,10 @@ class DurableDelivery:
             return preference.mode == "durable"
         return route in self._durable_routes
 
+    def _wait_s(self, preference: Preference | None) -> float | None:
+        """How long a sync publish may wait for its confirm (``Prefer: wait``), if bounded."""
+        return None if preference is None or not self.allow_override else preference.wait_s
+
     @property
     def full(self) -> bool:
         """True while new events are refused for lack of space (readiness is 503)."""
@@ -163,7 +167,7 @@ class DurableDelivery:
         durable = [self.is_durable(item.route, preference) for item in items]
         if all(durable):
             return await self._spool(sink, items)
-        wait_s = None if preference is None or not self.allow_override else preference.wait_s
+        wait_s = self._wait_s(preference)
         if not any(durable):
             return await self._publish(sink, items, publisher, wait_s)
         spooled, published = await asyncio.gather(
@@ -180,7 +184,7 @@ class DurableDelivery:
     ) -> Result:
         if self.is_durable(item.route, preference):
             return (await self._spool(sink, (item,)))[0]
-        wait_s = None if preference is None or not self.allow_override else preference.wait_s
+        wait_s = self._wait_s(preference)
         if wait_s is None:
             return await publisher.publish(item)
         return (await self._publish(sink, (item,), publisher, wait_s))[0]

@@ -95,8 +95,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
-        for key, value in fields_of(record).items():
-            out[key] = scrub_value(value) if isinstance(value, str | dict | list | tuple) else value
+        out.update(scrub_value(fields_of(record)))
         if record.exc_info:
             out["exception"] = scrub(self.formatException(record.exc_info))
         return _encoder.encode(out).decode()

@@ -37,14 +37,20 @@ class _Rule:
     def __init__(self, config: RouteConfig) -> None:
         self.config = config
         self.matches = compile_glob(config.match)
-        self.key = Template(config.key, where=f"route {config.name}.key") if config.key else None
+        self.key = (
+            Template(config.key, where=f"route {config.name}.key", option="key")
+            if config.key
+            else None
+        )
         self.options = config.options
         # Only fields that really vary per event are rendered per event.
         self.templates: dict[str, Template] = {}
         for field in msgspec.structs.fields(config.options):
             value = getattr(config.options, field.name)
             if isinstance(value, str):
-                template = Template(value, where=f"route {config.name}.{field.name}")
+                template = Template(
+                    value, where=f"route {config.name}.{field.name}", option=field.name
+                )
                 if not template.is_literal or "{{" in value or "}}" in value:
                     self.templates[field.name] = template
         if not self.templates:

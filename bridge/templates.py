@@ -64,10 +64,10 @@ class Template:
 
     __slots__ = ("_literal", "_option", "_parts", "fields", "source")
 
-    def __init__(self, source: str, *, where: str) -> None:
+    def __init__(self, source: str, *, where: str, option: str | None = None) -> None:
         self.source = source
-        # "route orders.topic" -> "topic": the option a bad rendered value is reported under.
-        self._option = where.rpartition(" ")[2].rpartition(".")[2] or where
+        #: The option (``topic``, ``routing_key``, ``key``) a bad rendered value is reported under.
+        self._option = option or where
         parts: list[str | Callable[[Event], str]] = []
         fields: list[str] = []
         i, n = 0, len(source)

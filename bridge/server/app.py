@@ -31,7 +31,6 @@ from bridge.server.limits import (
     ConnectionBudget,
     ConnectionGuard,
     connection_limits,
-    shared_budget,
 )
 from bridge.server.probes import Probes
 from bridge.server.requestid import install as install_request_ids
@@ -104,7 +103,7 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     budget = (
         ConnectionBudget(limits.max_connections, "metrics")
         if listener == "metrics"
-        else shared_budget(sidecar, limits.max_connections)
+        else sidecar.api_connections
     )
     app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget)
     if listener == "metrics":

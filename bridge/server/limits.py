@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, Final, cast
@@ -118,17 +117,6 @@ class ConnectionBudget:
 
     def give_back(self) -> None:
         self.open -= 1
-
-
-_shared: weakref.WeakKeyDictionary[object, ConnectionBudget] = weakref.WeakKeyDictionary()
-
-
-def shared_budget(owner: object, limit: int) -> ConnectionBudget:
-    """The one API connection budget of ``owner`` (the sidecar), shared by its listeners."""
-    budget = _shared.get(owner)
-    if budget is None:
-        budget = _shared[owner] = ConnectionBudget(limit, "api")
-    return budget
 
 
 class ConnectionGuard:
@@ -426,7 +414,6 @@ async def connection_limits(request: web.Request, handler: Handler) -> web.Strea
     if not isinstance(protocol, GuardedHandler):  # embedded apps, aiohttp's test server
         return await handler(request)
     protocol.request_started(request)
-    close = True
     try:
         response = await handler(request)
     finally:

@@ -22,7 +22,7 @@ from bridge.logs import REQUEST_ID
 
 HEADER: Final = "X-Request-Id"
 MAX_LEN: Final = 128
-_SAFE: Final = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}\Z")
+_SAFE: Final = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{MAX_LEN}}}\Z")
 _KEY: Final = web.RequestKey("request_id", str)
 
 

@@ -17,6 +17,7 @@ from bridge.config import Config
 from bridge.metrics import METRICS
 from bridge.redact import register_config
 from bridge.server.errors import ApiError
+from bridge.server.limits import ConnectionBudget
 from bridge.sinks.base import Health
 
 log = logging.getLogger("bridge.server")
@@ -56,6 +57,8 @@ class Sidecar:
         #: Open ``/v1/subscribe`` streams across listeners (bounded by limits.max_subscribers).
         self.sse_streams = 0
         self.max_inflight = config.limits.max_inflight
+        #: Open connections on the TCP and Unix listeners together (limits.max_connections).
+        self.api_connections = ConnectionBudget(config.limits.max_connections, "api")
         #: Listener name → address, filled in as listeners open (for /v1/info).
         self.listeners: dict[str, str] = {}
         self.stats = Stats()

@@ -14,6 +14,7 @@ from bridge.config import Config
 from bridge.durable import Preference, parse_prefer
 from bridge.errors import ConfigError, SinkError, SinkUnavailable
 from bridge.handlers import HandlerRegistry
+from bridge.metrics import METRICS
 from bridge.results import Delivery
 from bridge.sinks.base import (
     Health,
@@ -297,3 +298,28 @@ def test_env_selects_durable_mode(tmp_path: Path) -> None:
     assert cfg.delivery.spool_dir == str(tmp_path)
     assert cfg.delivery.max_spool_bytes == 1 << 30
     assert cfg.delivery.allow_override
+
+
+async def test_retries_publish_again_and_never_rerun_handlers(
+    tmp_path: Path, registry: HandlerRegistry
+) -> None:
+    runs: list[str] = []
+
+    async def count(event: Event, ctx: object) -> None:
+        runs.append(event.id)
+
+    def retries() -> float:
+        value = METRICS.registry.get_sample_value("evbridge_delivery_retries_total", {"sink": "g"})
+        return value or 0.0
+
+    async with Bus(config(tmp_path), registry=registry) as bus:
+        bus.subscribe("t.*", count, name="count")
+        sink = gate(bus)
+        sink.open = False
+        before = retries()
+        results = await bus.emit_many(events(10))
+        assert {r.status for r in results} == {"spooled"}
+        await wait_until(lambda: retries() >= before + 3, timeout=5, what="retries")
+        sink.open = True
+        await wait_until(lambda: len(sink.published) == 10, timeout=5, what="delivery")
+    assert sorted(runs) == [f"e{i:03d}" for i in range(10)]
