@@ -6,9 +6,20 @@ Fixtures
                               a private Tansu, e.g. one that advertises a ``TcpProxy`` port.
     ``noida_broker``          function: a noida-db Kafka emulator with a data dir that survives
                               ``await stop()`` / ``await start()``.
-    ``rabbitmq_server``       session: the machine's RabbitMQ, started if it is not running.
-    ``rabbitmq``              function: the same object; its teardown restarts the RabbitMQ app
-                              if the test stopped it, so one test cannot break the next.
+    ``rabbitmq_server``       session: the machine's RabbitMQ (127.0.0.1:5672), started if no
+                              node of it runs. Shared with everything else on the machine:
+                              nothing here ever stops, restarts or reconfigures it.
+    ``rabbitmq``              function: the same object.
+    ``private_rabbitmq_node`` session: a ``RabbitMQNode`` of the tests' own (own node name,
+                              port, distribution port and folder; ~5 s to start), stopped by
+                              ``rabbitmqctl -n <its node> stop`` (SIGKILL by pid as a fallback)
+                              and its folder removed at the end.
+    ``private_rabbitmq``      function: that node, up; the test may ``stop_app()``, ``stop()``
+                              etc., and the teardown brings it back up. Every test that takes
+                              a RabbitMQ broker down uses this one.
+
+An autouse session fixture plants a transient queue on the machine's RabbitMQ and fails the
+run if it is gone at the end, i.e. if anything stopped or restarted that broker meanwhile.
 
 Helpers: ``unique_name``, ``free_port``, ``wait_until``, ``create_topic``, ``consume_all``,
 ``TcpProxy``.
@@ -33,13 +44,16 @@ import ctypes
 import importlib.resources
 import inspect
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +71,8 @@ __all__ = [
     "KafkaBrokerFactory",
     "NoidaBroker",
     "RabbitMQ",
+    "RabbitMQNode",
+    "RestartSentinel",
     "TcpProxy",
     "consume_all",
     "create_topic",
@@ -492,113 +508,49 @@ async def _rabbitmq_answers(url: str) -> bool:
     return True
 
 
-def _rabbitmqctl_sync(*args: str) -> None:
-    result = subprocess.run(
-        ["rabbitmqctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=RABBITMQCTL_TIMEOUT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"rabbitmqctl {' '.join(args)} exited {result.returncode}: "
-            f"{(result.stdout + result.stderr).strip()}"
-        )
-
-
 class RabbitMQ:
-    """The shared RabbitMQ broker (guest/guest on 127.0.0.1:5672).
+    """A RabbitMQ broker that takes guest/guest at ``url``.
 
-    Declare per-test exchanges and queues with ``unique_name``. ``await stop_app()`` /
-    ``await start_app()`` take the AMQP side down and up (the Erlang node keeps running);
-    this affects every user of the broker, so only request them through the function-scoped
-    ``rabbitmq`` fixture, whose teardown restarts the app if a test left it stopped.
+    The ``rabbitmq`` fixture gives the machine's broker (127.0.0.1:5672), shared with everyone
+    else on the machine: declare per-test exchanges and queues with ``unique_name``, and never
+    take it down. A test that needs a broker to die uses ``private_rabbitmq`` (a
+    ``RabbitMQNode``) or a ``TcpProxy`` in front of this one.
     """
 
-    url = RABBITMQ_URL
-
-    def __init__(self) -> None:
-        self.app_stopped = False
+    def __init__(self, url: str = RABBITMQ_URL) -> None:
+        self.url = url
 
     async def answers(self) -> bool:
         """True if an AMQP connection can be opened right now."""
         return await _rabbitmq_answers(self.url)
 
-    async def stop_app(self) -> None:
-        # Marked first: even a stop that fails half-way must be undone by the teardown.
-        self.app_stopped = True
-        await self._rabbitmqctl("stop_app")
-
-    async def start_app(
-        self,
-        *,
-        timeout: float = RABBITMQ_READY_TIMEOUT,
-    ) -> None:
-        await self._rabbitmqctl("start_app")
-        await wait_until(self.answers, timeout=timeout, what="RabbitMQ to accept connections")
-        self.app_stopped = False
-
-    async def _rabbitmqctl(self, *args: str) -> None:
-        # An asyncio subprocess, not subprocess.run: rabbitmqctl takes 0.5-2 s, and the loop
-        # must keep running the code under test (reconnect logic) meanwhile.
-        proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(RABBITMQCTL_TIMEOUT):
-                output, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"rabbitmqctl {' '.join(args)} exited {proc.returncode}: "
-                f"{output.decode(errors='replace').strip()}"
-            )
-
-    def ensure_app_started(self) -> None:
-        """Sync: start the app again if a test stopped it, and wait until it answers."""
-        if not self.app_stopped:
-            return
-        _rabbitmqctl_sync("start_app")
-
-        async def ready() -> None:
-            await wait_until(
-                self.answers, timeout=RABBITMQ_READY_TIMEOUT, what="RabbitMQ to accept connections"
-            )
-
-        _run_blocking(ready)
-        self.app_stopped = False
-
 
 def _boot_rabbitmq(broker: RabbitMQ) -> None:
-    """Bring up this machine's RabbitMQ, or call _unavailable."""
+    """Start this machine's RabbitMQ if no node of it runs at all, or call _unavailable.
+
+    A node that runs but does not answer is left alone: the tests never start, stop or
+    reconfigure a running machine broker.
+    """
     if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
         _unavailable(
             f"RabbitMQ is not reachable at {RABBITMQ_URL} and rabbitmq-server is not installed "
             "(apt-get install -y rabbitmq-server)"
         )
     try:
-        # `ping` answers whenever the Erlang node runs, app started or not (`status` does not).
+        # `ping` (read-only) answers whenever the Erlang node runs, app started or not.
         node_up = subprocess.run(
             ["rabbitmqctl", "-q", "ping"], capture_output=True, timeout=30, check=False
         )
         if node_up.returncode == 0:
-            # The node runs but AMQP does not answer: most likely a run killed between
-            # stop_app and its teardown left the app stopped. -detached would not help.
-            _rabbitmqctl_sync("start_app")
-        else:
-            # Returns at once (exit 0 even if it then fails); readiness is polled below.
-            subprocess.run(
-                ["rabbitmq-server", "-detached"], capture_output=True, timeout=30, check=False
+            _unavailable(
+                f"the machine's RabbitMQ node runs but does not accept guest/guest at "
+                f"{RABBITMQ_URL}; the tests leave a running node alone (logs in /var/log/rabbitmq/)"
             )
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        # Returns at once (exit 0 even if it then fails); readiness is polled below.
+        subprocess.run(
+            ["rabbitmq-server", "-detached"], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
         _unavailable(f"RabbitMQ is not reachable at {RABBITMQ_URL} and did not start: {exc}")
 
     async def ready() -> bool:
@@ -617,25 +569,401 @@ def _boot_rabbitmq(broker: RabbitMQ) -> None:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_server() -> Iterator[RabbitMQ]:
-    """The machine's RabbitMQ, started once if it is down (and then left running, as the
-    machine normally has it). Tests should use ``rabbitmq``."""
+def rabbitmq_server() -> RabbitMQ:
+    """The machine's RabbitMQ, started once if no node of it runs (and then left running, as
+    the machine normally has it). Tests should use ``rabbitmq``."""
     broker = RabbitMQ()
     if not _run_blocking(broker.answers):
         _boot_rabbitmq(broker)
-    try:
-        yield broker
-    finally:
-        broker.ensure_app_started()
+    return broker
 
 
 @pytest.fixture
-def rabbitmq(rabbitmq_server: RabbitMQ) -> Iterator[RabbitMQ]:
-    """The shared RabbitMQ; if the test stopped the app, teardown starts it and waits."""
+def rabbitmq(rabbitmq_server: RabbitMQ) -> RabbitMQ:
+    """The machine's RabbitMQ, shared: never stop it (use ``private_rabbitmq`` for that)."""
+    return rabbitmq_server
+
+
+SENTINEL_EXPIRES_MS = 24 * 3600 * 1000  # a killed run's sentinel goes away by itself
+
+
+class RestartSentinel:
+    """Tells whether a RabbitMQ broker was stopped or restarted since ``plant()``.
+
+    A transient (non-durable) queue does not survive the broker's app stopping, so the one
+    planted at the start and still there at the end proves the broker ran throughout. Only
+    AMQP is used: nothing that could disturb the broker.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queue = f"evbridge-sentinel-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    async def plant(self) -> bool:
+        """Declare the sentinel queue; False if the broker does not answer."""
+        try:
+            connection = await aio_pika.connect(self.url, timeout=3)
+        except Exception:  # refused, reset, auth or protocol error: nothing to watch
+            return False
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(
+                self.queue, durable=False, arguments={"x-expires": SENTINEL_EXPIRES_MS}
+            )
+        return True
+
+    async def problem(self) -> str | None:
+        """None if the broker ran throughout, else what shows it did not. Removes the queue."""
+        try:
+            connection = await aio_pika.connect(self.url, timeout=3)
+        except Exception as exc:
+            return f"it does not accept connections ({exc!r})"
+        async with connection:
+            channel = await connection.channel()
+            try:
+                await channel.declare_queue(self.queue, passive=True)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                return f"its transient sentinel queue {self.queue!r} is gone"
+            await channel.queue_delete(self.queue)
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_rabbitmq_not_restarted() -> Iterator[None]:
+    """Fail the run if the machine's RabbitMQ was stopped or restarted while it ran (no
+    check when it did not answer at the start)."""
+    sentinel = RestartSentinel(RABBITMQ_URL)
+    if not _run_blocking(sentinel.plant):
+        yield
+        return
+    yield
+    problem = _run_blocking(sentinel.problem)
+    if problem is not None:
+        pytest.fail(
+            f"the machine's RabbitMQ ({RABBITMQ_URL}) was stopped or restarted during this test "
+            f"run: {problem}. Tests that take a broker down must use private_rabbitmq.",
+            pytrace=False,
+        )
+
+
+# ----------------------------------------------------------- RabbitMQ: a private node
+
+# rabbitmqctl's own short-lived Erlang node listens on one of these ports (rabbitmq-env's
+# RABBITMQ_CTL_DIST_PORT_MIN..MAX defaults). A private node on one of them fails start_app
+# with eaddrinuse while a rabbitmqctl call holds it.
+_CLI_DIST_PORTS = range(35672, 35683)
+# Outside pytest's tmp_path: its root-owned 0700 parents are closed to the rabbitmq user,
+# which is who the server runs as (Debian's wrapper drops root).
+_NODE_ROOT = Path(tempfile.gettempdir()) / "evbridge-rabbitmq-nodes"
+_NODE_PREFIX = "evbridge-test"
+RABBITMQ_NODE_START_TIMEOUT = 60.0
+RABBITMQ_NODE_STOP_TIMEOUT = 30.0
+
+
+def _node_port(taken: Container[int] = ()) -> int:
+    while True:
+        port = free_port()
+        if port not in _CLI_DIST_PORTS and port not in taken:
+            return port
+
+
+def _pid_alive(pid: int) -> bool:
+    # A zombie counts as gone: a detached node's parent is whatever reaps orphans, and a
+    # container's init may be slow to do so.
     try:
-        yield rabbitmq_server
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _tcp_listening(port: int) -> bool:
+    try:
+        socket.create_connection((LOCALHOST, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):  # not written yet, or half-written
+        return None
+
+
+def _is_node_process(pid: int, node: str) -> bool:
+    """True if ``pid`` is the beam of ``node`` (guards against a reused pid)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"RABBITMQ_NODENAME={node}".encode() in environ.split(b"\0")
+
+
+class RabbitMQNode(RabbitMQ):
+    """A RabbitMQ node of the tests' own, for tests that take a broker down.
+
+    It has its own node name (``evbridge-test-<pid>-<hex>@localhost``, unique per run and per
+    pytest process), AMQP port, Erlang distribution port and folder (config, Mnesia data, logs,
+    pid file), so it never meets the machine's node (``rabbit@localhost`` on 5672) or another
+    run's. Every ``rabbitmqctl`` call names it with ``-n``. Run as root, Debian's wrappers run
+    the server and rabbitmqctl as the ``rabbitmq`` user (HOME /var/lib/rabbitmq), so both use
+    that user's Erlang cookie.
+
+    ``await stop_app()`` / ``await start_app()`` take the AMQP side down and up while the Erlang
+    VM keeps running; ``await stop()`` / ``await start()`` stop and start the whole node on the
+    same port and data (durable queues and persistent messages survive both). Get one through
+    ``private_rabbitmq``, whose teardown brings it back up for the next test.
+    """
+
+    def __init__(self, root: Path = _NODE_ROOT, *, owner: int | None = None) -> None:
+        # The owning pytest process's pid (``owner`` only for tests of the orphan reaper).
+        self.tag = f"{owner or os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.node = f"{_NODE_PREFIX}-{self.tag}@localhost"
+        self.folder = root / self.tag
+        self.port = _node_port()
+        self.dist_port = _node_port(taken={self.port})
+        super().__init__(f"amqp://guest:guest@{LOCALHOST}:{self.port}/")
+        self.app_stopped = False
+        self.pid: int | None = None
+        self.log_path = self.folder / "log" / f"{self.node}.log"
+        self._pid_file = self.folder / "node.pid"
+
+    @property
+    def running(self) -> bool:
+        """True while the node's Erlang VM runs (app started or not)."""
+        return self.pid is not None and _pid_alive(self.pid)
+
+    # ---- async API for tests: the loop keeps running the code under test meanwhile
+
+    async def stop_app(self) -> None:
+        # Marked first: even a stop that fails half-way must be undone by the teardown.
+        self.app_stopped = True
+        await asyncio.to_thread(self._ctl, "stop_app")
+
+    async def start_app(self, *, timeout: float = RABBITMQ_READY_TIMEOUT) -> None:
+        await asyncio.to_thread(self._ctl, "start_app")
+        await wait_until(self.answers, timeout=timeout, what=f"{self.node} to accept connections")
+        self.app_stopped = False
+
+    async def stop(self) -> None:
+        """Stop the whole node (``rabbitmqctl stop``, SIGKILL after a deadline)."""
+        await asyncio.to_thread(self.halt)
+
+    async def start(self) -> None:
+        """Start the node again on the same port, name and data; return once it answers."""
+        await asyncio.to_thread(self.boot)
+
+    # ---- sync API for fixtures
+
+    def boot(self) -> None:
+        """Start the node (first time: make its folder) and wait until AMQP answers.
+
+        BrokerStartError (with the log tail) if it does not within the deadline.
+        """
+        if self.running:
+            return
+        if not self.folder.exists():
+            self._make_folder()
+        self._pid_file.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "own.conf"),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_PID_FILE": str(self._pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "plugins"),
+        }
+        try:
+            started = subprocess.run(
+                ["rabbitmq-server", "-detached"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=RABBITMQCTL_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self._start_error(f"rabbitmq-server -detached failed: {exc!r}") from None
+        if started.returncode != 0:
+            output = (started.stdout + started.stderr).strip()
+            raise self._start_error(
+                f"rabbitmq-server -detached exited {started.returncode}: {output}"
+            )
+        self._wait_ready()
+        self.app_stopped = False
+
+    def halt(self) -> None:
+        """Stop the node: ``rabbitmqctl -n <node> stop``, then SIGKILL by pid if it lingers."""
+        # A boot that timed out may not have seen the pid file yet; the node may be running.
+        pid = self.pid if self.pid is not None else _read_pid(self._pid_file)
+        if pid is None or not _pid_alive(pid):
+            self.pid = None
+            return
+        with contextlib.suppress(RuntimeError, OSError, subprocess.TimeoutExpired):
+            self._ctl("stop", timeout=RABBITMQ_NODE_STOP_TIMEOUT)
+        deadline = time.monotonic() + RABBITMQ_NODE_STOP_TIMEOUT
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _pid_alive(pid) and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
+        self.pid = None
+
+    def restore(self) -> None:
+        """Bring the node back to running with its app started, whatever a test left."""
+        if not self.running:
+            self.boot()
+        elif self.app_stopped:
+            self._ctl("start_app")
+
+            async def ready() -> None:
+                await wait_until(
+                    self.answers, timeout=RABBITMQ_READY_TIMEOUT, what=f"{self.node} to answer"
+                )
+
+            _run_blocking(ready)
+            self.app_stopped = False
+
+    def close(self) -> None:
+        """Stop the node and remove its folder."""
+        self.halt()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ---- internals
+
+    def _make_folder(self) -> None:
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        # The rabbitmq user has to get through it whatever our umask; another user's is theirs.
+        with contextlib.suppress(PermissionError):
+            self.folder.parent.chmod(0o755)
+        (self.folder / "mnesia").mkdir(parents=True)
+        (self.folder / "log").mkdir()
+        # Its own config: /etc/rabbitmq/rabbitmq.conf pins the machine's 127.0.0.1:5672. Guest
+        # may log in: the default loopback_users lets it in from 127.0.0.1, which is all we use.
+        (self.folder / "own.conf").write_text(f"listeners.tcp.local = {LOCALHOST}:{self.port}\n")
+        # No plugins: whatever the machine enables would want the machine's ports (management
+        # on 15672, Prometheus on 15692).
+        (self.folder / "plugins").write_text("")
+        if os.geteuid() == 0:
+            rabbitmq_user = pwd.getpwnam("rabbitmq")
+            for path in (self.folder, *self.folder.rglob("*")):
+                os.chown(path, rabbitmq_user.pw_uid, rabbitmq_user.pw_gid)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + RABBITMQ_NODE_START_TIMEOUT
+        while True:
+            if self.pid is None:
+                self.pid = _read_pid(self._pid_file)
+            elif not _pid_alive(self.pid):
+                pid, self.pid = self.pid, None
+                raise self._start_error(f"exited (pid {pid}) before it accepted connections")
+            # A bare TCP connect first: cheaper than a login, and aiormq logs every refusal.
+            if self.pid is not None and _tcp_listening(self.port) and _run_blocking(self.answers):
+                return
+            if time.monotonic() >= deadline:
+                raise self._start_error(
+                    f"did not accept guest/guest at {self.url} within "
+                    f"{RABBITMQ_NODE_START_TIMEOUT:g}s"
+                )
+            time.sleep(0.1)
+
+    def _ctl(self, *args: str, timeout: float = RABBITMQCTL_TIMEOUT) -> None:
+        # Always -n: without it rabbitmqctl would address the machine's node.
+        assert self.node.startswith(f"{_NODE_PREFIX}-"), self.node
+        result = subprocess.run(
+            ["rabbitmqctl", "-n", self.node, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl -n {self.node} {' '.join(args)} exited {result.returncode}: "
+                f"{(result.stdout + result.stderr).strip()}"
+            )
+
+    def _start_error(self, problem: str) -> BrokerStartError:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-40:]
+            tail = "\n".join(lines)
+        except OSError as exc:
+            tail = f"(no log: {exc})"
+        return BrokerStartError(
+            f"RabbitMQ node {self.node} (AMQP {self.port}, dist {self.dist_port}) {problem}\n"
+            f"  log {self.log_path} (last lines):\n{tail}"
+        )
+
+
+def _reap_orphan_nodes(root: Path = _NODE_ROOT) -> None:
+    """Stop nodes (and remove folders) left by earlier runs that were killed before teardown.
+
+    A folder is named ``<pytest pid>-<hex>``; it is an orphan once that pid is gone. Its node
+    is killed by the pid in its pid file, and only if that process really is that node.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for folder in root.iterdir():
+            owner = folder.name.partition("-")[0]
+            if not owner.isdigit() or _pid_alive(int(owner)):
+                continue
+            pid = _read_pid(folder / "node.pid")
+            if pid is not None and _pid_alive(pid):
+                if not _is_node_process(pid, f"{_NODE_PREFIX}-{folder.name}@localhost"):
+                    continue  # cannot tell it is that node: leave node and folder alone
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + RABBITMQ_NODE_STOP_TIMEOUT
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)  # then nothing writes into the folder any more
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_rabbitmq_node() -> Iterator[RabbitMQNode]:
+    """One private RabbitMQ node for the session (it takes ~5 s to start); stopped and its
+    folder removed at the end. Tests should use ``private_rabbitmq``."""
+    for tool in ("rabbitmq-server", "rabbitmqctl"):
+        if shutil.which(tool) is None:
+            _unavailable(f"{tool} is not installed (apt-get install -y rabbitmq-server)")
+    _reap_orphan_nodes()
+    node = RabbitMQNode()
+    try:
+        try:
+            node.boot()
+        except BrokerStartError as exc:
+            problem = str(exc)  # reported outside the except: the traceback chain adds nothing
+        else:
+            problem = ""
+        if problem:
+            _unavailable(problem)
+        yield node
     finally:
-        rabbitmq_server.ensure_app_started()
+        node.close()
+
+
+@pytest.fixture
+def private_rabbitmq(private_rabbitmq_node: RabbitMQNode) -> Iterator[RabbitMQNode]:
+    """The session's private RabbitMQ node, running with its app started; tests may stop it
+    any way it offers, and the teardown brings it back up for the next test."""
+    private_rabbitmq_node.restore()
+    try:
+        yield private_rabbitmq_node
+    finally:
+        private_rabbitmq_node.restore()
 
 
 # --------------------------------------------------------------------------- Kafka helpers

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -13,12 +18,17 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from pamqp.commands import Basic
 
 from tests.brokers import (
+    _NODE_ROOT,
     LOCALHOST,
     KafkaBroker,
     KafkaBrokerFactory,
     NoidaBroker,
     RabbitMQ,
+    RabbitMQNode,
+    RestartSentinel,
     TcpProxy,
+    _pid_alive,
+    _reap_orphan_nodes,
     consume_all,
     create_topic,
     free_port,
@@ -160,15 +170,142 @@ async def test_rabbitmq_publish_with_confirm_and_get_back(rabbitmq: RabbitMQ) ->
             await exchange.delete()
 
 
-async def test_rabbitmq_stop_app_and_start_app(rabbitmq: RabbitMQ) -> None:
-    await rabbitmq.stop_app()
-    assert rabbitmq.app_stopped
-    assert not await rabbitmq.answers()
+async def _declare_queues(url: str, prefix: str) -> tuple[str, str]:
+    """A durable queue holding one persistent message, and a transient queue; their names."""
+    durable, transient = unique_name(f"{prefix}-durable"), unique_name(f"{prefix}-transient")
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        await channel.declare_queue(durable, durable=True)
+        await channel.declare_queue(transient, durable=False)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"kept", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=durable,
+        )
+    return durable, transient
 
-    await rabbitmq.start_app()
-    assert not rabbitmq.app_stopped
-    connection = await aio_pika.connect(rabbitmq.url)
-    await connection.close()
+
+async def _queue_exists(url: str, name: str) -> bool:
+    async with await aio_pika.connect(url) as connection:
+        try:
+            await (await connection.channel()).declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+
+async def _get_one(url: str, queue_name: str) -> bytes:
+    async with await aio_pika.connect(url) as connection:
+        queue = await (await connection.channel()).get_queue(queue_name)
+        message = await queue.get(timeout=5)
+        await message.ack()
+        await queue.delete(if_unused=False, if_empty=False)
+        return message.body
+
+
+@pytest.mark.slow
+def test_private_rabbitmq_is_a_node_of_its_own(private_rabbitmq: RabbitMQNode) -> None:
+    node = private_rabbitmq
+    assert node.node.startswith(f"evbridge-test-{os.getpid()}-"), node.node
+    assert node.node.endswith("@localhost")
+    assert 5672 not in (node.port, node.dist_port)
+    assert node.port != node.dist_port
+    assert node.url == f"amqp://guest:guest@127.0.0.1:{node.port}/"
+    assert node.running
+    assert node.pid is not None
+    assert node.pid != os.getpid()
+    # The server drops root to the rabbitmq user, which must own its folder.
+    if os.geteuid() == 0:
+        owner = pwd.getpwuid(node.folder.stat().st_uid).pw_name
+        assert owner == "rabbitmq"
+        assert pwd.getpwuid(Path(f"/proc/{node.pid}").stat().st_uid).pw_name == "rabbitmq"
+
+
+@pytest.mark.slow
+async def test_private_rabbitmq_stop_app_and_start_app(
+    private_rabbitmq: RabbitMQNode, rabbitmq: RabbitMQ
+) -> None:
+    node = private_rabbitmq
+    durable, transient = await _declare_queues(node.url, "stop-app")
+    sentinel = RestartSentinel(node.url)
+    assert await sentinel.plant()
+    pid = node.pid
+
+    await node.stop_app()
+    assert node.app_stopped
+    assert not await node.answers()
+    assert node.running, "stop_app leaves the Erlang VM running"
+    assert node.pid == pid
+    assert await rabbitmq.answers(), "the machine's broker is untouched"
+
+    await node.start_app()
+    assert not node.app_stopped
+    assert await node.answers()
+    assert node.pid == pid
+    assert not await _queue_exists(node.url, transient)
+    assert await _get_one(node.url, durable) == b"kept"
+    # What the run-wide guard on the machine's broker relies on.
+    assert await sentinel.problem() == f"its transient sentinel queue {sentinel.queue!r} is gone"
+
+
+@pytest.mark.slow
+async def test_private_rabbitmq_stop_and_start_the_whole_node(
+    private_rabbitmq: RabbitMQNode, rabbitmq: RabbitMQ
+) -> None:
+    node = private_rabbitmq
+    durable, transient = await _declare_queues(node.url, "stop-node")
+    old_pid = node.pid
+    assert old_pid is not None
+
+    await node.stop()
+    assert not node.running
+    assert not _pid_alive(old_pid), "the node's VM is gone, not just its app"
+    assert not await node.answers()
+    assert await rabbitmq.answers(), "the machine's broker is untouched"
+
+    await node.start()
+    assert node.running
+    assert node.pid != old_pid
+    assert await node.answers()
+    assert not await _queue_exists(node.url, transient)
+    assert await _get_one(node.url, durable) == b"kept"
+
+
+def test_restart_sentinel_sees_a_broker_that_ran_throughout(rabbitmq: RabbitMQ) -> None:
+    sentinel = RestartSentinel(rabbitmq.url)
+
+    async def check() -> str | None:
+        assert await sentinel.plant()
+        return await sentinel.problem()
+
+    assert asyncio.run(check()) is None
+
+
+async def test_restart_sentinel_reports_a_broker_that_went_away() -> None:
+    sentinel = RestartSentinel(f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    assert not await sentinel.plant()
+    assert "does not accept connections" in (await sentinel.problem() or "")
+
+
+@pytest.mark.slow
+def test_nodes_left_by_a_killed_run_are_reaped() -> None:
+    # A run killed before its teardown leaves its node running; the next run stops it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = _NODE_ROOT / unique_name("reap-test")
+    orphan = RabbitMQNode(root, owner=dead.pid)
+    try:
+        orphan.boot()
+        pid = orphan.pid
+        assert pid is not None
+        assert orphan.running
+
+        _reap_orphan_nodes(root)
+
+        assert not _pid_alive(pid), "the orphan node was killed"
+        assert list(root.iterdir()) == [], "and its folder removed"
+    finally:
+        orphan.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- TcpProxy

@@ -1,9 +1,13 @@
-"""BROKER RESTART — these tests stop and start the shared RabbitMQ app.
+"""Broker restarts, on a RabbitMQ node of the tests' own.
 
-They run ``rabbitmqctl stop_app`` / ``start_app`` on the machine's broker, so for a few
-seconds every other user of it (tests running in parallel, other sessions) sees an outage.
-The ``rabbitmq`` fixture starts the app again in its teardown whatever happens, and each
-test restarts it itself before cleaning up. Marked ``slow``: deselect with ``-m "not slow"``.
+Every broker death here is on ``private_rabbitmq`` (tests/brokers.py): a node started for this
+test session with its own node name (``evbridge-test-<pid>-<hex>@localhost``), AMQP port,
+distribution port and data folder, taken down with ``rabbitmqctl -n <that node> stop_app`` or
+``stop`` and stopped at the end of the session. The machine's RabbitMQ (``rabbit@localhost`` on
+5672) is never stopped, restarted or reconfigured; the tests check that it kept answering
+while theirs was down, and a session-wide sentinel fails the run if it was restarted. Starting
+the node costs ~4-10 s once per session (``rabbitmq-server`` must be installed; with
+``CI=true`` a node that does not start fails the tests). Marked ``slow``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from bridge.event import Event
 from bridge.results import Delivery
 from bridge.sinks.base import Outgoing
 from bridge.sinks.rabbitmq import RabbitConfig, RabbitRoute, RabbitSink
-from tests.brokers import RabbitMQ, unique_name, wait_until
+from tests.brokers import RabbitMQ, RabbitMQNode, unique_name, wait_until
 from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_process import ServerProcess
@@ -29,11 +33,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def durable_destination(rabbitmq: RabbitMQ) -> AsyncIterator[str]:
-    """A durable exchange and queue, both named by the yielded name; removed afterwards
-    (after restarting the broker app if the test left it stopped)."""
+async def durable_destination(private_rabbitmq: RabbitMQNode) -> AsyncIterator[str]:
+    """A durable exchange and queue on the private node, both named by the yielded name;
+    removed afterwards (after bringing the node back up if the test left it down)."""
     name = unique_name("rmq-restart")
-    async with await aio_pika.connect(rabbitmq.url) as connection:
+    async with await aio_pika.connect(private_rabbitmq.url) as connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(name, durable=True)
@@ -41,12 +45,20 @@ async def durable_destination(rabbitmq: RabbitMQ) -> AsyncIterator[str]:
     try:
         yield name
     finally:
-        if rabbitmq.app_stopped:
-            await rabbitmq.start_app()
-        async with await aio_pika.connect(rabbitmq.url) as connection:
+        await asyncio.to_thread(private_rabbitmq.restore)
+        async with await aio_pika.connect(private_rabbitmq.url) as connection:
             channel = await connection.channel()
             await channel.queue_delete(name)
             await channel.exchange_delete(name)
+
+
+async def take_down(node: RabbitMQNode, how: str) -> None:
+    """``app``: stop the RabbitMQ app (the Erlang VM stays up); ``node``: stop the whole node."""
+    await (node.stop_app() if how == "app" else node.stop())
+
+
+async def bring_up(node: RabbitMQNode, how: str) -> None:
+    await (node.start_app() if how == "app" else node.start())
 
 
 def outgoing(n: int) -> Outgoing:
@@ -55,21 +67,21 @@ def outgoing(n: int) -> Outgoing:
     )
 
 
+@pytest.mark.parametrize("how", ["app", "node"])
 async def test_sink_fails_retriably_while_the_broker_is_down_and_resumes(
-    rabbitmq: RabbitMQ, durable_destination: str
+    private_rabbitmq: RabbitMQNode, rabbitmq: RabbitMQ, durable_destination: str, how: str
 ) -> None:
     name = durable_destination
+    node = private_rabbitmq
     sink = RabbitSink(
-        RabbitConfig(
-            name="rmq", type="rabbitmq", url=rabbitmq.url, exchange=name, reconnect_max_s=0.5
-        )
+        RabbitConfig(name="rmq", type="rabbitmq", url=node.url, exchange=name, reconnect_max_s=0.5)
     )
     await sink.start()
     try:
         before = outgoing(0)
         assert isinstance((await sink.publish_many([before]))[0], Delivery)
 
-        await rabbitmq.stop_app()
+        await take_down(node, how)
         await wait_until(lambda: not sink.connected, timeout=10, what="the sink to notice")
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -77,8 +89,9 @@ async def test_sink_fails_retriably_while_the_broker_is_down_and_resumes(
         assert loop.time() - began < 0.5, "publishing while the broker is down must fail fast"
         assert all(isinstance(r, SinkUnavailable) and r.retriable for r in down), down
         assert not (await sink.healthcheck()).ok
+        assert await rabbitmq.answers(), "only the private node went down"
 
-        await rabbitmq.start_app()
+        await bring_up(node, how)
         after = outgoing(3)
 
         async def delivered() -> bool:
@@ -90,7 +103,7 @@ async def test_sink_fails_retriably_while_the_broker_is_down_and_resumes(
     finally:
         await sink.stop()
 
-    async with await aio_pika.connect(rabbitmq.url) as connection:
+    async with await aio_pika.connect(node.url) as connection:
         queue = await (await connection.channel()).get_queue(name)
         got = await get_messages(queue, 2)
     # The persistent message from before the restart survived it; nothing from the outage
@@ -109,10 +122,14 @@ async def readyz(srv: ServerProcess) -> int:
 
 
 async def test_server_reports_retriable_failures_during_a_restart_then_resumes(
-    rabbitmq: RabbitMQ, durable_destination: str, evbridge_server_factory: ServerFactory
+    private_rabbitmq: RabbitMQNode,
+    rabbitmq: RabbitMQ,
+    durable_destination: str,
+    evbridge_server_factory: ServerFactory,
 ) -> None:
     name = durable_destination
-    sink = {"name": "rmq", "type": "rabbitmq", "url": rabbitmq.url, "exchange": name}
+    node = private_rabbitmq
+    sink = {"name": "rmq", "type": "rabbitmq", "url": node.url, "exchange": name}
     srv = evbridge_server_factory(
         {
             "sinks": [{**sink, "reconnect_max_s": 0.5}],
@@ -122,7 +139,7 @@ async def test_server_reports_retriable_failures_during_a_restart_then_resumes(
     status, _, before = await post(srv, "/v1/events", {"type": "restart.before", "data": 0})
     assert status == 200, before
 
-    await rabbitmq.stop_app()
+    await node.stop_app()
 
     async def refused() -> bool:
         status, _, _ = await post(srv, "/v1/events", {"type": "restart.during"})
@@ -137,8 +154,9 @@ async def test_server_reports_retriable_failures_during_a_restart_then_resumes(
     assert status == 200
     assert [r["error"]["retriable"] for r in batch["results"]] == [True] * 3
     await wait_until(lambda: _status_is(srv, 503), timeout=10, what="/readyz to turn 503")
+    assert await rabbitmq.answers(), "only the private node went down"
 
-    await rabbitmq.start_app()
+    await node.start_app()
 
     answers: list[Any] = []
 
@@ -152,7 +170,7 @@ async def test_server_reports_retriable_failures_during_a_restart_then_resumes(
     await wait_until(lambda: _status_is(srv, 200), timeout=10, what="/readyz to turn 200")
     assert srv.returncode is None, "the bridge kept running through the restart"
 
-    async with await aio_pika.connect(rabbitmq.url) as connection:
+    async with await aio_pika.connect(node.url) as connection:
         queue = await (await connection.channel()).get_queue(name)
         got = await get_messages(queue, 2)
     assert [m.message_id for m in got] == [before["id"], after["id"]]
