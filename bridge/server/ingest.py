@@ -214,9 +214,10 @@ def decode_binary(content_type: str | None, headers: Mapping[str, str], body: by
                 field="datacontenttype",
             )
         else:
-            check_extension_name(attr, name)
-            check_extension_value(attr, value, name)
-            extensions[attr] = value
+            # The error names the header as sent (a plain str: aiohttp's names are istr).
+            check_extension_name(attr, str(name))
+            check_extension_value(attr, value, str(name))
+            extensions[str(attr)] = value
     for name in _BINARY_REQUIRED:
         if name not in fields:
             raise InvalidEvent(f"CloudEvents binary mode needs the ce-{name} header", field=name)
