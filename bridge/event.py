@@ -148,7 +148,9 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     #: CloudEvents extension attributes (name: a-z0-9), delivered as attributes by every
     #: binding (``ce_<name>`` on Kafka, ``cloudEvents:<name>`` on AMQP, top-level members
     #: in the JSON format). Not transport headers: those are ``headers``.
-    extensions: dict[str, str | int | bool] = {}
+    #: Each value is a str, an int (32-bit) or a bool. Declared ``Any`` so that a wrong
+    #: value is refused by `_check_extensions`, whose error names the extension.
+    extensions: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
         # Runs for every event decoded or built: unset optional fields and

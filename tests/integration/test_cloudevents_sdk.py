@@ -200,7 +200,8 @@ async def test_sdk_events_round_trip_through_rabbitmq(
     if sink_mode == "binary":
         headers = messages[0].headers or {}
         assert headers["cloudEvents:myext"] in ("hello", b"hello")
-        assert "myext" not in headers and "cloudEvents:kind" not in headers
+        assert "myext" not in headers
+        assert "cloudEvents:kind" not in headers
 
 
 BINARY_HEADERS = {"ce-specversion": "1.0", "ce-source": "/raw", "ce-type": "raw.bytes"}
