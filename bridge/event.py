@@ -1,13 +1,17 @@
 """The event envelope and its codecs.
 
-`Event` is CloudEvents 1.0 compatible: the CloudEvents context attributes plus
-the bridge attributes ``kind``, ``key``, ``headers``, ``correlation_id`` and
-``ttl_ms``. It is immutable; validation runs once, when it is built or decoded.
+`Event` is CloudEvents 1.0 compatible: the CloudEvents context attributes
+(``dataschema`` included), its extension attributes (``extensions``), plus the
+bridge attributes ``kind``, ``key``, ``headers`` (transport headers, not
+CloudEvents attributes), ``correlation_id`` and ``ttl_ms``. It is immutable;
+validation runs once, when it is built or decoded. docs/cloudevents.md says how
+each attribute travels.
 """
 
 from __future__ import annotations
 
 import base64
+import calendar
 import re
 from datetime import UTC, datetime
 from random import getrandbits
@@ -31,6 +35,26 @@ MAX_TTL_MS: Final = 2**63 - 1
 # Header names travel to Kafka headers and AMQP tables: keep them to a token
 # charset so no broker client or downstream HTTP gateway chokes on them.
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+#: CloudEvents says extension names SHOULD NOT exceed 20 characters; a MUST is only the
+#: charset. Longer names are accepted (refusing them would lose a conformant producer's
+#: event) up to this bound, which keeps the prefixed broker header names short.
+MAX_EXTENSION_NAME_LEN: Final = 64
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+\Z")
+#: CloudEvents Integer: a 32-bit signed integer.
+_INT32_MIN: Final = -(2**31)
+_INT32_MAX: Final = 2**31 - 1
+#: Names an extension cannot take: the context attributes, the JSON format's data
+#: members, and the names the bridge attributes travel under (set those fields instead).
+RESERVED_ATTRIBUTES: Final = frozenset(
+    {"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time"}
+    | {"data", "data_base64"}
+)
+BRIDGE_EXTENSIONS: Final = {
+    "kind": "kind",
+    "partitionkey": "key",
+    "correlationid": "correlation_id",
+    "ttl": "ttl_ms",
+}
 
 
 def new_id() -> str:
@@ -112,12 +136,21 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     specversion: str = "1.0"
     time: str = msgspec.field(default_factory=now_rfc3339)
     subject: str | None = None
-    datacontenttype: str = "application/json"
+    #: ``application/json`` is the plain shape's documented default (its ``data`` is JSON);
+    #: ``None`` is "not set" (a CloudEvent that did not say) and stays unset downstream.
+    datacontenttype: str | None = "application/json"
     kind: Kind = "notification"
     key: str | None = None
     headers: dict[str, str] = {}
     correlation_id: str | None = None
     ttl_ms: int | None = None
+    dataschema: str | None = None
+    #: CloudEvents extension attributes (name: a-z0-9), delivered as attributes by every
+    #: binding (``ce_<name>`` on Kafka, ``cloudEvents:<name>`` on AMQP, top-level members
+    #: in the JSON format). Not transport headers: those are ``headers``.
+    #: Each value is a str, an int (32-bit) or a bool. Declared ``Any`` so that a wrong
+    #: value is refused by `_check_extensions`, whose error names the extension.
+    extensions: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
         # Runs for every event decoded or built: unset optional fields and
@@ -135,8 +168,10 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
             _check_text(self.key, "key", MAX_ATTR_LEN, required=False)
         if self.correlation_id is not None:
             _check_text(self.correlation_id, "correlation_id", MAX_ATTR_LEN, required=False)
-        if self.datacontenttype != "application/json":
-            _check_text(self.datacontenttype, "datacontenttype", MAX_ATTR_LEN, required=True)
+        if self.datacontenttype != "application/json" and self.datacontenttype is not None:
+            _check_text(self.datacontenttype, "datacontenttype", MAX_ATTR_LEN, required=False)
+        if self.dataschema is not None:
+            _check_dataschema(self.dataschema)
         if self.specversion != "1.0":
             raise InvalidEvent(
                 f"specversion must be '1.0', got {self.specversion!r}", field="specversion"
@@ -158,17 +193,149 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
             )
         if self.headers:
             _check_headers(self.headers)
+        if self.extensions:
+            _check_extensions(self.extensions)
+
+
+# RFC 3339 section 5.6 date-time, exactly: "T" and "Z" in either case (5.6 allows
+# lower case), any number of fraction digits, "Z" or a numeric offset. ASCII digits only.
+_RFC3339: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))\Z"
+)
+
+
+def _parse_time(value: str) -> tuple[int, ...] | None:
+    """The fields of an RFC 3339 date-time, or None when ``value`` is not one.
+
+    Returns ``(year, month, day, hour, minute, second, offset_minutes)``. Month
+    lengths and leap years are checked; second 60 (a leap second, RFC 3339 5.7)
+    is allowed when the minute is 59 in the given offset.
+    """
+    match = _RFC3339.match(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    sign, off_h, off_m = match.group(8, 9, 10)
+    offset = 0
+    if sign is not None:
+        if int(off_h) > 23 or int(off_m) > 59:
+            return None
+        offset = (int(off_h) * 60 + int(off_m)) * (-1 if sign == "-" else 1)
+    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    if hour > 23 or minute > 59 or second > 60 or (second == 60 and minute != 59):
+        return None
+    return year, month, day, hour, minute, second, offset
 
 
 def _check_time(value: object) -> None:
     if not isinstance(value, str):
         raise InvalidEvent(f"time must be an RFC 3339 string, got {value!r}", field="time")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidEvent(f"time is not RFC 3339: {value!r}", field="time") from None
-    if parsed.tzinfo is None or "T" not in value.upper():
-        raise InvalidEvent(f"time must have a date, a time and an offset: {value!r}", field="time")
+    if _parse_time(value) is None:
+        raise InvalidEvent(
+            f"time is not an RFC 3339 date-time (like 2026-11-22T07:25:00Z): {value[:64]!r}",
+            field="time",
+        )
+
+
+def epoch_seconds(time_text: str) -> int:
+    """Whole seconds since 1970 of a validated RFC 3339 ``time`` (a leap second counts as 59)."""
+    parsed = _parse_time(time_text)
+    if parsed is None:
+        raise ValueError(f"not an RFC 3339 date-time: {time_text!r}")
+    year, month, day, hour, minute, second, offset = parsed
+    local = calendar.timegm((year, month, day, hour, minute, min(second, 59)))
+    return local - offset * 60
+
+
+_URI_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _check_dataschema(value: str) -> None:
+    _check_text(value, "dataschema", MAX_ATTR_LEN, required=False)
+    if not _URI_SCHEME.match(value):
+        raise InvalidEvent(
+            f"dataschema must be an absolute URI (with a scheme), got {value!r}",
+            field="dataschema",
+        )
+
+
+def check_extension_name(name: object, field: str) -> None:
+    """Raise `InvalidEvent` (``field``) unless ``name`` can be a CloudEvents extension name.
+
+    CloudEvents: lower-case ``a-z`` and ``0-9`` only; at most `MAX_EXTENSION_NAME_LEN`
+    characters here; not a context attribute (`RESERVED_ATTRIBUTES`).
+    """
+    if not isinstance(name, str):
+        raise InvalidEvent("extension names must be strings", field="extensions")
+    if not _EXTENSION_NAME.match(name):
+        raise InvalidEvent(
+            f"extension attribute name {name[:64]!r} must be lower-case letters a-z "
+            "and digits 0-9 only (CloudEvents)",
+            field=field,
+        )
+    if len(name) > MAX_EXTENSION_NAME_LEN:
+        raise InvalidEvent(
+            f"extension attribute name {name[:40]!r}... is {len(name)} characters, "
+            f"the limit is {MAX_EXTENSION_NAME_LEN}",
+            field=field,
+        )
+    if name in RESERVED_ATTRIBUTES:
+        raise InvalidEvent(
+            f"{name!r} is a CloudEvents context attribute, not an extension", field=field
+        )
+
+
+def check_extension_value(name: str, value: object, field: str) -> None:
+    """Raise `InvalidEvent` unless ``value`` is a CloudEvents String, Integer or Boolean
+    that every binding carries: text without control characters of at most
+    `MAX_HEADER_VALUE_LEN` characters, or a 32-bit integer."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT32_MIN <= value <= _INT32_MAX:
+            raise InvalidEvent(
+                f"extension {name!r} is {value}; a CloudEvents Integer is 32-bit signed",
+                field=field,
+            )
+        return
+    if not isinstance(value, str):
+        raise InvalidEvent(
+            f"extension {name!r} must be a string, an integer or a boolean, "
+            f"got {type(value).__name__}",
+            field=field,
+        )
+    if len(value) > MAX_HEADER_VALUE_LEN:
+        raise InvalidEvent(
+            f"extension {name!r} is {len(value)} characters, the limit is {MAX_HEADER_VALUE_LEN}",
+            field=field,
+        )
+    if not value.isprintable():
+        raise InvalidEvent(f"extension {name!r} contains control characters", field=field)
+
+
+def _check_extensions(extensions: object) -> None:
+    """Every extension: a valid name that is not a bridge attribute's, and a valid value.
+    The error's ``field`` is ``extensions.<name>``."""
+    if not isinstance(extensions, dict):
+        raise InvalidEvent("extensions must be an object", field="extensions")
+    for name, value in extensions.items():
+        field = f"extensions.{str(name)[:64]}"
+        check_extension_name(name, field)
+        if name in BRIDGE_EXTENSIONS:
+            raise InvalidEvent(
+                f"{name!r} is the bridge attribute {BRIDGE_EXTENSIONS[name]!r}; set that field",
+                field=field,
+            )
+        check_extension_value(name, value, field)
+
+
+def extension_text(value: str | int | bool) -> str:
+    """An extension value in the CloudEvents canonical string form (headers carry text)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
 
 
 def _check_headers(headers: object) -> None:
@@ -266,13 +433,38 @@ def convert(obj: object) -> Event:
 
 
 def data_bytes(event: Event) -> bytes:
-    """The event's ``data`` as bytes: raw bytes as-is, anything else JSON-encoded."""
+    """The event's ``data`` as bytes: raw bytes as-is, anything else JSON-encoded.
+
+    Text stays text (UTF-8) when ``datacontenttype`` is set and not JSON; an unset
+    content type means JSON, as in the CloudEvents JSON format.
+    """
     data = event.data
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
-    if isinstance(data, str) and not event.datacontenttype.endswith("json"):
+    content_type = event.datacontenttype
+    if isinstance(data, str) and content_type is not None and not _is_json(content_type):
         return data.encode()
     return _json_encoder.encode(data)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media.endswith(("/json", "+json"))
+
+
+def wire_content_type(event: Event) -> str | None:
+    """The content type of `data_bytes` for a binary-mode message.
+
+    The event's ``datacontenttype`` when set; when unset, ``application/json`` for
+    data the bridge JSON-encodes (that is what the bytes are) and nothing for raw
+    bytes nobody described.
+    """
+    content_type = event.datacontenttype
+    if content_type is not None:
+        return content_type
+    if isinstance(event.data, bytes | bytearray | memoryview):
+        return None
+    return "application/json"
 
 
 def to_plain(event: Event) -> dict[str, Any]:
@@ -284,21 +476,29 @@ def to_plain(event: Event) -> dict[str, Any]:
     return out
 
 
-# CloudEvents structured mode (JSON event format). The bridge attributes travel
-# as extension attributes, whose names the spec limits to lowercase a-z0-9.
-_CE_EXTENSIONS: Final = {"kind": "kind", "key": "partitionkey", "correlation_id": "correlationid"}
+# CloudEvents structured mode (JSON event format). ``kind`` is the bridge's own
+# routing choice and never leaves it (a domain event reaches no sink at all); the
+# other bridge attributes a producer can set travel as named extensions.
+_CE_EXTENSIONS: Final = {"key": "partitionkey", "correlation_id": "correlationid"}
 
 
 def to_structured(event: Event) -> dict[str, Any]:
-    """The event as a CloudEvents JSON-format object (``data_base64`` for bytes)."""
+    """The event as a CloudEvents JSON-format object (``data_base64`` for bytes).
+
+    Only attributes that are set appear: an unset ``datacontenttype`` stays unset
+    (JSON, by the format's rule). Extensions are top-level members.
+    """
     out: dict[str, Any] = {
         "specversion": event.specversion,
         "id": event.id,
         "source": event.source,
         "type": event.type,
         "time": event.time,
-        "datacontenttype": event.datacontenttype,
     }
+    if event.datacontenttype is not None:
+        out["datacontenttype"] = event.datacontenttype
+    if event.dataschema is not None:
+        out["dataschema"] = event.dataschema
     if event.subject is not None:
         out["subject"] = event.subject
     for attr, ext in _CE_EXTENSIONS.items():
@@ -307,6 +507,9 @@ def to_structured(event: Event) -> dict[str, Any]:
             out[ext] = value
     if event.ttl_ms is not None:
         out["ttl"] = event.ttl_ms
+    if event.extensions:
+        # The names cannot collide with the members above: `_check_extensions`.
+        out.update(event.extensions)
     if isinstance(event.data, bytes | bytearray | memoryview):
         out["data_base64"] = base64.b64encode(bytes(event.data)).decode()
     elif event.data is not None:
@@ -315,14 +518,19 @@ def to_structured(event: Event) -> dict[str, Any]:
 
 
 _CE_REQUIRED: Final = ("id", "source", "type", "specversion")
-_CE_CONTEXT: Final = {"id", "source", "type", "specversion", "time", "subject", "datacontenttype"}
+_CE_CONTEXT: Final = {
+    "id", "source", "type", "specversion", "time", "subject", "datacontenttype", "dataschema"
+}  # fmt: skip
 
 
 def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Event:
     """Build an event from a decoded CloudEvents JSON-format object.
 
-    Unknown extension attributes are kept as string headers, so nothing the
-    producer sent is lost on the way to the broker.
+    Top-level members that are not context attributes are extension attributes
+    (`Event.extensions`), except ``kind``, ``partitionkey``, ``correlationid`` and
+    ``ttl``, which set the bridge attributes. A null member is an absent one.
+    ``headers`` are transport headers to attach. An extension with an invalid
+    name or value raises `InvalidEvent` whose ``field`` is the member's name.
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("a CloudEvent must be a JSON object", field=None)
@@ -330,27 +538,22 @@ def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Ev
         # A null required attribute is as absent as a missing one (CloudEvents JSON format).
         if obj.get(name) is None:
             raise InvalidEvent(f"CloudEvents attribute {name!r} is required", field=name)
-    fields: dict[str, Any] = {k: v for k, v in obj.items() if k in _CE_CONTEXT}
-    extra_headers: dict[str, str] = dict(headers or {})
+    fields: dict[str, Any] = {k: v for k, v in obj.items() if k in _CE_CONTEXT and v is not None}
+    # The attribute was not set: do not let the plain shape's default fill it in.
+    fields.setdefault("datacontenttype", None)
+    extensions: dict[str, Any] = {}
     for name, value in obj.items():
-        if name in _CE_CONTEXT or name in ("data", "data_base64"):
+        if name in _CE_CONTEXT or name in ("data", "data_base64") or value is None:
             continue
-        if name == "kind":
-            fields["kind"] = value
-        elif name == "partitionkey":
-            fields["key"] = value
-        elif name == "correlationid":
-            fields["correlation_id"] = value
-        elif name == "ttl":
-            fields["ttl_ms"] = value
-        elif isinstance(value, str | int | float | bool):
-            extra_headers[name] = (
-                value if isinstance(value, str) else _json_encoder.encode(value).decode()
-            )
-        else:
-            raise InvalidEvent(f"extension attribute {name!r} must be a scalar", field=name)
-    if "data_base64" in obj:
-        if "data" in obj:
+        target = BRIDGE_EXTENSIONS.get(name)
+        if target is not None:
+            fields[target] = value
+            continue
+        check_extension_name(name, name)
+        check_extension_value(name, value, name)
+        extensions[name] = value
+    if "data_base64" in obj and obj["data_base64"] is not None:
+        if obj.get("data") is not None:
             raise InvalidEvent("data and data_base64 are mutually exclusive", field="data_base64")
         try:
             fields["data"] = base64.b64decode(obj["data_base64"], validate=True)
@@ -358,6 +561,8 @@ def from_structured(obj: object, *, headers: dict[str, str] | None = None) -> Ev
             raise InvalidEvent("data_base64 is not valid base64", field="data_base64") from None
     elif "data" in obj:
         fields["data"] = obj["data"]
-    if extra_headers:
-        fields["headers"] = extra_headers
+    if headers:
+        fields["headers"] = dict(headers)
+    if extensions:
+        fields["extensions"] = extensions
     return convert(fields)

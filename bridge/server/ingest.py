@@ -28,7 +28,15 @@ from urllib.parse import unquote
 import msgspec
 
 from bridge.errors import InvalidEvent
-from bridge.event import Event, convert, decode_json, decode_msgpack, from_structured
+from bridge.event import (
+    Event,
+    check_extension_name,
+    check_extension_value,
+    convert,
+    decode_json,
+    decode_msgpack,
+    from_structured,
+)
 from bridge.server.errors import ApiError
 
 JSON: Final = "application/json"
@@ -155,6 +163,7 @@ _BINARY_ATTRIBUTES: Final = {
     "specversion": "specversion",
     "time": "time",
     "subject": "subject",
+    "dataschema": "dataschema",
     "kind": "kind",
     "partitionkey": "key",
     "correlationid": "correlation_id",
@@ -167,8 +176,13 @@ def _is_json(media: str) -> bool:
 
 
 def decode_binary(content_type: str | None, headers: Mapping[str, str], body: bytes) -> Event:
-    """A CloudEvents binary-mode event: ``ce-*`` headers plus the body as ``data``."""
-    fields: dict[str, Any] = {}
+    """A CloudEvents binary-mode event: ``ce-*`` headers plus the body as ``data``.
+
+    A ``ce-<name>`` header that is not a context attribute is the extension
+    ``<name>`` (HTTP header names are case-insensitive, so it is lower-cased; the
+    rest must be a-z0-9). Without a Content-Type, ``datacontenttype`` stays unset.
+    """
+    fields: dict[str, Any] = {"datacontenttype": None}
     extensions: dict[str, str] = {}
     for name, raw_value in headers.items():
         lower = name.lower()
@@ -200,13 +214,17 @@ def decode_binary(content_type: str | None, headers: Mapping[str, str], body: by
                 field="datacontenttype",
             )
         else:
-            extensions[attr] = value
+            # The error names the header as sent (a plain str: aiohttp's names are istr).
+            check_extension_name(attr, str(name))
+            check_extension_value(attr, value, str(name))
+            extensions[str(attr)] = value
     for name in _BINARY_REQUIRED:
         if name not in fields:
             raise InvalidEvent(f"CloudEvents binary mode needs the ce-{name} header", field=name)
     if body:
+        # No Content-Type: the bytes are opaque and the attribute stays unset.
         media = media_type(content_type) if content_type else "application/octet-stream"
-        fields["datacontenttype"] = content_type or media
+        fields["datacontenttype"] = content_type or None
         if _is_json(media):
             try:
                 fields["data"] = _any_json.decode(body)
@@ -219,7 +237,7 @@ def decode_binary(content_type: str | None, headers: Mapping[str, str], body: by
     elif content_type:
         fields["datacontenttype"] = content_type
     if extensions:
-        fields["headers"] = extensions
+        fields["extensions"] = extensions
     return convert(fields)
 
 

@@ -40,7 +40,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 )
 
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, TemplateError
-from bridge.event import Event, data_bytes, to_structured
+from bridge.event import Event, data_bytes, extension_text, to_structured, wire_content_type
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
 
@@ -55,13 +55,13 @@ _CODECS = {"gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4, "zstd": has_z
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _STRUCTURED_TYPE = b"application/cloudevents+json; charset=utf-8"
 _SPECVERSION = ("ce_specversion", b"1.0")
-# Headers the binding sets; an event header with one of these names is not copied.
-_RESERVED = frozenset(
-    {"content-type", "ce_id", "ce_source", "ce_type", "ce_specversion", "ce_time", "ce_subject"}
-    | {"ce_correlationid", "ce_ttl"}
-)
+# Header names the binding owns: an event header named so (in any case) is not copied,
+# so transport headers can neither forge an attribute nor switch a consumer that
+# detects the mode by ``ce_*`` headers to binary mode.
+_CONTENT_TYPE = "content-type"
+_CE_PREFIX = "ce_"
 # Upper bounds used to skip the exact size computation for events far below the limit.
-_CE_HEADERS_BOUND = 8 * (1024 + 32) + 256
+_CE_HEADERS_BOUND = 10 * (1024 + 32) + 256
 _EVENT_HEADER_BOUND = 256 + 8192 * 4 + 16
 _RECONNECT_FIRST_S = 0.1
 # A batch still unanswered after this long makes the sink probe the broker.
@@ -252,8 +252,10 @@ class _Codec:
                 ("ce_id", event.id.encode()),
                 header("ce_type", event.type),
                 ("ce_time", event.time.encode()),
-                header("content-type", event.datacontenttype),
             ]
+            content_type = wire_content_type(event)
+            if content_type is not None:
+                headers.append(header(_CONTENT_TYPE, content_type))
             if event.source is not None:
                 headers.append(header("ce_source", event.source))
             if event.subject is not None:
@@ -262,9 +264,14 @@ class _Codec:
                 headers.append(("ce_correlationid", event.correlation_id.encode()))
             if event.ttl_ms is not None:
                 headers.append(("ce_ttl", str(event.ttl_ms).encode()))
+            if event.dataschema is not None:
+                headers.append(header("ce_dataschema", event.dataschema))
+            for name, ext in event.extensions.items():
+                headers.append((_CE_PREFIX + name, extension_text(ext).encode()))
         if event.headers:
             for name, text in event.headers.items():
-                if name.lower() not in _RESERVED:
+                lower = name.lower()
+                if lower != _CONTENT_TYPE and not lower.startswith(_CE_PREFIX):
                     headers.append((name, text.encode()))
         return value, headers
 
@@ -677,6 +684,8 @@ class KafkaSink:
                 partition = parts[hashed % len(parts)]
             if event.headers:
                 size += len(event.headers) * _EVENT_HEADER_BOUND
+            if event.extensions:
+                size += len(event.extensions) * _EVENT_HEADER_BOUND
             if size > limit and (too_large := self._too_large(key, value, headers)) is not None:
                 results[i] = too_large
                 continue

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import aio_pika
@@ -44,7 +44,13 @@ from bridge.errors import (
     SinkUnavailable,
     TemplateError,
 )
-from bridge.event import Event, data_bytes
+from bridge.event import (
+    Event,
+    data_bytes,
+    epoch_seconds,
+    to_structured,
+    wire_content_type,
+)
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
 
@@ -71,6 +77,7 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     declare: bool = True
     persistent: bool = True
+    mode: Literal["binary", "structured"] = "binary"
     mandatory: bool = True
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1000
     channels: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
@@ -137,18 +144,32 @@ def _shortstr(value: str, what: str, field: str) -> str:
 
 def _timestamp(event: Event) -> datetime | None:
     """The event time for the AMQP ``timestamp`` property (whole seconds, none before 1970)."""
-    when = datetime.fromisoformat(event.time)
-    return when if when.timestamp() >= 0 else None
+    seconds = epoch_seconds(event.time)
+    return datetime.fromtimestamp(seconds, UTC) if seconds >= 0 else None
+
+
+#: Prefixes of the AMQP CloudEvents binding's attribute names (both are valid there).
+_CE_PREFIXES: Final = ("cloudevents:", "cloudevents_")
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
+_json_encode: Final = msgspec.json.Encoder().encode
+
+
+def _transport_headers(event: Event) -> dict[str, Any]:
+    """The event's own headers, without names of the binding's attribute namespace: a
+    transport header cannot forge an attribute (compared case-insensitively)."""
+    headers: dict[str, Any] = {}
+    for name, value in event.headers.items():
+        if name[:12].lower() in _CE_PREFIXES:
+            continue
+        headers[_shortstr(name, f"header name {name[:40]!r}", "headers")] = value
+    return headers
 
 
 def amqp_headers(event: Event, key: str | None) -> dict[str, Any]:
-    """The header table: the event's own headers, then the ``cloudEvents:*`` attributes.
-
-    The attributes are written last, so an event header cannot spoof them.
-    """
-    headers: dict[str, Any] = {}
-    for name, value in event.headers.items():
-        headers[_shortstr(name, f"header name {name[:40]!r}", "headers")] = value
+    """The header table in binary mode: the event's own headers, then the
+    ``cloudEvents:*`` attributes (extensions included, as AMQP booleans, integers
+    or long strings)."""
+    headers = _transport_headers(event)
     headers["cloudEvents:specversion"] = event.specversion
     headers["cloudEvents:id"] = event.id
     if event.source is not None:
@@ -159,14 +180,46 @@ def amqp_headers(event: Event, key: str | None) -> dict[str, Any]:
         headers["cloudEvents:subject"] = event.subject
     if key is not None:
         headers["cloudEvents:partitionkey"] = key
+    if event.dataschema is not None:
+        headers["cloudEvents:dataschema"] = event.dataschema
+    if event.correlation_id is not None:
+        headers["cloudEvents:correlationid"] = event.correlation_id
+    if event.ttl_ms is not None:
+        headers["cloudEvents:ttl"] = str(event.ttl_ms)
+    for name, value in event.extensions.items():
+        headers["cloudEvents:" + name] = value
     return headers
 
 
-def amqp_properties(event: Event, key: str | None, *, persistent: bool) -> Basic.Properties:
-    """The AMQP message properties of an event; `SinkRejected` if one cannot be encoded."""
+def structured_body(event: Event, key: str | None) -> bytes:
+    """The event in the CloudEvents JSON format; ``partitionkey`` is the route's key."""
+    envelope = to_structured(event)
+    if key is not None:
+        envelope["partitionkey"] = key
+    return _json_encode(envelope)
+
+
+def amqp_properties(
+    event: Event, key: str | None, *, persistent: bool, structured: bool = False
+) -> Basic.Properties:
+    """The AMQP message properties of an event; `SinkRejected` if one cannot be encoded.
+
+    Binary mode: ``content_type`` is the data's content type (none when unset and
+    the data is raw bytes) and the attributes are ``cloudEvents:*`` headers.
+    Structured mode: ``content_type`` is the JSON event format's and the header
+    table holds only the event's transport headers (the body has the attributes).
+    """
+    if structured:
+        content_type: str | None = STRUCTURED_CONTENT_TYPE
+        headers = _transport_headers(event)
+    else:
+        content_type = wire_content_type(event)
+        if content_type is not None:
+            content_type = _shortstr(content_type, "datacontenttype", "datacontenttype")
+        headers = amqp_headers(event, key)
     return Basic.Properties(
-        content_type=_shortstr(event.datacontenttype, "datacontenttype", "datacontenttype"),
-        headers=amqp_headers(event, key),
+        content_type=content_type,
+        headers=headers,
         delivery_mode=2 if persistent else 1,
         correlation_id=(
             None
@@ -709,6 +762,7 @@ class RabbitSink:
         exchanges = [self._exchange_of(item) for item in items]
         missing = await self._missing_exchanges(state, exchanges)
         persistent = self.config.persistent
+        structured = self.config.mode == "structured"
         messages: list[_Message] = []
         for i, (item, exchange) in enumerate(zip(items, exchanges, strict=True)):
             if exchange in missing:
@@ -719,13 +773,14 @@ class RabbitSink:
             try:
                 _shortstr(exchange, "the exchange name", "exchange")
                 _shortstr(options.routing_key, "the routing key", "routing_key")
-                properties = amqp_properties(item.event, item.key, persistent=persistent)
+                properties = amqp_properties(
+                    item.event, item.key, persistent=persistent, structured=structured
+                )
             except SinkError as exc:
                 results[i] = exc
                 continue
-            messages.append(
-                _Message(i, exchange, options.routing_key, properties, data_bytes(item.event))
-            )
+            body = structured_body(item.event, item.key) if structured else data_bytes(item.event)
+            messages.append(_Message(i, exchange, options.routing_key, properties, body))
         return messages
 
     async def _send(

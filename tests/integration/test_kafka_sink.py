@@ -131,7 +131,6 @@ async def test_structured_mode_value_is_the_cloudevent(kafka_broker: KafkaBroker
         "time": ev.time,
         "subject": "s",
         "datacontenttype": "application/json",
-        "kind": "notification",
         "data": {"n": 7},
     }
     assert dict(record.headers) == {

@@ -138,6 +138,8 @@ async def test_single_and_batch_events_arrive_with_properties_and_headers(
         "cloudEvents:time": "2026-11-05T10:20:30.5+01:00",
         "cloudEvents:subject": "order/1",
         "cloudEvents:partitionkey": "order/1",
+        "cloudEvents:correlationid": "corr-1",
+        "cloudEvents:ttl": "60000",
         "x-tenant": "t1",
         "traceparent": TRACEPARENT,
     }

@@ -151,6 +151,8 @@ async def test_properties_headers_and_body_arrive(
         "cloudEvents:time": "2026-11-05T10:20:30Z",
         "cloudEvents:subject": "invite/7",
         "cloudEvents:partitionkey": "user-7",
+        "cloudEvents:correlationid": "corr-1",
+        "cloudEvents:ttl": "600000",
     }
 
 

@@ -165,7 +165,8 @@ async def test_structured_cloudevent(server: ServerProcess, http: aiohttp.Client
     assert reply.json["id"] == "ce-structured-1"
     record = sink_records(server)["ce-structured-1"]
     assert (record["source"], record["subject"], record["key"]) == ("/tests", "s-1", "pk")
-    assert record["headers"] == {"tenant": "acme"}
+    assert record["extensions"] == {"tenant": "acme"}
+    assert record["headers"] == {}
 
 
 async def test_binary_cloudevent(
@@ -192,7 +193,8 @@ async def test_binary_cloudevent(
     record = sink_records(server)[event_id]
     assert base64.b64decode(record["data_base64"]) == payload
     assert record["datacontenttype"] == "application/octet-stream"
-    assert record["headers"] == {"region": "eu west"}
+    assert record["extensions"] == {"region": "eu west"}
+    assert record["headers"] == {}
     assert record["key"] == "pk"
 
 

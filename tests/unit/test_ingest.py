@@ -135,7 +135,8 @@ def test_structured_cloudevent() -> None:
     }
     event = decode_event("application/cloudevents+json", headers(), dumps(body))
     assert (event.id, event.source, event.kind, event.key) == ("ce-1", "/src", "domain", "pk")
-    assert event.headers == {"tenant": "acme"}
+    assert event.extensions == {"tenant": "acme"}
+    assert event.headers == {}
 
 
 def test_structured_data_base64() -> None:
@@ -182,7 +183,8 @@ def test_binary_json_data() -> None:
     )
     assert (event.id, event.type, event.source, event.subject) == ("b-1", "a.b", "/src", "sub")
     assert (event.key, event.kind, event.data) == ("pk", "domain", {"x": 1})
-    assert event.headers == {"tenant": "acme"}
+    assert event.extensions == {"tenant": "acme"}
+    assert event.headers == {}
     assert event.datacontenttype == "application/json"
 
 
