@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.spool import codec
-from bridge.spool.framing import Damage, scan
+from bridge.spool.framing import Damage, scan_segment
 from bridge.spool.layout import (
     DEAD,
     LOCK,
     PENDING,
     SinkBacklog,
     iter_surveys,
+    open_regular,
     segment_ids,
     segment_name,
 )
@@ -122,7 +123,11 @@ def _merge(into: dict[str, SinkBacklog], found: dict[str, SinkBacklog]) -> None:
 
 
 def inspect(directory: str | os.PathLike[str]) -> Inspection:
-    """Read every file of the spool at ``directory`` (streaming) and verify its checksums."""
+    """Read every file of the spool at ``directory`` (streaming) and verify its checksums.
+
+    Raises `SpoolError` (naming the path) for an entry that is not a spool file
+    and `OSError` for a directory it cannot read.
+    """
     root = Path(directory)
     found = Inspection(root, exists=(root / PENDING).is_dir())
     if not found.exists:
@@ -158,9 +163,9 @@ def dead_letters(
     for segment_id in segment_ids(dead):
         with (
             contextlib.suppress(FileNotFoundError),
-            (dead / segment_name(segment_id)).open("rb") as file,
+            open_regular(dead / segment_name(segment_id)) as file,
         ):
-            for record in scan(file):
+            for record in scan_segment(file):
                 if isinstance(record, Damage):
                     continue
                 try:
