@@ -295,3 +295,25 @@ async def test_the_in_memory_tail_is_bounded_by_what_it_costs(tmp_path: Path) ->
         assert 0 < len(tail) < n
         assert charged <= TAIL_BYTES + 50 * len(big) * TAIL_COST_PER_BYTE  # one batch of slack
         assert ids_of(await read_all(spool)) == [ev(i) for i in range(n)]
+
+
+async def test_reads_do_not_wait_for_the_default_executor(tmp_path: Path) -> None:
+    """Sync handlers share the default executor: with every one of its threads stuck,
+    the spool still reads records back from its files (it has threads of its own)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    async with make_spool(tmp_path) as spool:
+        await append(spool, 5)
+    loop = asyncio.get_running_loop()
+    stuck = ThreadPoolExecutor(1)
+    loop.set_default_executor(stuck)
+    release = threading.Event()
+    blocked = loop.run_in_executor(None, release.wait)
+    try:
+        async with make_spool(tmp_path) as spool:  # records come from the file, not the tail
+            items = await asyncio.wait_for(read_all(spool), timeout=5)
+            assert ids_of(items) == [ev(i) for i in range(5)]
+    finally:
+        release.set()
+        await blocked
