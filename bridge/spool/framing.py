@@ -14,15 +14,16 @@ offset  size  field
 0       4     magic        b"EVS2" (a record) or b"EVP2" (padding)
 4       4     length       payload length, little-endian u32
 8       8     seq          the record's sequence number in its segment, u64 (0, 1, 2, ...)
-16      8     payload_mac  blake2b-64(payload), keyed by the salt
-24      8     header_mac   blake2b-64(bytes 0..23), keyed by the salt
-32      n     payload
+16      4     payload_crc  zlib.crc32(payload)
+20      8     header_mac   blake2b-64(bytes 0..19), keyed by the salt
+28      n     payload
 ```
 
 Payloads hold client data (a binary-mode body is copied as it came), so a
 payload may contain bytes that look like a whole record. Recovery must never
-land inside one. Both checksums are keyed by the segment's salt, which no
-client can know, so no client can write bytes that pass as a record header;
+land inside one. The header checksum is keyed by the segment's salt, which no
+client can know, and covers the payload's crc, so no client can write bytes
+that pass as a record header;
 and the sequence numbers must climb by one from record to record, so a
 record can only follow the one before it. After damage, `scan_segment` looks
 forward only for a header that passes the keyed check with a higher
@@ -74,11 +75,12 @@ SEGMENT_HEADER: Final = struct.Struct("<4s16sI")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size
 KEYED_MAGIC: Final = b"EVS2"
 KEYED_PAD_MAGIC: Final = b"EVP2"
-_KEYED_PREFIX: Final = struct.Struct("<4sIQ8s")
-KEYED_HEADER: Final = struct.Struct("<4sIQ8s8s")
+_KEYED_PREFIX: Final = struct.Struct("<4sIQI")
+KEYED_HEADER: Final = struct.Struct("<4sIQI8s")
 #: The header of every record the bridge writes now (format 2).
 HEADER_SIZE: Final = KEYED_HEADER.size
 _MAC_SIZE: Final = 8
+_MAC_COVERS: Final = _KEYED_PREFIX.size
 
 _crc32 = zlib.crc32
 _pack_prefix = _PREFIX.pack
@@ -100,10 +102,12 @@ def padding(size: int) -> bytes:
 class Keyed:
     """The framing of one format-2 segment: its salt keys every checksum."""
 
-    __slots__ = ("salt",)
+    __slots__ = ("_keyed", "salt")
 
     def __init__(self, salt: bytes) -> None:
         self.salt = salt
+        # Copying a keyed state is cheaper than keying a new one for every header.
+        self._keyed = _blake2b(digest_size=_MAC_SIZE, key=salt)
 
     @classmethod
     def new(cls) -> Keyed:
@@ -115,11 +119,13 @@ class Keyed:
         return prefix + _crc32(prefix).to_bytes(4, "little")
 
     def mac(self, data: bytes | bytearray | memoryview) -> bytes:
-        return _blake2b(data, digest_size=_MAC_SIZE, key=self.salt).digest()
+        state = self._keyed.copy()
+        state.update(data)
+        return state.digest()
 
     def frame(self, payload: bytes, seq: int, magic: bytes = KEYED_MAGIC) -> bytes:
         """One record: header and payload."""
-        prefix = _KEYED_PREFIX.pack(magic, len(payload), seq, self.mac(payload))
+        prefix = _KEYED_PREFIX.pack(magic, len(payload), seq, _crc32(payload))
         return prefix + self.mac(prefix) + payload
 
     def padding(self, size: int, next_seq: int) -> bytes:
@@ -250,11 +256,11 @@ def _scan_keyed(
         if len(r.buf) - r.i < HEADER_SIZE and not r.fill(HEADER_SIZE):
             break
         buf, i = r.buf, r.i
-        found, length, seq, payload_mac, header_mac = unpack(buf, i)
+        found, length, seq, payload_crc, header_mac = unpack(buf, i)
         ok = (
             found in (KEYED_MAGIC, KEYED_PAD_MAGIC)
             and length <= MAX_PAYLOAD
-            and mac(buf[i : i + 24]) == header_mac
+            and mac(buf[i : i + _MAC_COVERS]) == header_mac
             # In order, or (after damage) further on: never an earlier record again.
             and (
                 seq == last_seq + 1
@@ -266,7 +272,7 @@ def _scan_keyed(
             buf, i = r.buf, r.i
             stop = i + HEADER_SIZE + length
             payload = buf[i + HEADER_SIZE : stop]
-            if mac(payload) == payload_mac:
+            if _crc32(payload) == payload_crc:
                 offset = r.base + i
                 if damage_start is not None:
                     yield Damage(damage_start, offset, False, seq)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.errors import SpoolError
 from bridge.spool import codec
 from bridge.spool.framing import Damage, scan_segment
 from bridge.spool.layout import (
@@ -32,10 +34,16 @@ from bridge.spool.layout import (
 def owner_pid(directory: Path) -> int | None:
     """The pid of the process that holds the spool, or None if none does."""
     try:
-        fd = os.open(directory / LOCK, os.O_RDONLY)
+        fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang
     except FileNotFoundError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpoolError(
+                f"spool entry {str(directory / LOCK)!r} is not a regular file; "
+                "move it out of the spool directory",
+                code="spool_hostile_entry",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -360,7 +361,14 @@ class Spool:
 
     def _lock(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SpoolError(
+                f"spool entry {str(self.directory / LOCK)!r} is not a regular file; "
+                "move it out of the spool directory",
+                code="spool_hostile_entry",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from bridge.spool.framing import ACK_MAGIC, HEADER_SIZE, Keyed, frame
 from bridge.spool.layout import ack_path, pack_acks, segment_name
+from bridge.spool.throttle import Throttled
 
 log = logging.getLogger("bridge.spool")
+#: While the disk is full every acknowledgement write fails: log that once per interval.
+_ack_failures = Throttled(log, logging.WARNING)
 
 _sync = getattr(os, "fdatasync", os.fsync)
 
@@ -176,7 +179,7 @@ def write_acks(directory: Path, fds: dict[int, int], acks: dict[int, list[int]])
                 fd = fds[segment_id] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             write_all(fd, data)
         except OSError as exc:
-            log.warning(
+            _ack_failures.note(
                 "spool: recording %d acknowledgements for segment %d failed (%s); "
                 "those records will be sent again after a restart",
                 len(offsets),
