@@ -279,6 +279,7 @@ class Spool:
         if self._writer_task is not None:
             return self.report
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evbridge-spool")
+        self._reader = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="evbridge-spool-read")
         loop = asyncio.get_running_loop()
         try:
             self.report = await loop.run_in_executor(self._executor, self._recover)
@@ -328,11 +329,9 @@ class Spool:
         await self.close()
 
     def _reader_executor(self) -> ThreadPoolExecutor:
-        """The cursors' threads, owned by the spool and shut down with it."""
+        """The cursors' threads, owned by the spool: started by `open`, shut down by `close`."""
         if self._reader is None:
-            self._reader = ThreadPoolExecutor(
-                READER_THREADS, thread_name_prefix="evbridge-spool-read"
-            )
+            raise SpoolError("the spool is not open", code="spool_closed")
         return self._reader
 
     def _release(self) -> None:
