@@ -819,7 +819,7 @@ class Spool:
             self._probe_task = None
 
     def _probe_write(self) -> bool:
-        """Writer thread: can a page-aligned block be written and fsync'd right now?"""
+        """Writer thread: can `PROBE_BYTES` be written and fsync'd right now?"""
         path = self._pending_dir / PROBE_NAME
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -1003,6 +1003,8 @@ class Cursor:
         segments = self.spool._segments
         found = segments.get(self._segment_id)
         if found is not None:
+            # Records start after the segment header (where the in-memory tail starts too).
+            self._offset = max(self._offset, found.data_start)
             return found
         for segment in segments.values():  # ascending ids
             if segment.id > self._segment_id:
