@@ -20,7 +20,7 @@ import msgspec
 from bridge.config import Config, load_config
 from bridge.delivery import Publisher
 from bridge.durable import DurableDelivery, Preference, Result, Spooled
-from bridge.errors import BridgeError, SinkError
+from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import (
     Context,
@@ -423,8 +423,9 @@ class Bus:
         if isinstance(outcome, Spooled):
             return EmitResult(event.id, event.type, "spooled", handled.outcomes)
         assert isinstance(outcome, BridgeError)
-        if not isinstance(outcome, SinkError):
-            # Sink failures are logged and counted per batch by the Publisher.
+        if not isinstance(outcome, SinkError | SpoolError):
+            # Sink failures are logged and counted per batch by the Publisher; spool
+            # failures by the durable delivery, once per interval (a full disk refuses all).
             stage = "route"
             METRICS.error(stage, outcome.code)
             log.warning(

@@ -130,7 +130,8 @@ class Deliverer:
     ) -> None:
         self.spool = spool
         self.publishers = publishers
-        self.decoder = codec.Decoder(route_types)
+        # Records read back from files are validated and re-routed by the current routes.
+        self.decoder = codec.Decoder(route_types, routes)
         self.policy = RetryPolicy(retry, rng)
         self.batch_size = batch_size
         self.window = max(window, batch_size)

@@ -25,6 +25,7 @@ from bridge.metrics import METRICS, SpoolGauges
 from bridge.sinks.base import Outgoing, get_sink_type
 from bridge.spool import codec
 from bridge.spool.store import Spool
+from bridge.spool.throttle import Throttled
 
 log = logging.getLogger("bridge.durable")
 
@@ -103,6 +104,8 @@ class DurableDelivery:
             self.spool, publishers, route_types, config.routes, settings.retry
         )
         self._was_full = False
+        # Every event is refused while the disk cannot write: log that once per interval.
+        self._refusals = Throttled(log, logging.ERROR)
 
     @staticmethod
     def needed(config: Config) -> bool:
@@ -153,6 +156,11 @@ class DurableDelivery:
     def full(self) -> bool:
         """True while new events are refused for lack of space (readiness is 503)."""
         return self.spool.full
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the spool cannot write to its disk right now (readiness is 503), or None."""
+        return self.spool.write_error
 
     # --- delivering -------------------------------------------------------------------
 
@@ -212,6 +220,7 @@ class DurableDelivery:
         if self._was_full:
             self._was_full = False
             log.info("the spool accepts events again")
+        self._refusals.reset()
         return results
 
     def _note_refusal(self, exc: BridgeError) -> None:
@@ -221,7 +230,7 @@ class DurableDelivery:
                 self._was_full = True
                 log.warning("%s (readiness goes 503 until space comes back)", exc.message)
         else:
-            log.error("spooling failed: %s", exc.message)
+            self._refusals.note("spooling failed, events refused with 503: %s", exc.message)
 
     async def _publish(
         self, sink: str, items: Sequence[Outgoing], publisher: Publisher, wait_s: float | None
@@ -283,6 +292,7 @@ class DurableDelivery:
             "disk_bytes": status.disk_bytes,
             "max_bytes": status.max_bytes,
             "full": status.full,
+            "write_error": self.spool.write_error,
         }
 
 

@@ -181,6 +181,8 @@ class Sidecar:
                     reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
         if durable is not None and durable.full:
             reasons.append("the spool is full: new events are refused until delivery frees space")
+        if durable is not None and durable.write_error is not None:
+            reasons.append(f"the spool cannot write: {durable.write_error}")
         # The phase is read after the health check, which may have awaited a shutdown.
         if self.phase == "starting":
             reasons.append("starting: sinks are not started yet")

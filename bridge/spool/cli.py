@@ -13,8 +13,9 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -24,6 +25,7 @@ from bridge.errors import BridgeError, ConfigError
 if TYPE_CHECKING:
     from bridge.spool.inspect import Inspection
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 REPLAY_PATH = "/v1/spool/dead-letters/replay"
 
@@ -89,6 +91,12 @@ def _inspect(args: argparse.Namespace) -> Inspection | int:
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except BridgeError as exc:  # a hostile entry: one line naming it
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -146,9 +154,15 @@ def _dead_letters(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    for shown, view in enumerate(dead_letters(directory, args.sink)):
-        if shown >= args.limit:
-            break
+    try:
+        views = list(_limited(dead_letters(directory, args.sink), args.limit))
+    except BridgeError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for view in views:
         if args.json:
             print(msgspec.json.encode(view).decode())
         else:
@@ -157,6 +171,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
                 f"key={view.key} attempts={view.attempts} {view.code}: {view.reason}"
             )
     return EXIT_OK
+
+
+def _limited(items: Iterator[T], limit: int) -> Iterator[T]:
+    for shown, item in enumerate(items):
+        if shown >= limit:
+            return
+        yield item
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -10,19 +10,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.errors import SpoolError
 from bridge.spool import codec
-from bridge.spool.framing import Damage, scan
+from bridge.spool.framing import Damage, scan_segment
 from bridge.spool.layout import (
     DEAD,
     LOCK,
     PENDING,
     SinkBacklog,
     iter_surveys,
+    open_regular,
     segment_ids,
     segment_name,
 )
@@ -31,10 +34,16 @@ from bridge.spool.layout import (
 def owner_pid(directory: Path) -> int | None:
     """The pid of the process that holds the spool, or None if none does."""
     try:
-        fd = os.open(directory / LOCK, os.O_RDONLY)
+        fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang
     except FileNotFoundError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpoolError(
+                f"spool entry {str(directory / LOCK)!r} is not a regular file; "
+                "move it out of the spool directory",
+                code="spool_hostile_entry",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,7 +131,11 @@ def _merge(into: dict[str, SinkBacklog], found: dict[str, SinkBacklog]) -> None:
 
 
 def inspect(directory: str | os.PathLike[str]) -> Inspection:
-    """Read every file of the spool at ``directory`` (streaming) and verify its checksums."""
+    """Read every file of the spool at ``directory`` (streaming) and verify its checksums.
+
+    Raises `SpoolError` (naming the path) for an entry that is not a spool file
+    and `OSError` for a directory it cannot read.
+    """
     root = Path(directory)
     found = Inspection(root, exists=(root / PENDING).is_dir())
     if not found.exists:
@@ -158,9 +171,9 @@ def dead_letters(
     for segment_id in segment_ids(dead):
         with (
             contextlib.suppress(FileNotFoundError),
-            (dead / segment_name(segment_id)).open("rb") as file,
+            open_regular(dead / segment_name(segment_id)) as file,
         ):
-            for record in scan(file):
+            for record in scan_segment(file):
                 if isinstance(record, Damage):
                     continue
                 try:

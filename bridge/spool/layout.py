@@ -13,19 +13,28 @@ writing once a newer one exists (a restart always starts a new one). An
 ``.ack`` file holds records (magic ``EVA1``) whose payload is a list of
 little-endian u32 record offsets. A segment whose records are all
 acknowledged is deleted together with its ``.ack`` file.
+
+Names are parsed strictly: an entry ending in ``.seg`` or ``.ack`` must be
+ASCII digits and the suffix, and a regular file; anything else there (a
+directory, a FIFO, ``²³.seg``) is refused with a `SpoolError` naming it rather
+than opened. Files are opened non-blocking and checked with ``fstat`` before
+anything reads them, so a FIFO cannot hang a reader.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final, cast
 
-from bridge.spool.framing import ACK_MAGIC, Damage, Record, scan
+from bridge.errors import SpoolError
+from bridge.spool.framing import ACK_MAGIC, Damage, Keyed, Record, read_format, scan, scan_segment
 
 PENDING: Final = "pending"
 DEAD: Final = "dead"
@@ -45,15 +54,64 @@ def ack_path(segment_path: Path) -> Path:
     return segment_path.with_suffix(ACK_SUFFIX)
 
 
+_SEGMENT_NAME: Final = re.compile(r"([0-9]{1,19})\.(seg|ack)", re.ASCII)
+
+
+def _hostile(path: str, what: str) -> SpoolError:
+    return SpoolError(
+        f"spool entry {path!r} {what}; move it out of the spool directory",
+        code="spool_hostile_entry",
+    )
+
+
 def segment_ids(directory: Path) -> list[int]:
-    """Ids of the ``NNN.seg`` files in ``directory``, ascending; other files are ignored."""
+    """Ids of the ``NNN.seg`` files in ``directory``, ascending; other files are ignored.
+
+    Raises `SpoolError` naming the entry for anything with a ``.seg`` or ``.ack``
+    name that is not strictly digits and the suffix, or is not a regular file.
+    """
     ids: list[int] = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
-            stem, dot, suffix = entry.name.partition(".")
-            if f"{dot}{suffix}" == SEGMENT_SUFFIX and stem.isdigit():
-                ids.append(int(stem))
+            name = entry.name
+            if not name.endswith((SEGMENT_SUFFIX, ACK_SUFFIX)):
+                continue
+            match = _SEGMENT_NAME.fullmatch(name)
+            if match is None:
+                raise _hostile(entry.path, "is not named like a spool file (digits, then .seg)")
+            try:
+                regular = entry.is_file(follow_symlinks=False)
+            except OSError as exc:
+                raise _hostile(entry.path, f"cannot be examined ({exc.strerror})") from None
+            if not regular:
+                raise _hostile(entry.path, "is not a regular file")
+            if match.group(2) == "seg":
+                ids.append(int(match.group(1)))
     return sorted(ids)
+
+
+def open_regular(path: Path, mode: str = "rb") -> BinaryIO:
+    """Open a spool file (``rb`` or ``r+b``) only if it is a regular file.
+
+    Non-blocking and checked with ``fstat`` on the open descriptor, so a FIFO
+    or device put in its place is refused at once instead of hanging the reader.
+    Raises `FileNotFoundError` when it is gone and `SpoolError` naming it otherwise.
+    """
+    flags = (os.O_RDWR if "+" in mode else os.O_RDONLY) | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _hostile(str(path), f"cannot be opened ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _hostile(str(path), "is not a regular file")
+        os.set_blocking(fd, True)
+        return cast(BinaryIO, os.fdopen(fd, mode, buffering=0 if mode == "rb" else -1))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def pack_acks(offsets: list[int]) -> bytes:
@@ -65,7 +123,7 @@ def read_acks(path: Path) -> tuple[set[int], list[Damage]]:
     acked: set[int] = set()
     damage: list[Damage] = []
     try:
-        file = path.open("rb")
+        file = open_regular(path)
     except FileNotFoundError:
         return acked, damage
     with file:
@@ -113,6 +171,10 @@ class SegmentSurvey:
     pending: dict[str, SinkBacklog] = field(default_factory=dict)
     damage: list[Damage] = field(default_factory=list)
     ack_damage: list[Damage] = field(default_factory=list)
+    #: The segment's keyed framing (None: legacy format, or a damaged header).
+    keyed: Keyed | None = None
+    #: Where its records start (after the segment header).
+    data_start: int = 0
 
     @property
     def unacked(self) -> int:
@@ -141,9 +203,12 @@ def survey_segment(
         acked, survey.ack_damage = read_acks(ack_file)
         with contextlib.suppress(FileNotFoundError):
             survey.ack_bytes = ack_file.stat().st_size
-    with path.open("rb") as file:
+    with open_regular(path) as file:
         survey.file_bytes = os.fstat(file.fileno()).st_size
-        for item in scan(file):
+        fmt = read_format(file)
+        if fmt is not None:
+            survey.keyed, survey.data_start = fmt
+        for item in scan_segment(file, fmt=fmt):
             if isinstance(item, Damage):
                 survey.damage.append(item)
                 continue

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ from typing import BinaryIO, Final
 
 from bridge.errors import SpoolError, SpoolFull
 from bridge.metrics import METRICS
-from bridge.spool.framing import HEADER_SIZE, Damage, frame, padding, scan
+from bridge.spool.framing import (
+    HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    Damage,
+    Keyed,
+    SegmentFormat,
+    read_format,
+    scan_segment,
+)
 from bridge.spool.layout import (
     DEAD,
     LOCK,
@@ -43,11 +52,13 @@ from bridge.spool.layout import (
     SinkBacklog,
     ack_path,
     iter_surveys,
+    open_regular,
     read_acks,
     safe_head,
     segment_ids,
     segment_name,
 )
+from bridge.spool.throttle import Throttled
 from bridge.spool.writer import (
     AreaWriter,
     WriteFailed,
@@ -73,6 +84,12 @@ ACK_DELAY_S: Final = 0.05
 MAX_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 READ_MAX_BYTES: Final = 4 * 1024 * 1024
 READ_CHUNK: Final = 256 * 1024
+#: Cursors read files in threads of their own (never the default executor).
+READER_THREADS: Final = 2
+#: While writes fail, a probe write checks this often whether the disk takes data again.
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_BYTES: Final = 64 * 1024
+PROBE_NAME: Final = "write-probe"
 
 
 def default_segment_bytes(max_bytes: int) -> int:
@@ -157,6 +174,8 @@ class _Segment:
     preexisting: bool = False
     known_damage: set[int] = field(default_factory=set)
     deleting: bool = False
+    #: Where its first record starts (after the segment header; 0 for a legacy segment).
+    data_start: int = SEGMENT_HEADER_SIZE
 
 
 @dataclass
@@ -229,6 +248,11 @@ class Spool:
         self._job = _Job()
         self._lock_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        #: Why the last write failed, until a write (or a probe) succeeds again.
+        self._write_error: str | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._write_failures = Throttled(log, logging.ERROR)
         self._pending_writer: AreaWriter | None = None
         self._dead_writer: AreaWriter | None = None
         self._ack_fds: dict[int, int] = {}
@@ -255,9 +279,20 @@ class Spool:
         if self._writer_task is not None:
             return self.report
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evbridge-spool")
+        self._reader = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="evbridge-spool-read")
         loop = asyncio.get_running_loop()
         try:
             self.report = await loop.run_in_executor(self._executor, self._recover)
+        except SpoolError:
+            self._release()
+            raise
+        except OSError as exc:  # unreadable, read-only, ...: one line naming the path
+            self._release()
+            raise SpoolError(
+                f"cannot open the spool at {str(self.directory)!r}: {exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else ""),
+                code="spool_unusable",
+            ) from None
         except BaseException:
             self._release()
             raise
@@ -271,6 +306,11 @@ class Spool:
         self._closing = True
         self._wake.set()
         self._committed.set()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         await self._writer_task
         self._writer_task = None
         assert self._executor is not None
@@ -288,10 +328,19 @@ class Spool:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _reader_executor(self) -> ThreadPoolExecutor:
+        """The cursors' threads, owned by the spool: started by `open`, shut down by `close`."""
+        if self._reader is None:
+            raise SpoolError("the spool is not open", code="spool_closed")
+        return self._reader
+
     def _release(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -311,7 +360,14 @@ class Spool:
 
     def _lock(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SpoolError(
+                f"spool entry {str(self.directory / LOCK)!r} is not a regular file; "
+                "move it out of the spool directory",
+                code="spool_hostile_entry",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -333,7 +389,7 @@ class Spool:
         self._dead_dir.mkdir(exist_ok=True)
         report = RecoveryReport()
         for survey in iter_surveys(self._pending_dir, self.head):
-            self._note_damage(survey.path, survey.damage, report)
+            self._note_damage(survey.path, survey.damage, report, survey.keyed)
             for damage in survey.ack_damage:
                 log.warning(
                     "spool acknowledgements %s: %d damaged bytes at offset %d ignored "
@@ -355,6 +411,7 @@ class Spool:
                 sealed=True,
                 preexisting=True,
                 known_damage={d.start for d in survey.damage},
+                data_start=survey.data_start,
             )
             self._segments[segment.id] = segment
             self._used += segment.size + segment.ack_bytes
@@ -370,7 +427,7 @@ class Spool:
                     mine.oldest_ns = backlog.oldest_ns
         self._remove_orphan_acks()
         for survey in iter_surveys(self._dead_dir, self.head, with_acks=False):
-            self._note_damage(survey.path, survey.damage, report)
+            self._note_damage(survey.path, survey.damage, report, survey.keyed)
             self._used += survey.valid_end
             for sink, backlog in survey.pending.items():
                 mine = _backlog(self._dead, sink)
@@ -402,13 +459,15 @@ class Spool:
             )
         return report
 
-    def _note_damage(self, path: Path, damage: list[Damage], report: RecoveryReport) -> None:
+    def _note_damage(
+        self, path: Path, damage: list[Damage], report: RecoveryReport, keyed: Keyed | None
+    ) -> None:
         """Log and count damage found at startup; cut a damaged tail off the file."""
         for region in damage:
             report.corrupt += 1
             report.corrupt_bytes += region.end - region.start
             if region.at_eof:
-                with open(path, "r+b") as file:
+                with open_regular(path, "r+b") as file:
                     file.truncate(region.start)
                     os.fsync(file.fileno())
                 log.warning(
@@ -420,10 +479,11 @@ class Spool:
                 )
             else:
                 size = region.end - region.start
-                if size >= HEADER_SIZE:  # report it once: pad it over
-                    with open(path, "r+b") as file:
+                # Report it once: pad it over (only format 2 resumes after damage).
+                if size >= HEADER_SIZE and keyed is not None and region.next_seq >= 0:
+                    with open_regular(path, "r+b") as file:
                         file.seek(region.start)
-                        file.write(padding(size))
+                        file.write(keyed.padding(size, region.next_seq))
                         os.fsync(file.fileno())
                 log.warning(
                     "spool segment %s: skipped %d damaged bytes at offset %d; "
@@ -600,12 +660,18 @@ class Spool:
             self._seal(pending.sealed)
             error = SpoolError(f"writing the spool failed: {pending}")
             METRICS.error("spool", "write_failed")
-            log.error("spool write of %d records failed: %s", len(job.payloads), pending)
+            self._write_failures.note(
+                "spool write of %d records failed: %s (readiness is 503 until it can write)",
+                len(job.payloads),
+                pending,
+            )
+            self._writes_failing(str(pending))
             for future in job.waiters:
                 if not future.done():
                     future.set_exception(error)
         elif pending is not None:
             self._reserved -= job.reserved
+            self._writes_succeed()
             self._add_written(pending, job.sinks, self._pending, segments=True)
             self._add_tail(pending, job)
             self._seal(pending.sealed)
@@ -654,7 +720,7 @@ class Spool:
                 if segment is None:
                     segment = self._segments[segment_id] = _Segment(
                         segment_id, self._pending_dir / written.names[segment_id]
-                    )
+                    )  # a new segment: records start after its header
                 self._used += size - segment.size
                 segment.size = size
             else:
@@ -724,6 +790,51 @@ class Spool:
             if segment.unacked <= 0 and not segment.deleting:
                 self._schedule_delete(segment)
 
+    # --- write failures (a full or broken disk) -----------------------------------
+
+    def _writes_failing(self, why: str) -> None:
+        self._write_error = why
+        if self._probe_task is None and not self._closing:
+            self._probe_task = asyncio.create_task(self._probe(), name="evbridge-spool-probe")
+
+    def _writes_succeed(self) -> None:
+        if self._write_error is None:
+            return
+        self._write_error = None
+        missed = self._write_failures.reset()
+        log.info("the spool can write again (%d failed writes not logged one by one)", missed)
+
+    async def _probe(self) -> None:
+        """While writes fail, check every `PROBE_INTERVAL_S` whether the disk takes data,
+        so readiness comes back without waiting for a client to risk an event."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._write_error is not None and not self._closing:
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if self._executor is None or self._closing:
+                    break
+                if await loop.run_in_executor(self._executor, self._probe_write):
+                    self._writes_succeed()
+        finally:
+            self._probe_task = None
+
+    def _probe_write(self) -> bool:
+        """Writer thread: can `PROBE_BYTES` be written and fsync'd right now?"""
+        path = self._pending_dir / PROBE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return True
+
     # --- dead letters -------------------------------------------------------------
 
     async def replay_dead_letters(
@@ -775,11 +886,11 @@ class Spool:
         path = self._dead_dir / segment_name(segment_id)
         picked: list[tuple[int, int, str, bytes]] = []
         try:
-            file = path.open("rb")
+            file = open_regular(path)
         except FileNotFoundError:
             return picked
         with file:
-            for record in scan(file):
+            for record in scan_segment(file):
                 if isinstance(record, Damage):
                     continue
                 record_sink = safe_head(self.head, record.payload)[0]
@@ -794,21 +905,26 @@ class Spool:
         old = path.stat().st_size
         temp = path.with_suffix(".tmp")
         kept = 0
-        with path.open("rb") as source, temp.open("wb") as target:
-            for record in scan(source):
+        keyed = Keyed.new()
+        with open_regular(path) as source, temp.open("wb") as target:
+            target.write(keyed.header())
+            for record in scan_segment(source):
                 if isinstance(record, Damage) or record.offset in offsets:
                     continue
-                target.write(frame(record.payload))
-                kept += record.end - record.offset
+                framed = keyed.frame(record.payload, kept)
+                target.write(framed)
+                kept += 1
+            size = target.tell()
             target.flush()
             os.fsync(target.fileno())
         if kept:
             os.replace(temp, path)
         else:
+            size = 0
             temp.unlink()
             path.unlink()
         fsync_dir(self._dead_dir)
-        return old, kept
+        return old, size
 
     # --- reading ------------------------------------------------------------------
 
@@ -836,6 +952,15 @@ class Spool:
     def full(self) -> bool:
         """True after an append was refused, until space comes back (for readiness)."""
         return self._refused
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the spool cannot write (the disk is full, ...), or None while it can.
+
+        Set by a failed write, cleared by the next successful write or by a probe
+        write that succeeds (tried every `PROBE_INTERVAL_S`): readiness is 503 meanwhile.
+        """
+        return self._write_error
 
     def sinks(self) -> list[str]:
         """Every sink with records pending (including ones the config may no longer have)."""
@@ -868,6 +993,7 @@ class Cursor:
         self._offset = 0
         self._file: BinaryIO | None = None
         self._file_id = -1
+        self._fmt: SegmentFormat | None = None
         self._acked: set[int] = set()
         #: True when the last `read` reached the end of what is committed.
         self.at_end = False
@@ -877,11 +1003,13 @@ class Cursor:
         segments = self.spool._segments
         found = segments.get(self._segment_id)
         if found is not None:
+            # Records start after the segment header (where the in-memory tail starts too).
+            self._offset = max(self._offset, found.data_start)
             return found
         for segment in segments.values():  # ascending ids
             if segment.id > self._segment_id:
                 self._segment_id = segment.id
-                self._offset = 0
+                self._offset = segment.data_start
                 return segment
         return None
 
@@ -902,8 +1030,10 @@ class Cursor:
                     got, self._offset = cached
                     items.extend(got)
                     continue
+                # The spool's own reader thread: never the default executor, which
+                # sync handlers share (stuck handlers must not stop delivery).
                 got, self._offset, damage = await loop.run_in_executor(
-                    None,
+                    self.spool._reader_executor(),
                     self._read,
                     segment,
                     self._offset,
@@ -943,9 +1073,10 @@ class Cursor:
         if self._file_id != segment.id:
             self.close()
             try:
-                self._file = open(segment.path, "rb", buffering=0)  # noqa: SIM115
+                self._file = open_regular(segment.path)
             except FileNotFoundError:  # acknowledged and deleted meanwhile
                 return [], end, []
+            self._fmt = read_format(self._file)
             self._file_id = segment.id
             self._acked = read_acks(ack_path(segment.path))[0] if segment.preexisting else set()
         assert self._file is not None
@@ -955,7 +1086,8 @@ class Cursor:
         taken = 0
         head, sink, acked, prefix = self.spool.head, self.sink, self._acked, self._prefix
         accepted_ns = 0
-        for record in scan(self._file, start, end, chunk=min(end - start, READ_CHUNK)):
+        chunk = max(1, min(end - start, READ_CHUNK))
+        for record in scan_segment(self._file, start, end, chunk=chunk, fmt=self._fmt):
             position = record.end
             if isinstance(record, Damage):
                 damage.append(record)

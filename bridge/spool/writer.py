@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.spool.framing import ACK_MAGIC, frame
+from bridge.spool.framing import ACK_MAGIC, HEADER_SIZE, Keyed, frame
 from bridge.spool.layout import ack_path, pack_acks, segment_name
+from bridge.spool.throttle import Throttled
 
 log = logging.getLogger("bridge.spool")
+#: While the disk is full every acknowledgement write fails: log that once per interval.
+_ack_failures = Throttled(log, logging.WARNING)
 
 _sync = getattr(os, "fdatasync", os.fsync)
 
@@ -74,13 +77,19 @@ class AreaWriter:
         self.fd: int | None = None
         self.segment_id = 0
         self.position = 0
+        self.keyed = Keyed.new()
+        self.seq = 0  # the next record's sequence number in the open segment
 
-    def _open_next(self) -> None:
+    def _open_next(self) -> bytes:
+        """Create the next segment; returns its header, to be written with its first records."""
         self.segment_id = self.next_id
         self.next_id += 1
         path = self.directory / segment_name(self.segment_id)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.position = 0
+        self.seq = 0
+        self.keyed = Keyed.new()
+        return self.keyed.header()
 
     def write(self, payloads: Sequence[bytes]) -> Written | WriteFailed:
         """Append, fsync, and say where everything went; on failure roll back."""
@@ -89,21 +98,24 @@ class AreaWriter:
         chunks: list[bytes] = []
         try:
             for payload in payloads:
-                record = frame(payload)
-                if self.fd is None or (
-                    self.position > 0 and self.position + len(record) > self.segment_bytes
-                ):
+                size = HEADER_SIZE + len(payload)
+                if self.fd is None or (self.seq > 0 and self.position + size > self.segment_bytes):
                     if self.fd is not None:
                         self._finish(chunks)
                         chunks = []
                         out.sealed.append(self.segment_id)
                         os.close(self.fd)
                         self.fd = None
-                    self._open_next()
+                    header = self._open_next()
                     created.append(self.segment_id)
                     out.names[self.segment_id] = segment_name(self.segment_id)
+                    out.starts[self.segment_id] = 0
+                    chunks.append(header)
+                    self.position = len(header)
                 if self.segment_id not in out.starts:
                     out.starts[self.segment_id] = self.position
+                record = self.keyed.frame(payload, self.seq)
+                self.seq += 1
                 out.positions.append((self.segment_id, self.position, len(record)))
                 chunks.append(record)
                 self.position += len(record)
@@ -167,7 +179,7 @@ def write_acks(directory: Path, fds: dict[int, int], acks: dict[int, list[int]])
                 fd = fds[segment_id] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             write_all(fd, data)
         except OSError as exc:
-            log.warning(
+            _ack_failures.note(
                 "spool: recording %d acknowledgements for segment %d failed (%s); "
                 "those records will be sent again after a restart",
                 len(offsets),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.spool.framing import HEADER_SIZE, Record, scan
+from bridge.spool.framing import HEADER_SIZE, Record, scan_segment
 from tests.brokers import (
     LOCALHOST,
     KafkaBroker,
@@ -203,7 +203,7 @@ async def test_a_corrupt_spool_is_repaired_at_startup(
 
     (segment,) = (tmp_path / "spool" / "pending").glob("*.seg")
     with segment.open("rb") as file:
-        records = [r for r in scan(file) if isinstance(r, Record)]
+        records = [r for r in scan_segment(file) if isinstance(r, Record)]
     assert len(records) == 30
     data = bytearray(segment.read_bytes())
     data[records[10].offset + HEADER_SIZE + 5] ^= 0xFF  # a flipped byte inside record 10

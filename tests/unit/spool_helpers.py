@@ -21,8 +21,14 @@ def ev(i: int) -> str:
 
 
 def outgoing(i: int, *, key: str | None = None, topic: str = "t", data: object = None) -> Outgoing:
+    # The key is the event's own, as routing without a key template makes it: the
+    # deliverer resolves a spooled record's destination again from its event.
     event = Event(
-        type="test.event", id=ev(i), source="test", data={"n": f"{i:05d}"} if data is None else data
+        type="test.event",
+        id=ev(i),
+        source="test",
+        data={"n": f"{i:05d}"} if data is None else data,
+        key=key,
     )
     return Outgoing(event, "r", MemoryRoute(topic=topic), key)
 

@@ -14,7 +14,7 @@ import pytest
 from bridge.errors import SpoolError, SpoolFull
 from bridge.metrics import METRICS
 from bridge.spool import codec, writer
-from bridge.spool.framing import HEADER_SIZE
+from bridge.spool.framing import HEADER_SIZE, SEGMENT_HEADER_SIZE
 from bridge.spool.layout import DEAD, PENDING, segment_ids
 from tests.unit.spool_helpers import (
     append,
@@ -73,7 +73,8 @@ async def test_concurrent_appends_share_fsyncs(
 
 async def test_a_full_spool_refuses_new_events_and_keeps_accepted_ones(tmp_path: Path) -> None:
     record = len(payloads(1)[0]) + HEADER_SIZE
-    async with make_spool(tmp_path, max_bytes=record * 40, segment_bytes=record * 10) as spool:
+    segment = SEGMENT_HEADER_SIZE + record * 10
+    async with make_spool(tmp_path, max_bytes=segment * 4, segment_bytes=segment) as spool:
         for i in range(40):
             await append(spool, 1, start=i)
         with pytest.raises(SpoolFull) as caught:
@@ -101,7 +102,7 @@ async def test_a_full_spool_refuses_new_events_and_keeps_accepted_ones(tmp_path:
 
 async def test_fully_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
     record = len(payloads(1)[0]) + HEADER_SIZE
-    async with make_spool(tmp_path, segment_bytes=record * 5) as spool:
+    async with make_spool(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + record * 5) as spool:
         await append(spool, 23)
         assert len(pending_segments(tmp_path)) == 5
         items = await read_all(spool)
@@ -136,8 +137,8 @@ async def test_a_torn_tail_is_cut_at_the_last_good_record(
     assert counter("evbridge_spool_corrupt_records_total") == corrupt_before + 1
     damage_lines = [r for r in caplog.records if "torn or corrupt tail" in r.getMessage()]
     assert len(damage_lines) == 1
-    record = (size) // 10
-    assert segment.stat().st_size == record * 9
+    record = (size - SEGMENT_HEADER_SIZE) // 10
+    assert segment.stat().st_size == SEGMENT_HEADER_SIZE + record * 9
     # The cut is permanent: the next start finds nothing wrong.
     async with make_spool(tmp_path) as spool:
         assert spool.report.corrupt == 0
@@ -148,9 +149,9 @@ async def test_a_flipped_byte_costs_one_record_and_is_reported_once(tmp_path: Pa
     async with make_spool(tmp_path) as spool:
         await append(spool, 10)
     (segment,) = pending_segments(tmp_path)
-    record = segment.stat().st_size // 10
+    record = (segment.stat().st_size - SEGMENT_HEADER_SIZE) // 10
     with segment.open("r+b") as file:
-        file.seek(record * 4 + HEADER_SIZE + 3)  # inside the payload of record 4
+        file.seek(SEGMENT_HEADER_SIZE + record * 4 + HEADER_SIZE + 3)  # inside record 4
         byte = file.read(1)
         file.seek(-1, os.SEEK_CUR)
         file.write(bytes([byte[0] ^ 0x40]))
@@ -294,3 +295,25 @@ async def test_the_in_memory_tail_is_bounded_by_what_it_costs(tmp_path: Path) ->
         assert 0 < len(tail) < n
         assert charged <= TAIL_BYTES + 50 * len(big) * TAIL_COST_PER_BYTE  # one batch of slack
         assert ids_of(await read_all(spool)) == [ev(i) for i in range(n)]
+
+
+async def test_reads_do_not_wait_for_the_default_executor(tmp_path: Path) -> None:
+    """Sync handlers share the default executor: with every one of its threads stuck,
+    the spool still reads records back from its files (it has threads of its own)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    async with make_spool(tmp_path) as spool:
+        await append(spool, 5)
+    loop = asyncio.get_running_loop()
+    stuck = ThreadPoolExecutor(1)
+    loop.set_default_executor(stuck)
+    release = threading.Event()
+    blocked = loop.run_in_executor(None, release.wait)
+    try:
+        async with make_spool(tmp_path) as spool:  # records come from the file, not the tail
+            items = await asyncio.wait_for(read_all(spool), timeout=5)
+            assert ids_of(items) == [ev(i) for i in range(5)]
+    finally:
+        release.set()
+        await blocked

@@ -12,7 +12,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.spool.framing import HEADER_SIZE, Damage, Record, frame, scan
+from bridge.spool.framing import (
+    HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    Damage,
+    Keyed,
+    Record,
+    scan_segment,
+)
 from tests.unit.spool_helpers import append, ev, ids_of, make_spool, pending_segments, read_all
 
 payload_lists = st.lists(st.binary(min_size=0, max_size=200), min_size=1, max_size=30)
@@ -25,7 +32,8 @@ def damaged_files(draw: st.DrawFn) -> tuple[list[bytes], bytes, bytes, set[int]]
     Returns the payloads, the original file, the damaged file and the damaged offsets.
     """
     payloads = draw(payload_lists)
-    original = b"".join(frame(p) for p in payloads)
+    keyed = Keyed.new()
+    original = keyed.header() + b"".join(keyed.frame(p, seq) for seq, p in enumerate(payloads))
     data = bytearray(original)
     flips = draw(
         st.lists(
@@ -43,7 +51,9 @@ def damaged_files(draw: st.DrawFn) -> tuple[list[bytes], bytes, bytes, set[int]]
 
 def intact_records(payloads: list[bytes], damaged: set[int]) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
-    offset = 0
+    if any(p < SEGMENT_HEADER_SIZE for p in damaged):
+        return out  # no record of a segment whose salt is lost can be trusted
+    offset = SEGMENT_HEADER_SIZE
     for payload in payloads:
         end = offset + HEADER_SIZE + len(payload)
         if not any(offset <= p < end for p in damaged):
@@ -58,11 +68,14 @@ def test_scan_returns_exactly_the_intact_records(
     case: tuple[list[bytes], bytes, bytes, set[int]], chunk: int
 ) -> None:
     payloads, _, data, damaged = case
-    found = list(scan(io.BytesIO(data), chunk=chunk))
+    found = list(scan_segment(io.BytesIO(data), chunk=chunk))
     records = [(r.offset, r.payload) for r in found if isinstance(r, Record)]
     assert records == intact_records(payloads, damaged)
     # Records and damage tile the file in order: nothing is read twice or skipped unreported.
-    position = 0
+    header_ok = not any(p < SEGMENT_HEADER_SIZE for p in damaged)
+    position = SEGMENT_HEADER_SIZE if header_ok else 0
+    if not data:
+        position = 0
     for item in found:
         start = item.offset if isinstance(item, Record) else item.start
         assert start == position
@@ -97,15 +110,20 @@ async def _damage_and_recover(
     (segment,) = pending_segments(directory)
     original = segment.read_bytes()
     data = bytearray(original)
-    record = len(data) // n
+    header = SEGMENT_HEADER_SIZE
+    record = (len(data) - header) // n
     for position, mask in flips:
         data[position % len(data)] ^= mask
     del data[max(0, len(data) - cut_back) :]
     segment.write_bytes(bytes(data))
     changed = [i for i in range(len(original)) if i >= len(data) or data[i] != original[i]]
-    damaged = {i // record for i in changed}
-    # Whole records cut off the end leave nothing behind to report.
-    reported = any(i < len(data) for i in changed) or len(data) % record != 0
+    if any(i < header for i in changed):  # the salt is lost: so is every record
+        damaged = set(range(n))
+        reported = len(data) > 0
+    else:
+        damaged = {(i - header) // record for i in changed}
+        # Whole records cut off the end leave nothing behind to report.
+        reported = any(i < len(data) for i in changed) or (len(data) - header) % record != 0
 
     expected = [ev(i) for i in range(n) if i not in damaged]
     async with make_spool(directory) as spool:
