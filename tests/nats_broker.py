@@ -34,16 +34,17 @@ NATS_START_TIMEOUT = 15.0
 class NatsNode:
     """A private ``nats-server -js`` on ``port``; `stop` and `start` it at will."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, user: str | None = None, password: str | None = None) -> None:
         binary = shutil.which("nats-server")
         if binary is None:
             _unavailable("nats-server is not installed")
         self.port = free_port()
         self.url = f"nats://{LOCALHOST}:{self.port}"
         store = root / "store"
+        auth = ["--user", user, "--pass", password or ""] if user is not None else []
         self._process = _BrokerProcess(
             "nats-server",
-            [binary, "-js", "-a", LOCALHOST, "-p", str(self.port), "-sd", str(store)],
+            [binary, "-js", "-a", LOCALHOST, "-p", str(self.port), "-sd", str(store), *auth],
             root / "nats.log",
             stop_signal=signal.SIGTERM,
             grace=5.0,

@@ -238,3 +238,23 @@ async def test_stop_closes_the_link_and_start_again_reconnects(
     await supervisor.start()
     assert supervisor.up
     assert supervisor.current() is broker.links[1]
+
+
+async def test_after_max_failed_probes_the_link_is_replaced(
+    broker: FakeBroker, metrics: Metrics
+) -> None:
+    policy = Supervision(
+        probe_interval_s=0.01, backoff=Backoff(initial_s=0.005, max_s=0.01), max_failed_probes=3
+    )
+    sup: Supervisor[FakeLink] = Supervisor(
+        "s1", "fake", "x", broker.connect, policy, metrics=metrics
+    )
+    broker.reachable = True
+    await sup.start()
+    try:
+        broker.answers = False
+        await wait_until(lambda: len(broker.links) >= 2, timeout=5, what="a new link")
+        assert broker.links[0].closed
+        assert broker.probes >= 3
+    finally:
+        await sup.stop()

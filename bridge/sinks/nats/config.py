@@ -16,6 +16,8 @@ from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision, TlsFile
 _SUBJECT: Final = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*\Z")
 #: Header names NATS can carry (RFC 7230 tokens: no ``:``).
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Probes in a row that may fail before the connection is replaced (see `Supervision`).
+MAX_FAILED_PROBES: Final = 3
 StreamName = Annotated[str, msgspec.Meta(pattern=r"^[^.\s*>/\\]{1,255}$")]
 
 
@@ -74,6 +76,7 @@ class NatsConfig(SinkConfig, frozen=True, kw_only=True):
             health_timeout_s=self.health_timeout_s,
             probe_interval_s=self.probe_interval_s,
             backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            max_failed_probes=MAX_FAILED_PROBES,
         )
 
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
+from nats.js.api import PubAck, StorageType
 
 from bridge.errors import SinkError, SinkUnavailable
 from bridge.event import data_bytes
@@ -57,7 +57,20 @@ class _Link:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.inflight = asyncio.Semaphore(max_inflight)
+        #: Publishes awaiting their ack. nats-py leaves them pending when the
+        #: connection closes, so `close` fails them rather than let them time out.
+        self.pending: set[asyncio.Task[PubAck]] = set()
         self._lost = lost
+
+    def publish(
+        self, subject: str, body: bytes, timeout: float, headers: dict[str, str]
+    ) -> asyncio.Task[PubAck]:
+        task = asyncio.ensure_future(
+            self.js.publish(subject, body, timeout=timeout, headers=headers)
+        )
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        return task
 
     async def lost(self) -> str:
         return await asyncio.shield(self._lost)
@@ -69,6 +82,8 @@ class _Link:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.nc.close()
+        for task in list(self.pending):
+            task.cancel()  # their callers get "closed before the ack"
 
 
 class NatsSink:
@@ -79,6 +94,7 @@ class NatsSink:
         self.config = config
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sinks.{config.name}.tls") if config.tls else None
+        self._calls: set[asyncio.Future[list[Delivery | SinkError | _NoStream]]] = set()
         target = ",".join(_redacted(url) for url in config.server_list)
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "nats", target, self._connect, config.supervision,
@@ -95,6 +111,13 @@ class NatsSink:
         await self._supervisor.start()
 
     async def stop(self) -> None:
+        """Give publishes in flight up to ``confirm_timeout_s`` for their acks, then close.
+
+        Every event of a call still running gets an outcome: a `Delivery`, or a
+        retriable error when the connection closed before its ack.
+        """
+        if self._calls:
+            await asyncio.wait(list(self._calls), timeout=self.config.confirm_timeout_s)
         await self._supervisor.stop()
 
     async def healthcheck(self) -> Health:
@@ -114,8 +137,9 @@ class NatsSink:
                 lost.set_result(describe(last_error[0]) if last_error else "the connection closed")
 
         c = self.config
+        nc = Client()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 c.server_list,
                 name=f"evbridge {c.name}",
                 # The supervisor reconnects, with the shared backoff. nats-py still
@@ -124,16 +148,20 @@ class NatsSink:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
-                connect_timeout=c.connect_timeout_s,
+                connect_timeout=math.ceil(c.connect_timeout_s),  # the supervisor bounds it exactly
                 error_cb=on_error,
                 disconnected_cb=on_closed,
                 closed_cb=on_closed,
                 tls=self._tls,
                 **self._auth,
             )
-        except nats.errors.NoServersError:
-            if last_error:  # the reason, rather than "no servers available"
-                raise last_error[0] from None
+        except BaseException as exc:
+            # nats-py leaves the socket open when the server refuses the login.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await nc.close()
+            if isinstance(exc, nats.errors.NoServersError) and last_error:
+                raise last_error[0] from None  # the reason, not "no servers available"
             raise
         link = _Link(nc, lost, c.max_inflight)
         try:
@@ -150,7 +178,10 @@ class NatsSink:
         if isinstance(link, SinkError):
             return [link] * len(items)
         deadline = asyncio.get_running_loop().time() + self.config.confirm_timeout_s
-        results = await asyncio.gather(*(self._publish(link, item, deadline) for item in items))
+        call = asyncio.gather(*(self._publish(link, item, deadline) for item in items))
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+        results = await call
         unanswered = {r.subject for r in results if isinstance(r, _NoStream)}
         if not unanswered:
             return results  # type: ignore[return-value]  # no _NoStream in it
@@ -171,17 +202,15 @@ class NatsSink:
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     raise TimeoutError
-                ack = await link.js.publish(
-                    subject, data_bytes(event), timeout=timeout,
-                    headers=nats_headers(event, item.key),
-                )  # fmt: skip
+                headers = nats_headers(event, item.key)
+                ack = await link.publish(subject, data_bytes(event), timeout, headers)
         except nats.js.errors.NoStreamResponseError:
             return _NoStream(subject)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            # nats-py cancelled the request itself (its connection closed under it).
+            # Not this call's cancellation: the link closed and cancelled the publish.
             return SinkUnavailable(f"subject {subject!r}: the connection closed before the ack")
         except Exception as exc:
             error = publish_error(exc, subject)

@@ -67,6 +67,10 @@ class Supervision(msgspec.Struct, frozen=True, kw_only=True):
     health_timeout_s: float = 2.0
     probe_interval_s: float = 5.0
     backoff: Backoff = Backoff()
+    #: After this many probes in a row failed, drop the link and reconnect (a
+    #: half-open connection never reports itself lost). ``None`` keeps the link
+    #: for a client that reconnects underneath by itself (aiokafka).
+    max_failed_probes: int | None = None
 
 
 def unavailable(exc: BaseException, message: str) -> SinkError:
@@ -223,9 +227,12 @@ class Supervisor(Generic[L]):
                 problem = await self._probe(link)
                 if problem is None:
                     self._mark_up(link)
-                else:
-                    failures += 1
-                    self._mark_down(SinkUnavailable(problem))
+                    continue
+                failures += 1
+                self._mark_down(SinkUnavailable(problem))
+                limit = self.policy.max_failed_probes
+                if limit is not None and failures >= limit:
+                    return f"{failures} probes in a row failed ({problem})"
         finally:
             lost.cancel()
 
