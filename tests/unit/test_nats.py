@@ -205,3 +205,15 @@ async def test_unstarted_sink_fails_each_event_retriably() -> None:
     results = await sink.publish_many([item, item])
     assert [type(r) for r in results] == [SinkUnavailable, SinkUnavailable]
     assert not (await sink.healthcheck()).ok
+
+
+def test_the_token_and_password_from_the_environment_are_registered_as_secrets() -> None:
+    from bridge.redact import secrets_of
+
+    env = {"NATS_TOKEN": "tok-very-secret", "NATS_PW": "pw-very-secret"}
+    token = parse_config(nats_config(token_env="NATS_TOKEN"), env)
+    password = parse_config(
+        nats_config(user="app", password_env="NATS_PW", servers="nats://u:inline-pw@h:4222"), env
+    )
+    assert "tok-very-secret" in secrets_of(token, env)
+    assert {"pw-very-secret", "inline-pw"} <= set(secrets_of(password, env))

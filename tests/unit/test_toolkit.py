@@ -10,6 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bridge.config import RetryConfig
+from bridge.deliverer import RetryPolicy
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.sinks.toolkit import Backoff, TaskGroup, TlsFiles, describe, read_secret
@@ -25,9 +27,18 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
         assert backoff.step(n) / 2 <= delay <= backoff.step(n)
 
 
-def test_backoff_refuses_a_cap_below_the_first_step() -> None:
-    with pytest.raises(msgspec.ValidationError, match="initial_s <= max_s"):
-        msgspec.convert({"initial_s": 2.0, "max_s": 1.0}, Backoff)
+def test_backoff_refuses_non_positive_steps() -> None:
+    with pytest.raises(msgspec.ValidationError, match="above 0"):
+        msgspec.convert({"initial_s": 0.0, "max_s": 1.0}, Backoff)
+
+
+def test_backoff_gives_the_delivery_retry_delays_so_the_deliverer_can_use_it() -> None:
+    for initial_s, max_s in ((0.1, 30.0), (0.5, 2.0), (5.0, 1.0)):
+        policy = RetryPolicy(RetryConfig(initial_s=initial_s, max_s=max_s), random.Random(3))
+        backoff, rng = Backoff(initial_s=initial_s, max_s=max_s), random.Random(3)
+        assert [policy.delay(n) for n in range(1, 12)] == [
+            backoff.delay(n, rng) for n in range(1, 12)
+        ]
 
 
 def test_describe_names_the_type_and_keeps_the_message() -> None:

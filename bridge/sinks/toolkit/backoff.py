@@ -22,9 +22,12 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     max_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s:
+        # initial_s above max_s is allowed (every step is then max_s), as
+        # delivery.retry has always allowed it.
+        if not (self.initial_s > 0 and self.max_s > 0):
             raise ValueError(
-                f"backoff needs 0 < initial_s <= max_s (got {self.initial_s:g}, {self.max_s:g})"
+                f"backoff needs initial_s and max_s above 0 (got {self.initial_s:g}, "
+                f"{self.max_s:g})"
             )
 
     def step(self, failures: int) -> float:
