@@ -23,13 +23,13 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 # Dependencies must come as wheels (--only-binary): nothing is compiled here either.
 RUN set -- /dist/evbridge-*.whl \
     && python -m venv /opt/evbridge \
-    && /opt/evbridge/bin/python -m pip install --no-cache-dir --only-binary=:all: "$1[kafka,rabbitmq]" \
+    && /opt/evbridge/bin/python -m pip install --no-cache-dir --only-binary=:all: "$1[kafka,rabbitmq,nats]" \
     && /opt/evbridge/bin/python -m pip uninstall --yes pip \
     && /opt/evbridge/bin/evbridge version
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="evbridge" \
-      org.opencontainers.image.description="Sidecar that bridges application events to Kafka and RabbitMQ" \
+      org.opencontainers.image.description="Sidecar that bridges application events to Kafka, RabbitMQ and NATS JetStream" \
       org.opencontainers.image.licenses="Apache-2.0"
 # A fixed numeric user, so Kubernetes can check runAsNonRoot without resolving names.
 # /var/run/evbridge (socket) and /var/lib/evbridge (spool, data) are the only places the

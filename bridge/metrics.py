@@ -233,6 +233,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("evbridge_ready", "1 when /readyz answers 200.", registry=r)
+        self.sink_up = Gauge(
+            "evbridge_sink_up",
+            "1 while a broker sink is connected and its broker answers probes, else 0.",
+            ["sink"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",
@@ -283,7 +289,7 @@ class Metrics:
         r.register(self.spool_gauges)
 
     def error(self, stage: str, error_type: str) -> None:
-        """Count one error. ``stage`` ∈ ingest, handler, route, publish, delivery."""
+        """Count one error. ``stage`` ∈ ingest, handler, route, publish, delivery, connect."""
         self.errors.labels(stage, error_type).inc()
 
 

@@ -32,13 +32,16 @@ class HandlerOutcome(msgspec.Struct, frozen=True):
 
 
 class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Where a broker confirmed an event: topic/partition/offset or exchange/routing key."""
+    """Where a broker confirmed an event: topic/partition/offset, exchange/routing key,
+    or JetStream stream/sequence."""
 
     sink: str
     destination: str
     partition: int | None = None
     offset: int | None = None
     routing_key: str | None = None
+    stream: str | None = None
+    seq: int | None = None
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -100,4 +103,7 @@ def _delivery(d: Delivery) -> dict[str, Any]:
         out["offset"] = d.offset
     if d.routing_key is not None:
         out["routing_key"] = d.routing_key
+    if d.stream is not None:
+        out["stream"] = d.stream
+        out["seq"] = d.seq
     return out

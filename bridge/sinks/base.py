@@ -109,6 +109,7 @@ _BUILTIN = {
     "file": "bridge.sinks.file",
     "kafka": "bridge.sinks.kafka",
     "rabbitmq": "bridge.sinks.rabbitmq",
+    "nats": "bridge.sinks.nats",
 }
 _registry: dict[str, SinkType] = {}
 

@@ -1,0 +1,107 @@
+"""The NATS sink's config (``type: nats``) and route options (``subject``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Final, Literal
+
+import msgspec
+
+from bridge.errors import InvalidEvent, TemplateError
+from bridge.event import Event
+from bridge.sinks.base import RouteOptions, SinkConfig
+from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision, TlsFiles
+
+#: A subject to publish to: dot-separated tokens, no wildcards, no whitespace.
+_SUBJECT: Final = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*\Z")
+#: Header names NATS can carry (RFC 7230 tokens: no ``:``).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Probes in a row that may fail before the connection is replaced (see `Supervision`).
+MAX_FAILED_PROBES: Final = 3
+StreamName = Annotated[str, msgspec.Meta(pattern=r"^[^.\s*>/\\]{1,255}$")]
+
+
+class StreamSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A stream the sink creates at connect if it does not exist (``create_stream``)."""
+
+    name: StreamName
+    subjects: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+    storage: Literal["file", "memory"] = "file"
+    #: JetStream drops a message whose ``Nats-Msg-Id`` it saw this recently.
+    duplicate_window_s: Seconds = 120.0
+
+
+class NatsConfig(SinkConfig, frozen=True, kw_only=True):
+    """``type: nats``. See docs/nats.md for every field."""
+
+    servers: str | tuple[str, ...] = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password_env: EnvName | None = None
+    token_env: EnvName | None = None
+    creds_file: str | None = None
+    tls: TlsFiles | None = None
+    create_stream: StreamSpec | None = None
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1000
+    connect_timeout_s: Seconds = 5.0
+    confirm_timeout_s: Seconds = 15.0
+    health_timeout_s: Seconds = 2.0
+    probe_interval_s: Seconds = 5.0
+    reconnect_max_s: Seconds = 5.0
+
+    #: Only names of variables and files are in the config; URLs may carry ``user:pass@``.
+    secret_fields: ClassVar[tuple[str, ...]] = ("servers",)
+
+    def __post_init__(self) -> None:
+        if not self.server_list:
+            raise ValueError("servers: must name at least one nats:// or tls:// URL")
+        for url in self.server_list:
+            if not re.match(r"(nats|tls)://", url):
+                raise ValueError(f"servers: {url!r} must start with nats:// or tls://")
+        if (self.user is None) != (self.password_env is None):
+            raise ValueError("password_env: user and password_env go together")
+        given = [k for k in ("password_env", "token_env", "creds_file") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: set only one of password_env, token_env, creds_file")
+
+    @property
+    def server_list(self) -> list[str]:
+        raw = self.servers
+        parts = raw.split(",") if isinstance(raw, str) else list(raw)
+        return [p.strip() for p in parts if p.strip()]
+
+    @property
+    def supervision(self) -> Supervision:
+        return Supervision(
+            connect_timeout_s=self.connect_timeout_s,
+            health_timeout_s=self.health_timeout_s,
+            probe_interval_s=self.probe_interval_s,
+            backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            max_failed_probes=MAX_FAILED_PROBES,
+        )
+
+
+class NatsRoute(RouteOptions, frozen=True, kw_only=True):
+    """``subject`` (a template, e.g. ``"events.{type}"``): where JetStream stores the event."""
+
+    subject: str
+
+    def destination(self, sink: str) -> str:
+        return self.subject
+
+    def check(self, event: Event | None) -> None:
+        """The subject is publishable (no wildcards, whitespace or empty tokens) and the
+        event's header names fit NATS headers (no ``:``): a 400, not a publish error."""
+        if not _SUBJECT.match(self.subject):
+            raise TemplateError(
+                f"subject {self.subject[:80]!r} is not a NATS subject to publish to "
+                "(dot-separated tokens without '*', '>' or whitespace)",
+                field="subject",
+            )
+        if event is not None:
+            for name in event.headers:
+                if not _HEADER_NAME.match(name):
+                    raise InvalidEvent(
+                        f"header name {name!r} cannot travel as a NATS header "
+                        "(letters, digits and !#$%&'*+-.^_`|~ only)",
+                        field=f"headers.{name[:64]}",
+                    )
