@@ -143,6 +143,23 @@ def test_headers_carry_the_cloudevents_nats_binding_and_trace_context() -> None:
     }  # fmt: skip
 
 
+def test_extensions_and_dataschema_travel_as_ce_headers_and_unset_content_type_stays_unset() -> None:
+    event = Event(
+        type="t",
+        id="i",
+        data=b"raw",
+        datacontenttype=None,
+        dataschema="https://example.com/s.json",
+        extensions={"tenant": "acme", "count": 3, "flag": True},
+    )
+    headers = nats_headers(event, None)
+    assert headers["ce-dataschema"] == "https://example.com/s.json"
+    assert headers["ce-tenant"] == "acme"
+    assert headers["ce-count"] == "3"
+    assert headers["ce-flag"] == "true"
+    assert "content-type" not in headers
+
+
 def test_event_headers_cannot_spoof_attributes_or_the_message_id() -> None:
     event = Event(
         type="t",

@@ -3,7 +3,8 @@
 The body is the event's ``data``; every CloudEvents attribute travels as a
 ``ce-<name>`` header, ``datacontenttype`` as ``content-type``; the bridge's
 ``key`` and ``correlation_id`` as the ``partitionkey`` and ``correlationid``
-extensions. ``Nats-Msg-Id`` is the event id, so JetStream's duplicate window
+extensions; the event's extension attributes as ``ce-<name>`` (canonical text).
+``content-type`` is absent when nobody set a content type for raw bytes. ``Nats-Msg-Id`` is the event id, so JetStream's duplicate window
 drops a resent event. The event's own headers (W3C ``traceparent`` and
 ``tracestate`` among them) go first and as they are, except names the binding
 or JetStream reserve, so an event header cannot spoof an attribute.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bridge.event import Event
+from bridge.event import Event, extension_text, wire_content_type
 
 MSG_ID: Final = "Nats-Msg-Id"
 #: (Event attribute, header) pairs for the optional attributes. New CloudEvents
@@ -24,6 +25,7 @@ _OPTIONAL: Final = (
     ("key", "ce-partitionkey"),
     ("correlation_id", "ce-correlationid"),
     ("ttl_ms", "ce-ttl"),
+    ("dataschema", "ce-dataschema"),
 )
 
 
@@ -40,9 +42,13 @@ def nats_headers(event: Event, key: str | None) -> dict[str, str]:
     headers["ce-id"] = event.id
     headers["ce-type"] = event.type
     headers["ce-time"] = event.time
-    headers["content-type"] = event.datacontenttype
+    content_type = wire_content_type(event)
+    if content_type is not None:
+        headers["content-type"] = content_type
     for attr, header in _OPTIONAL:
         value = key if attr == "key" else getattr(event, attr)
         if value is not None:
             headers[header] = str(value)
+    for name, ext in event.extensions.items():
+        headers["ce-" + name] = extension_text(ext)
     return headers
