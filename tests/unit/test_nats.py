@@ -143,7 +143,7 @@ def test_headers_carry_the_cloudevents_nats_binding_and_trace_context() -> None:
     }  # fmt: skip
 
 
-def test_extensions_and_dataschema_travel_as_ce_headers_and_unset_content_type_stays_unset() -> None:
+def test_extensions_and_dataschema_are_ce_headers_and_unset_content_type_stays_unset() -> None:
     event = Event(
         type="t",
         id="i",

@@ -4,10 +4,11 @@ The body is the event's ``data``; every CloudEvents attribute travels as a
 ``ce-<name>`` header, ``datacontenttype`` as ``content-type``; the bridge's
 ``key`` and ``correlation_id`` as the ``partitionkey`` and ``correlationid``
 extensions; the event's extension attributes as ``ce-<name>`` (canonical text).
-``content-type`` is absent when nobody set a content type for raw bytes. ``Nats-Msg-Id`` is the event id, so JetStream's duplicate window
-drops a resent event. The event's own headers (W3C ``traceparent`` and
-``tracestate`` among them) go first and as they are, except names the binding
-or JetStream reserve, so an event header cannot spoof an attribute.
+``content-type`` is absent when nobody described raw bytes. ``Nats-Msg-Id`` is
+the event id, so JetStream's duplicate window drops a resent event. The event's
+own headers (W3C ``traceparent`` and ``tracestate`` among them) go first and as
+they are, except names the binding or JetStream reserve, so an event header
+cannot spoof an attribute.
 """
 
 from __future__ import annotations
