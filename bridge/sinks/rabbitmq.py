@@ -13,6 +13,13 @@ after a broker restart or a dropped connection, and swaps the lifecycle state
 retriable `SinkUnavailable`; `start()` never fails because the broker is away.
 The message format (properties and ``cloudEvents:*`` headers) and the failure
 semantics are described in docs/rabbitmq.md.
+
+When the broker closes a channel over one message (``PRECONDITION_FAILED``, say),
+every unconfirmed publish on it fails with the same error, whoever caused it. The
+sink then republishes the call's unconfirmed messages on fresh private channels,
+halving the group that closed one each time, until the message that closes a
+channel on its own is found: that one gets the broker's error, the others their
+confirms (`_isolate`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from bridge.errors import (
     SinkRejected,
     SinkUnavailable,
     TemplateError,
+    Unencodable,
 )
 from bridge.event import Event, data_bytes
 from bridge.results import Delivery
@@ -60,6 +68,12 @@ CLOSE_TIMEOUT_S: Final = 5.0
 KNOWN_EXCHANGES_MAX: Final = 4096
 #: A write to the socket carries at most about this many body bytes.
 CHUNK_BYTES: Final = 256 * 1024
+#: The largest per-message TTL (``expiration``) RabbitMQ accepts: ten years in ms. Above it
+#: the broker closes the channel with ``PRECONDITION_FAILED invalid expiration``.
+MAX_EXPIRATION_MS: Final = 315_360_000_000
+# Channel-close reply codes after which the same message may go through later (AMQP 0-9-1:
+# 405 resource-locked, 506 resource-error); the others (403, 404, 406, ...) are the message's.
+_TRANSIENT_CLOSE: Final = frozenset({405, 506})
 
 
 class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
@@ -90,12 +104,16 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
     exchange: ExchangeName | None = None
     routing_key: str = "{type}"
 
+    #: The broker's own exchanges: a template never renders into one.
+    internal: ClassVar[Mapping[str, tuple[str, ...]]] = {"exchange": ("amq.*",)}
+
     def destination(self, sink: str) -> str:
         return self.exchange if self.exchange is not None else sink
 
     def check(self, event: Event | None) -> None:
         """Routing key and exchange fit an AMQP short string (255 bytes); so do the
-        event attributes sent as AMQP properties. A 400 instead of a publish error."""
+        event attributes sent as AMQP properties, and ``ttl_ms`` fits RabbitMQ's
+        expiration limit (`MAX_EXPIRATION_MS`). A 400 instead of a publish error."""
         for field, value in (("routing_key", self.routing_key), ("exchange", self.exchange)):
             if value is not None and _too_long(value):
                 raise TemplateError(
@@ -105,6 +123,8 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
                 )
         if event is None:
             return
+        if event.ttl_ms is not None and event.ttl_ms > MAX_EXPIRATION_MS:
+            raise InvalidEvent(_ttl_problem(event.ttl_ms), field="ttl_ms")
         for field, value in (
             ("type", event.type),
             ("id", event.id),
@@ -122,6 +142,13 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
 
 def _too_long(value: str) -> bool:
     return len(value) > SHORTSTR_MAX // 4 and len(value.encode()) > SHORTSTR_MAX
+
+
+def _ttl_problem(ttl_ms: int) -> str:
+    return (
+        f"ttl_ms is {ttl_ms}; RabbitMQ takes a message expiration of at most "
+        f"{MAX_EXPIRATION_MS} ms (ten years)"
+    )
 
 
 # --- the message ------------------------------------------------------------
@@ -164,6 +191,9 @@ def amqp_headers(event: Event, key: str | None) -> dict[str, Any]:
 
 def amqp_properties(event: Event, key: str | None, *, persistent: bool) -> Basic.Properties:
     """The AMQP message properties of an event; `SinkRejected` if one cannot be encoded."""
+    if event.ttl_ms is not None and event.ttl_ms > MAX_EXPIRATION_MS:
+        # Sent anyway, it would close the channel under every other unconfirmed publish.
+        raise SinkRejected(_ttl_problem(event.ttl_ms), code="invalid_ttl", field="ttl_ms")
     return Basic.Properties(
         content_type=_shortstr(event.datacontenttype, "datacontenttype", "datacontenttype"),
         headers=amqp_headers(event, key),
@@ -215,6 +245,44 @@ def publish_error(exc: BaseException, exchange: str, routing_key: str) -> SinkEr
             f"the channel closed while publishing to {where}: {exc}", code="channel_closed"
         )
     return SinkUnavailable(f"publishing to {where} failed: {_describe(exc)}")
+
+
+def closed_by_broker(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker closing a channel (not the connection going away)."""
+    return isinstance(exc, aiormq.exceptions.ChannelClosed) and not isinstance(
+        exc, aiormq.exceptions.DuplicateConsumerTag
+    )
+
+
+def _close_code(exc: aiormq.exceptions.ChannelClosed) -> int | None:
+    codes = {
+        aiormq.exceptions.ChannelAccessRefused: 403,
+        aiormq.exceptions.ChannelNotFoundEntity: 404,
+        aiormq.exceptions.ChannelLockedResource: 405,
+        aiormq.exceptions.ChannelPreconditionFailed: 406,
+    }
+    found = codes.get(type(exc))
+    if found is None and exc.args and isinstance(exc.args[0], int):
+        found = exc.args[0]
+    return found
+
+
+def own_close_error(exc: aiormq.exceptions.ChannelClosed, exchange: str, key: str) -> SinkError:
+    """The error of the one message that made the broker close a channel by itself."""
+    where = f"exchange {exchange!r} with routing key {key!r}"
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return _not_found(exchange)
+    code = _close_code(exc)
+    text = str(exc.args[-1]) if exc.args else _describe(exc)
+    message = f"the broker closed the channel over this message for {where}: {text}"
+    if code in _TRANSIENT_CLOSE:
+        return SinkError(message, retriable=True, code="channel_closed")
+    return SinkRejected(message, code="broker_refused")
+
+
+def _channel_gone(exc: BaseException) -> bool:
+    """A write failed because the broker had closed the channel (not the connection)."""
+    return closed_by_broker(exc) or isinstance(exc, aiormq.exceptions.ChannelInvalidStateError)
 
 
 def _not_found(exchange: str) -> SinkRejected:
@@ -689,18 +757,141 @@ class RabbitSink:
             deadline = asyncio.get_running_loop().time() + self.config.confirm_timeout_s
             slot = state.pick()
             sent: list[tuple[_Message, Confirm]] = []
+            unsent: list[_Message] = []
             try:
                 await self._send(state, slot, messages, sent)
             except Exception as exc:
-                unsent = SinkUnavailable(f"publishing failed: {_describe(exc)}")
-                for m in messages[len(sent) :]:
-                    results[m.index] = unsent
+                unsent = messages[len(sent) :]
+                if not (_channel_gone(exc) and not state.connection.is_closed):
+                    failure = SinkUnavailable(f"publishing failed: {_describe(exc)}")
+                    for m in unsent:
+                        results[m.index] = failure
+                    unsent = []
             except BaseException:  # cancelled: nobody waits for these confirms any more
                 for _, confirm in sent:
                     confirm.cancel()
                 raise
-            await self._confirmed(state, sent, results, deadline)
+            closed = await self._confirmed(state, sent, results, deadline)
+            if closed or unsent:
+                # Written after the channel closed, or caught in a close: not refused.
+                suspects = sorted([*closed, *unsent], key=lambda m: m.index)
+                await self._isolate(state, suspects, results, deadline)
         return [r if r is not None else SinkUnavailable("not published") for r in results]
+
+    async def _isolate(
+        self,
+        state: _Up,
+        suspects: list[_Message],
+        results: list[Delivery | SinkError | None],
+        deadline: float,
+    ) -> None:
+        """Find which of ``suspects`` made the broker close a channel; deliver the others.
+
+        Each group is republished on a private channel of its own, so only its own
+        messages can close it; a group that closes its channel is split in two, a
+        message that closes one alone gets the broker's error (`own_close_error`).
+        With one poison message among n this costs about 2·log2(n) round trips. A
+        neighbour may have reached the queue before the close without its confirm,
+        and then arrives twice (at-least-once).
+        """
+        loop = asyncio.get_running_loop()
+        groups: list[list[_Message]] = [suspects]
+        while groups:
+            group = groups.pop(0)
+            if state.connection.is_closed or loop.time() >= deadline:
+                for m in group:
+                    results[m.index] = SinkUnavailable(
+                        f"the channel closed while publishing to exchange {m.exchange!r}; "
+                        "no new channel in time",
+                        code="channel_closed",
+                    )
+                continue
+            closed, why = await self._try_alone(state, group, results, deadline)
+            if not closed:
+                continue
+            if len(closed) == 1 and len(group) == 1 and why is not None:
+                m = closed[0]
+                # Logged and counted with the call's other outcomes, by the Publisher.
+                results[m.index] = own_close_error(why, m.exchange, m.routing_key)
+                continue
+            half = (len(closed) + 1) // 2
+            groups[0:0] = [closed[:half], closed[half:]] if len(closed) > 1 else [closed]
+
+    async def _try_alone(
+        self,
+        state: _Up,
+        group: list[_Message],
+        results: list[Delivery | SinkError | None],
+        deadline: float,
+    ) -> tuple[list[_Message], aiormq.exceptions.ChannelClosed | None]:
+        """Publish ``group`` on a new private channel, in order; fill in each result, or
+        return the messages whose publish the broker's channel close cut off (and why)."""
+        loop = asyncio.get_running_loop()
+        closed: list[_Message] = []
+        why: aiormq.exceptions.ChannelClosed | None = None
+        channel: AbstractChannel | None = None
+        confirms: list[Confirm] = []
+        try:
+            async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                channel = await _confirm_channel(state.connection)
+                raw = await channel.get_underlay_channel()
+                assert isinstance(raw, aiormq.Channel)
+                write = _write_batch if _fast_path(raw) else _publish_each
+                pos = 0
+                while pos < len(group):
+                    # One message id at a time per channel (basic.return is matched by id).
+                    chunk: list[_Message] = []
+                    ids: set[str] = set()
+                    while (
+                        pos < len(group)
+                        and len(chunk) < self.config.max_inflight
+                        and group[pos].message_id not in ids
+                    ):
+                        chunk.append(group[pos])
+                        ids.add(group[pos].message_id)
+                        pos += 1
+                    if raw.is_closed:
+                        closed.extend(chunk)
+                        continue
+                    confirms = await write(raw, chunk, self.config.mandatory)
+                    await asyncio.wait(confirms)
+                    for m, confirm in zip(chunk, confirms, strict=True):
+                        exc = None if confirm.cancelled() else confirm.exception()
+                        if exc is not None and closed_by_broker(exc):
+                            assert isinstance(exc, aiormq.exceptions.ChannelClosed)
+                            closed.append(m)
+                            why = exc
+                        elif confirm.cancelled():
+                            results[m.index] = publish_error(
+                                TimeoutError(), m.exchange, m.routing_key
+                            )
+                        elif exc is not None:
+                            results[m.index] = publish_error(exc, m.exchange, m.routing_key)
+                        else:
+                            results[m.index] = Delivery(
+                                self.name, m.exchange, routing_key=m.routing_key
+                            )
+        except TimeoutError:
+            for m in group:
+                if results[m.index] is None and m not in closed:
+                    results[m.index] = publish_error(TimeoutError(), m.exchange, m.routing_key)
+        except Exception as exc:
+            if not _channel_gone(exc):
+                failure = SinkUnavailable(f"republishing failed: {_describe(exc)}")
+                for m in group:
+                    if results[m.index] is None and m not in closed:
+                        results[m.index] = failure
+            else:
+                closed = [m for m in group if results[m.index] is None]
+                if isinstance(exc, aiormq.exceptions.ChannelClosed):
+                    why = exc
+        finally:
+            for confirm in confirms:
+                if not confirm.done():  # timed out, or this call was cancelled
+                    confirm.cancel()
+            if channel is not None and not channel.is_closed:
+                _close_later(channel)
+        return closed, why
 
     async def _prepare(
         self, state: _Up, items: Sequence[Outgoing], results: list[Delivery | SinkError | None]
@@ -720,12 +911,15 @@ class RabbitSink:
                 _shortstr(exchange, "the exchange name", "exchange")
                 _shortstr(options.routing_key, "the routing key", "routing_key")
                 properties = amqp_properties(item.event, item.key, persistent=persistent)
+                body = data_bytes(item.event)
             except SinkError as exc:
                 results[i] = exc
                 continue
-            messages.append(
-                _Message(i, exchange, options.routing_key, properties, data_bytes(item.event))
-            )
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Data a handler built that JSON cannot hold: this event's failure alone.
+                results[i] = Unencodable(f"the event's data cannot be encoded: {exc}")
+                continue
+            messages.append(_Message(i, exchange, options.routing_key, properties, body))
         return messages
 
     async def _send(
@@ -768,8 +962,9 @@ class RabbitSink:
         sent: list[tuple[_Message, Confirm]],
         results: list[Delivery | SinkError | None],
         deadline: float,
-    ) -> None:
-        """Wait (until ``deadline``) for the confirms and turn each into its result."""
+    ) -> list[_Message]:
+        """Wait (until ``deadline``) for the confirms and turn each into its result;
+        returns the messages the broker's closing of the channel cut off instead."""
         confirms = [confirm for _, confirm in sent]
         try:
             if confirms:
@@ -780,6 +975,7 @@ class RabbitSink:
                 if not confirm.done():  # timed out, or this call was cancelled
                     confirm.cancel()
         name = self.name
+        closed: list[_Message] = []
         for message, confirm in sent:
             if confirm.cancelled():
                 results[message.index] = publish_error(
@@ -788,11 +984,15 @@ class RabbitSink:
             elif (exc := confirm.exception()) is not None:
                 if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                     state.forget_exchanges()  # an exchange was deleted under us
+                if closed_by_broker(exc) and not state.connection.is_closed:
+                    closed.append(message)
+                    continue
                 results[message.index] = publish_error(exc, message.exchange, message.routing_key)
             else:
                 results[message.index] = Delivery(
                     name, message.exchange, routing_key=message.routing_key
                 )
+        return closed
 
     def _exchange_of(self, item: Outgoing) -> str:
         options = item.options
