@@ -836,16 +836,18 @@ class RabbitSink:
                 channel = await _confirm_channel(state.connection)
                 raw = await channel.get_underlay_channel()
                 assert isinstance(raw, aiormq.Channel)
-                write = _write_batch if _fast_path(raw) else _publish_each
+                fast = _fast_path(raw)
+                write = _write_batch if fast else _publish_each
+                # Per-message tasks can still write to a channel the broker just closed,
+                # which costs the whole connection: on that path, one message at a time.
+                limit = self.config.max_inflight if fast else 1
                 pos = 0
                 while pos < len(group):
                     # One message id at a time per channel (basic.return is matched by id).
                     chunk: list[_Message] = []
                     ids: set[str] = set()
                     while (
-                        pos < len(group)
-                        and len(chunk) < self.config.max_inflight
-                        and group[pos].message_id not in ids
+                        pos < len(group) and len(chunk) < limit and group[pos].message_id not in ids
                     ):
                         chunk.append(group[pos])
                         ids.add(group[pos].message_id)
