@@ -364,7 +364,10 @@ async def _write_batch(
     payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
     confirms: list[Confirm] = []
     async with channel.lock:
-        if channel.is_closed:
+        # Between the broker's channel.close and ``is_closed``, aiormq has already queued its
+        # close-ok: a publish queued behind it would reach the broker on a channel it no
+        # longer has, and the broker closes the whole connection (504 CHANNEL_ERROR).
+        if channel.is_closed or getattr(channel, "_close_exception", None) is not None:
             raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
         first = channel.delivery_tag
         ids = channel.message_id_delivery_tag

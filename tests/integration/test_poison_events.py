@@ -269,3 +269,52 @@ async def test_template_destinations_cannot_reach_internal_or_refused_ones(
         await rabbit_ids(dest.queue, ["r-ok"])
     finally:
         await remove(channel, dest)
+
+
+async def test_coalesced_single_requests_do_not_fail_with_a_poison_neighbour(
+    rabbitmq: RabbitMQ,
+    channel: aio_pika.abc.AbstractChannel,
+    evbridge_server_factory: ServerFactory,
+    tmp_path: Path,
+) -> None:
+    """Sync mode gathers concurrent requests into one publish: a poison among them (an
+    exchange deleted under the sink) gets its own 502, every neighbour its 200."""
+    dest = await declare(channel)
+    ghost = await declare(channel)
+    try:
+        srv = await asyncio.to_thread(
+            evbridge_server_factory,
+            config(
+                "sync",
+                tmp_path,
+                [rabbit_sink(rabbitmq.url, dest.name, channels=1)],
+                [
+                    {"name": "ghost", "match": "ghost.*", "sink": "rmq", "exchange": ghost.name},
+                    {"name": "all", "match": "*", "sink": "rmq"},
+                ],
+            ),
+        )
+        status, _ = await srv.emit({"type": "ghost.first", "id": "g-first"})
+        assert status == 200
+        await remove(channel, ghost)
+        events = [
+            {"type": "ghost.x", "id": f"g{i}"} if i % 50 == 7 else {"type": "good.x", "id": f"c{i}"}
+            for i in range(400)
+        ]
+        async with srv.session() as http:
+
+            async def one(event: dict[str, Any]) -> tuple[str, int, Any]:
+                async with http.post("/v1/events", json=event) as r:
+                    return event["id"], r.status, await r.json(content_type=None)
+
+            answers = await asyncio.gather(*(one(e) for e in events))
+        for event_id, status, body in answers:
+            if event_id.startswith("g"):
+                assert status == 502, (event_id, body)
+                assert body["error"]["code"] == "exchange_not_found"
+            else:
+                assert status == 200, (event_id, body.get("error", body))
+        await rabbit_ids(dest.queue, [e["id"] for e in events if e["id"].startswith("c")])
+    finally:
+        await remove(channel, dest)
+        await channel.exchange_delete(ghost.name)
