@@ -137,6 +137,13 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``key`` is a template for the partition / routing key (default: the
     event's own ``key``). ``options`` holds the sink-specific fields.
+
+    A template option hands the choice of destination to whoever sends the
+    event. ``allow`` and ``deny`` bound that choice: per template option
+    (``topic``, ``routing_key``, ``exchange``), glob patterns the rendered
+    value must match (one of ``allow``, if given) and must not match (any of
+    ``deny``). The broker's internal destinations (the option type's
+    ``internal`` patterns) are refused whatever these say.
     """
 
     name: str
@@ -147,6 +154,8 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Overrides ``delivery.mode`` for this route (null: use it).
     delivery: Literal["sync", "durable"] | None = None
     dead_letter: DeadLetterConfig | None = None
+    allow: dict[str, tuple[str, ...]] = {}
+    deny: dict[str, tuple[str, ...]] = {}
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -182,7 +191,9 @@ _SECTIONS: dict[str, type[_Section]] = {
     "logging": LoggingConfig,
     "delivery": DeliveryConfig,
 }
-_ROUTE_KEYS = frozenset({"name", "match", "sink", "key", "delivery", "dead_letter"})
+_ROUTE_KEYS = frozenset(
+    {"name", "match", "sink", "key", "delivery", "dead_letter", "allow", "deny"}
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _AT = re.compile(r" - at `\$([^`]*)`")
 
@@ -283,6 +294,8 @@ def _parse_route(
             field=f"{where}.delivery",
         )
     dead_letter = _parse_dead_letter(common.get("dead_letter"), f"{where}.dead_letter", sinks)
+    allow = _parse_patterns(common.get("allow"), f"{where}.allow", options)
+    deny = _parse_patterns(common.get("deny"), f"{where}.deny", options)
     return RouteConfig(
         name=name,
         match=common["match"],
@@ -291,7 +304,43 @@ def _parse_route(
         key=key,
         delivery=delivery,
         dead_letter=dead_letter,
+        allow=allow,
+        deny=deny,
     )
+
+
+def _parse_patterns(raw: object, where: str, options: RouteOptions) -> dict[str, tuple[str, ...]]:
+    """``allow`` / ``deny``: ``{<template option>: [glob, ...]}`` (null: none)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where}: must map template options to lists of glob patterns (got {raw!r})",
+            field=where,
+        )
+    templated = {
+        f.encode_name
+        for f in msgspec.structs.fields(options)
+        if isinstance(value := getattr(options, f.name), str)
+        and not Template(value, where=where).is_literal
+    }
+    found: dict[str, tuple[str, ...]] = {}
+    for option, patterns in raw.items():
+        at = f"{where}.{option}"
+        if option not in templated:
+            raise ConfigError(
+                f"{at}: the route has no template option {option!r} "
+                f"(template options: {', '.join(sorted(templated)) or 'none'})",
+                field=at,
+            )
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+            raise ConfigError(
+                f"{at}: must be a list of non-empty glob patterns (got {patterns!r})", field=at
+            )
+        found[option] = tuple(patterns)
+    return found
 
 
 def _check_templates(options: RouteOptions, where: str) -> None:

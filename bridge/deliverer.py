@@ -31,6 +31,7 @@ from bridge.delivery import Publisher
 from bridge.errors import BridgeError, SinkError
 from bridge.metrics import METRICS
 from bridge.results import Delivery
+from bridge.routing import DestinationGuard, destination_guards
 from bridge.sinks.base import Outgoing, RouteOptions
 from bridge.spool import codec
 from bridge.spool.store import Spool, SpoolItem
@@ -71,6 +72,7 @@ class _DeadLetterRoute:
     publisher: Publisher
     options: RouteOptions
     templates: dict[str, Template]
+    guards: dict[str, DestinationGuard]
 
     def outgoing(self, entry: _Entry, reason: str, code: str) -> Outgoing:
         event = entry.outgoing.event
@@ -86,6 +88,8 @@ class _DeadLetterRoute:
         options = self.options
         if self.templates:
             rendered = {name: t.render(event) for name, t in self.templates.items()}
+            for name, guard in self.guards.items():
+                guard.check(rendered[name])
             options = msgspec.structs.replace(options, **rendered)
         dead_event = msgspec.structs.replace(event, headers=headers)
         return Outgoing(dead_event, entry.outgoing.route, options, entry.outgoing.key)
@@ -151,7 +155,8 @@ class Deliverer:
                 templates[field.name] = Template(
                     value, where=f"dead_letter.{field.name}", option=field.name
                 )
-        return _DeadLetterRoute(self.publishers[config.sink], config.options, templates)
+        guards = destination_guards(config.options, templates)
+        return _DeadLetterRoute(self.publishers[config.sink], config.options, templates, guards)
 
     def start(self) -> None:
         """Start a lane for every configured sink and every sink the spool still holds

@@ -49,7 +49,8 @@ class NoRoute(BridgeError):
 
 
 class TemplateError(BridgeError):
-    """A key/topic template referenced a field the event does not have."""
+    """A key/topic template referenced a field the event does not have, or rendered a
+    value the route refuses (code ``destination_refused``); ``field`` names the option."""
 
     code = "template_error"
 
@@ -98,6 +99,19 @@ class SinkRejected(SinkError):
 
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message, retriable=False, code=code, field=field)
+
+
+class Unencodable(SinkRejected):
+    """The sink cannot encode this event for its broker (``data`` no JSON can hold, say).
+
+    The failure is the event's own: its neighbours in the same publish are not
+    affected, and the spool dead-letters it instead of retrying.
+    """
+
+    code = "unencodable"
+
+    def __init__(self, message: str, *, field: str | None = "data") -> None:
+        super().__init__(message, field=field)
 
 
 class Overloaded(BridgeError):

@@ -378,8 +378,19 @@ def _check_headers(headers: object) -> None:
 
 # --- codecs -----------------------------------------------------------------
 
+
+class _ExtInData(Exception):
+    """A msgpack extension value: no sink can encode it, so it is refused at decode."""
+
+
+def _refuse_ext(code: int, _data: memoryview) -> object:
+    raise _ExtInData(f"data holds a msgpack extension value (type {code}); no broker can take it")
+
+
 _json_decoder: Final = msgspec.json.Decoder(Event)
-_msgpack_decoder: Final = msgspec.msgpack.Decoder(Event)
+# The timestamp extension (-1) is decoded by msgspec itself, as a datetime; any other
+# extension would reach the sinks as an object their JSON encoding refuses.
+_msgpack_decoder: Final = msgspec.msgpack.Decoder(Event, ext_hook=_refuse_ext)
 _json_encoder: Final = msgspec.json.Encoder()
 
 _AT_PATH = re.compile(r" - at `\$(?:\[\d+\])?\.?([^`]*)`")
@@ -415,13 +426,26 @@ def decode_json(body: bytes | str) -> Event:
 
 
 def decode_msgpack(body: bytes) -> Event:
-    """Decode the msgpack form of the plain JSON shape."""
+    """Decode the msgpack form of the plain JSON shape.
+
+    ``data`` must be something JSON can carry, as the sinks send it as JSON:
+    an extension value (other than timestamps) or a map with array keys is an
+    `InvalidEvent` naming ``data``.
+    """
     try:
-        return _msgpack_decoder.decode(body)
+        event = _msgpack_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"malformed msgpack: {exc}", code="invalid_msgpack") from None
+    except _ExtInData as exc:
+        raise InvalidEvent(str(exc), field="data") from None
+    if isinstance(event.data, dict | list):
+        try:
+            _json_encoder.encode(event.data)
+        except TypeError as exc:  # msgpack map keys that are arrays become tuples
+            raise InvalidEvent(f"data cannot be sent as JSON: {exc}", field="data") from None
+    return event
 
 
 def convert(obj: object) -> Event:

@@ -29,6 +29,7 @@ _STATUS_BY_CODE: Final = {
     "invalid_msgpack": 400,
     "invalid_batch": 400,
     "template_error": 400,
+    "destination_refused": 400,
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,

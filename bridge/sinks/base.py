@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -37,6 +37,10 @@ class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     String fields containing ``{`` are templates, rendered per event by the
     router before the sink sees them.
     """
+
+    #: Per option, glob patterns of the broker's internal destinations (Kafka's ``__*``
+    #: topics, say): a value rendered from a template that matches one is refused.
+    internal: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def destination(self, sink: str) -> str:
         """A short text naming where events go (topic, exchange, file path)."""

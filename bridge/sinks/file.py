@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from bridge.errors import SinkError, SinkUnavailable
+from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import to_plain
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
@@ -60,15 +60,25 @@ class FileSink:
         if self._file is None:
             err = SinkUnavailable(f"file sink {self.name!r} is not started")
             return [err] * len(items)
-        lines = [_encoder.encode(to_plain(item.event)) + b"\n" for item in items]
+        lines: list[bytes | SinkError] = []
+        for item in items:
+            try:
+                lines.append(_encoder.encode(to_plain(item.event)) + b"\n")
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Data a handler built that JSON cannot hold: this event's failure alone.
+                lines.append(Unencodable(f"the event's data cannot be encoded: {exc}"))
+        written = [line for line in lines if isinstance(line, bytes)]
         async with self._lock:
             try:
-                start = await asyncio.to_thread(self._write, b"".join(lines))
+                start = await asyncio.to_thread(self._write, b"".join(written))
             except OSError as exc:
                 return [SinkUnavailable(f"writing {self.path} failed: {exc}")] * len(items)
         out: list[Delivery | SinkError] = []
         destination = str(self.path)
         for line in lines:
+            if isinstance(line, SinkError):
+                out.append(line)
+                continue
             out.append(Delivery(self.name, destination, None, start))
             start += len(line)
         return out

@@ -24,7 +24,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -39,7 +39,14 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, TemplateError
+from bridge.errors import (
+    ConfigError,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
+    TemplateError,
+    Unencodable,
+)
 from bridge.event import Event, data_bytes, extension_text, to_structured, wire_content_type
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions, SinkConfig, SinkType
@@ -131,6 +138,10 @@ class KafkaRoute(RouteOptions, frozen=True, kw_only=True):
     """``topic`` (a template, e.g. ``"events.{type}"``)."""
 
     topic: str
+
+    #: Kafka's own topics (``__consumer_offsets``, ``__transaction_state``): never a
+    #: template's choice.
+    internal: ClassVar[Mapping[str, tuple[str, ...]]] = {"topic": ("__*",)}
 
     def destination(self, sink: str) -> str:
         return self.topic
@@ -667,7 +678,12 @@ class KafkaSink:
                 results[i] = parts
                 continue
             event = item.event
-            value, headers = encode(event)
+            try:
+                value, headers = encode(event)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Data a handler built that JSON cannot hold: this event's failure alone.
+                results[i] = Unencodable(f"the event's data cannot be encoded: {exc}")
+                continue
             text_key = item.key
             if text_key is None:
                 key = None

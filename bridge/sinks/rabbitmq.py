@@ -13,6 +13,13 @@ after a broker restart or a dropped connection, and swaps the lifecycle state
 retriable `SinkUnavailable`; `start()` never fails because the broker is away.
 The message format (properties and ``cloudEvents:*`` headers) and the failure
 semantics are described in docs/rabbitmq.md.
+
+When the broker closes a channel over one message (``PRECONDITION_FAILED``, say),
+every unconfirmed publish on it fails with the same error, whoever caused it. The
+sink then republishes the call's unconfirmed messages on fresh private channels,
+halving the group that closed one each time, until the message that closes a
+channel on its own is found: that one gets the broker's error, the others their
+confirms (`_isolate`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from bridge.errors import (
     SinkRejected,
     SinkUnavailable,
     TemplateError,
+    Unencodable,
 )
 from bridge.event import (
     Event,
@@ -66,6 +74,12 @@ CLOSE_TIMEOUT_S: Final = 5.0
 KNOWN_EXCHANGES_MAX: Final = 4096
 #: A write to the socket carries at most about this many body bytes.
 CHUNK_BYTES: Final = 256 * 1024
+#: The largest per-message TTL (``expiration``) RabbitMQ accepts: ten years in ms. Above it
+#: the broker closes the channel with ``PRECONDITION_FAILED invalid expiration``.
+MAX_EXPIRATION_MS: Final = 315_360_000_000
+# Channel-close reply codes after which the same message may go through later (AMQP 0-9-1:
+# 405 resource-locked, 506 resource-error); the others (403, 404, 406, ...) are the message's.
+_TRANSIENT_CLOSE: Final = frozenset({405, 506})
 
 
 class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
@@ -97,12 +111,16 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
     exchange: ExchangeName | None = None
     routing_key: str = "{type}"
 
+    #: The broker's own exchanges: a template never renders into one.
+    internal: ClassVar[Mapping[str, tuple[str, ...]]] = {"exchange": ("amq.*",)}
+
     def destination(self, sink: str) -> str:
         return self.exchange if self.exchange is not None else sink
 
     def check(self, event: Event | None) -> None:
         """Routing key and exchange fit an AMQP short string (255 bytes); so do the
-        event attributes sent as AMQP properties. A 400 instead of a publish error."""
+        event attributes sent as AMQP properties, and ``ttl_ms`` fits RabbitMQ's
+        expiration limit (`MAX_EXPIRATION_MS`). A 400 instead of a publish error."""
         for field, value in (("routing_key", self.routing_key), ("exchange", self.exchange)):
             if value is not None and _too_long(value):
                 raise TemplateError(
@@ -112,6 +130,8 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
                 )
         if event is None:
             return
+        if event.ttl_ms is not None and event.ttl_ms > MAX_EXPIRATION_MS:
+            raise InvalidEvent(_ttl_problem(event.ttl_ms), field="ttl_ms")
         for field, value in (
             ("type", event.type),
             ("id", event.id),
@@ -129,6 +149,13 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
 
 def _too_long(value: str) -> bool:
     return len(value) > SHORTSTR_MAX // 4 and len(value.encode()) > SHORTSTR_MAX
+
+
+def _ttl_problem(ttl_ms: int) -> str:
+    return (
+        f"ttl_ms is {ttl_ms}; RabbitMQ takes a message expiration of at most "
+        f"{MAX_EXPIRATION_MS} ms (ten years)"
+    )
 
 
 # --- the message ------------------------------------------------------------
@@ -217,6 +244,9 @@ def amqp_properties(
         if content_type is not None:
             content_type = _shortstr(content_type, "datacontenttype", "datacontenttype")
         headers = amqp_headers(event, key)
+    if event.ttl_ms is not None and event.ttl_ms > MAX_EXPIRATION_MS:
+        # Sent anyway, it would close the channel under every other unconfirmed publish.
+        raise SinkRejected(_ttl_problem(event.ttl_ms), code="invalid_ttl", field="ttl_ms")
     return Basic.Properties(
         content_type=content_type,
         headers=headers,
@@ -268,6 +298,44 @@ def publish_error(exc: BaseException, exchange: str, routing_key: str) -> SinkEr
             f"the channel closed while publishing to {where}: {exc}", code="channel_closed"
         )
     return SinkUnavailable(f"publishing to {where} failed: {_describe(exc)}")
+
+
+def closed_by_broker(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker closing a channel (not the connection going away)."""
+    return isinstance(exc, aiormq.exceptions.ChannelClosed) and not isinstance(
+        exc, aiormq.exceptions.DuplicateConsumerTag
+    )
+
+
+def _close_code(exc: aiormq.exceptions.ChannelClosed) -> int | None:
+    codes = {
+        aiormq.exceptions.ChannelAccessRefused: 403,
+        aiormq.exceptions.ChannelNotFoundEntity: 404,
+        aiormq.exceptions.ChannelLockedResource: 405,
+        aiormq.exceptions.ChannelPreconditionFailed: 406,
+    }
+    found = codes.get(type(exc))
+    if found is None and exc.args and isinstance(exc.args[0], int):
+        found = exc.args[0]
+    return found
+
+
+def own_close_error(exc: aiormq.exceptions.ChannelClosed, exchange: str, key: str) -> SinkError:
+    """The error of the one message that made the broker close a channel by itself."""
+    where = f"exchange {exchange!r} with routing key {key!r}"
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return _not_found(exchange)
+    code = _close_code(exc)
+    text = str(exc.args[-1]) if exc.args else _describe(exc)
+    message = f"the broker closed the channel over this message for {where}: {text}"
+    if code in _TRANSIENT_CLOSE:
+        return SinkError(message, retriable=True, code="channel_closed")
+    return SinkRejected(message, code="broker_refused")
+
+
+def _channel_gone(exc: BaseException) -> bool:
+    """A write failed because the broker had closed the channel (not the connection)."""
+    return closed_by_broker(exc) or isinstance(exc, aiormq.exceptions.ChannelInvalidStateError)
 
 
 def _not_found(exchange: str) -> SinkRejected:
@@ -349,7 +417,10 @@ async def _write_batch(
     payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
     confirms: list[Confirm] = []
     async with channel.lock:
-        if channel.is_closed:
+        # Between the broker's channel.close and ``is_closed``, aiormq has already queued its
+        # close-ok: a publish queued behind it would reach the broker on a channel it no
+        # longer has, and the broker closes the whole connection (504 CHANNEL_ERROR).
+        if channel.is_closed or getattr(channel, "_close_exception", None) is not None:
             raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
         first = channel.delivery_tag
         ids = channel.message_id_delivery_tag
@@ -742,18 +813,143 @@ class RabbitSink:
             deadline = asyncio.get_running_loop().time() + self.config.confirm_timeout_s
             slot = state.pick()
             sent: list[tuple[_Message, Confirm]] = []
+            unsent: list[_Message] = []
             try:
                 await self._send(state, slot, messages, sent)
             except Exception as exc:
-                unsent = SinkUnavailable(f"publishing failed: {_describe(exc)}")
-                for m in messages[len(sent) :]:
-                    results[m.index] = unsent
+                unsent = messages[len(sent) :]
+                if not (_channel_gone(exc) and not state.connection.is_closed):
+                    failure = SinkUnavailable(f"publishing failed: {_describe(exc)}")
+                    for m in unsent:
+                        results[m.index] = failure
+                    unsent = []
             except BaseException:  # cancelled: nobody waits for these confirms any more
                 for _, confirm in sent:
                     confirm.cancel()
                 raise
-            await self._confirmed(state, sent, results, deadline)
+            closed = await self._confirmed(state, sent, results, deadline)
+            if closed or unsent:
+                # Written after the channel closed, or caught in a close: not refused.
+                suspects = sorted([*closed, *unsent], key=lambda m: m.index)
+                await self._isolate(state, suspects, results, deadline)
         return [r if r is not None else SinkUnavailable("not published") for r in results]
+
+    async def _isolate(
+        self,
+        state: _Up,
+        suspects: list[_Message],
+        results: list[Delivery | SinkError | None],
+        deadline: float,
+    ) -> None:
+        """Find which of ``suspects`` made the broker close a channel; deliver the others.
+
+        Each group is republished on a private channel of its own, so only its own
+        messages can close it; a group that closes its channel is split in two, a
+        message that closes one alone gets the broker's error (`own_close_error`).
+        With one poison message among n this costs about 2·log2(n) round trips. A
+        neighbour may have reached the queue before the close without its confirm,
+        and then arrives twice (at-least-once).
+        """
+        loop = asyncio.get_running_loop()
+        groups: list[list[_Message]] = [suspects]
+        while groups:
+            group = groups.pop(0)
+            if state.connection.is_closed or loop.time() >= deadline:
+                for m in group:
+                    results[m.index] = SinkUnavailable(
+                        f"the channel closed while publishing to exchange {m.exchange!r}; "
+                        "no new channel in time",
+                        code="channel_closed",
+                    )
+                continue
+            closed, why = await self._try_alone(state, group, results, deadline)
+            if not closed:
+                continue
+            if len(closed) == 1 and len(group) == 1 and why is not None:
+                m = closed[0]
+                # Logged and counted with the call's other outcomes, by the Publisher.
+                results[m.index] = own_close_error(why, m.exchange, m.routing_key)
+                continue
+            half = (len(closed) + 1) // 2
+            groups[0:0] = [closed[:half], closed[half:]] if len(closed) > 1 else [closed]
+
+    async def _try_alone(
+        self,
+        state: _Up,
+        group: list[_Message],
+        results: list[Delivery | SinkError | None],
+        deadline: float,
+    ) -> tuple[list[_Message], aiormq.exceptions.ChannelClosed | None]:
+        """Publish ``group`` on a new private channel, in order; fill in each result, or
+        return the messages whose publish the broker's channel close cut off (and why)."""
+        loop = asyncio.get_running_loop()
+        closed: list[_Message] = []
+        why: aiormq.exceptions.ChannelClosed | None = None
+        channel: AbstractChannel | None = None
+        confirms: list[Confirm] = []
+        try:
+            async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                channel = await _confirm_channel(state.connection)
+                raw = await channel.get_underlay_channel()
+                assert isinstance(raw, aiormq.Channel)
+                fast = _fast_path(raw)
+                write = _write_batch if fast else _publish_each
+                # Per-message tasks can still write to a channel the broker just closed,
+                # which costs the whole connection: on that path, one message at a time.
+                limit = self.config.max_inflight if fast else 1
+                pos = 0
+                while pos < len(group):
+                    # One message id at a time per channel (basic.return is matched by id).
+                    chunk: list[_Message] = []
+                    ids: set[str] = set()
+                    while (
+                        pos < len(group) and len(chunk) < limit and group[pos].message_id not in ids
+                    ):
+                        chunk.append(group[pos])
+                        ids.add(group[pos].message_id)
+                        pos += 1
+                    if raw.is_closed:
+                        closed.extend(chunk)
+                        continue
+                    confirms = await write(raw, chunk, self.config.mandatory)
+                    await asyncio.wait(confirms)
+                    for m, confirm in zip(chunk, confirms, strict=True):
+                        exc = None if confirm.cancelled() else confirm.exception()
+                        if exc is not None and closed_by_broker(exc):
+                            assert isinstance(exc, aiormq.exceptions.ChannelClosed)
+                            closed.append(m)
+                            why = exc
+                        elif confirm.cancelled():
+                            results[m.index] = publish_error(
+                                TimeoutError(), m.exchange, m.routing_key
+                            )
+                        elif exc is not None:
+                            results[m.index] = publish_error(exc, m.exchange, m.routing_key)
+                        else:
+                            results[m.index] = Delivery(
+                                self.name, m.exchange, routing_key=m.routing_key
+                            )
+        except TimeoutError:
+            for m in group:
+                if results[m.index] is None and m not in closed:
+                    results[m.index] = publish_error(TimeoutError(), m.exchange, m.routing_key)
+        except Exception as exc:
+            if not _channel_gone(exc):
+                failure = SinkUnavailable(f"republishing failed: {_describe(exc)}")
+                for m in group:
+                    if results[m.index] is None and m not in closed:
+                        results[m.index] = failure
+            else:
+                closed = [m for m in group if results[m.index] is None]
+                if isinstance(exc, aiormq.exceptions.ChannelClosed):
+                    why = exc
+        finally:
+            for confirm in confirms:
+                if not confirm.done():  # timed out, or this call was cancelled
+                    confirm.cancel()
+            if channel is not None and not channel.is_closed:
+                _close_later(channel)
+        return closed, why
 
     async def _prepare(
         self, state: _Up, items: Sequence[Outgoing], results: list[Delivery | SinkError | None]
@@ -776,10 +972,16 @@ class RabbitSink:
                 properties = amqp_properties(
                     item.event, item.key, persistent=persistent, structured=structured
                 )
+                body = (
+                    structured_body(item.event, item.key) if structured else data_bytes(item.event)
+                )
             except SinkError as exc:
                 results[i] = exc
                 continue
-            body = structured_body(item.event, item.key) if structured else data_bytes(item.event)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Data a handler built that JSON cannot hold: this event's failure alone.
+                results[i] = Unencodable(f"the event's data cannot be encoded: {exc}")
+                continue
             messages.append(_Message(i, exchange, options.routing_key, properties, body))
         return messages
 
@@ -823,8 +1025,9 @@ class RabbitSink:
         sent: list[tuple[_Message, Confirm]],
         results: list[Delivery | SinkError | None],
         deadline: float,
-    ) -> None:
-        """Wait (until ``deadline``) for the confirms and turn each into its result."""
+    ) -> list[_Message]:
+        """Wait (until ``deadline``) for the confirms and turn each into its result;
+        returns the messages the broker's closing of the channel cut off instead."""
         confirms = [confirm for _, confirm in sent]
         try:
             if confirms:
@@ -835,6 +1038,7 @@ class RabbitSink:
                 if not confirm.done():  # timed out, or this call was cancelled
                     confirm.cancel()
         name = self.name
+        closed: list[_Message] = []
         for message, confirm in sent:
             if confirm.cancelled():
                 results[message.index] = publish_error(
@@ -843,11 +1047,15 @@ class RabbitSink:
             elif (exc := confirm.exception()) is not None:
                 if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                     state.forget_exchanges()  # an exchange was deleted under us
+                if closed_by_broker(exc) and not state.connection.is_closed:
+                    closed.append(message)
+                    continue
                 results[message.index] = publish_error(exc, message.exchange, message.routing_key)
             else:
                 results[message.index] = Delivery(
                     name, message.exchange, routing_key=message.routing_key
                 )
+        return closed
 
     def _exchange_of(self, item: Outgoing) -> str:
         options = item.options

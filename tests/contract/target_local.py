@@ -18,6 +18,8 @@ from tests.contract.target import Received
 
 
 class MemoryTarget:
+    encodes = False  # keeps event objects as they are: nothing to fail on
+
     def __init__(self) -> None:
         self.sink = MemorySink(MemoryConfig(name="mem", type="memory"))
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.errors import SinkError
+import msgspec
+
+from bridge.errors import SinkError, Unencodable
 from bridge.event import Event, data_bytes
 from bridge.results import Delivery
 from bridge.sinks.base import Outgoing, RouteOptions
@@ -68,6 +70,27 @@ async def test_concurrent_calls_each_get_their_results(target: ContractTarget) -
     assert all(isinstance(d, Delivery) for r in results for d in r)
     received = await target.read(route, 20)
     assert sorted(r.id for r in received) == sorted(i.event.id for b in batches for i in b)
+
+
+async def test_an_event_that_cannot_be_encoded_fails_alone(target: ContractTarget) -> None:
+    """Data JSON cannot hold (a handler can build any object) fails that event, not its
+    neighbours: a non-retriable error, so the spool dead-letters it instead of retrying."""
+    if not getattr(target, "encodes", True):
+        return  # the memory sink keeps event objects as they are
+    route = target.route()
+    items = outgoing(route, 7, key="k")
+    for i in (1, 5):
+        poison = msgspec.structs.replace(items[i].event, data={"x": msgspec.msgpack.Ext(3, b"")})
+        items[i] = Outgoing(poison, "contract", route, "k")
+    results = await target.sink.publish_many(items)
+    for i, result in enumerate(results):
+        if i in (1, 5):
+            assert isinstance(result, Unencodable), result
+            assert not result.retriable
+        else:
+            assert isinstance(result, Delivery), (i, result)
+    good = [o.event.id for i, o in enumerate(items) if i not in (1, 5)]
+    assert [r.id for r in await target.read(route, 5)] == good
 
 
 async def test_healthy_after_start(target: ContractTarget) -> None:

@@ -14,10 +14,13 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
-from bridge.errors import SinkError, SinkRejected, SinkUnavailable
+from bridge.errors import SinkError, SinkRejected, SinkUnavailable, Unencodable
 from bridge.event import Event
 from bridge.results import Delivery
 from bridge.sinks import rabbitmq as rabbitmq_sink
@@ -258,7 +261,7 @@ async def test_missing_route_exchange_fails_those_events_and_spares_the_channel(
     assert all(isinstance(r, Delivery) for r in await sink.publish_many([item(), item()]))
 
 
-async def test_exchange_deleted_under_the_sink_fails_retriably_then_recovers(
+async def test_exchange_deleted_under_the_sink_fails_those_events_alone(
     make_sink: SinkFactory, amqp: aio_pika.abc.AbstractChannel, dest: Destination
 ) -> None:
     sink = await make_sink(exchange=dest.name, channels=1, mandatory=False)
@@ -266,14 +269,167 @@ async def test_exchange_deleted_under_the_sink_fails_retriably_then_recovers(
     await amqp.declare_exchange(other, aio_pika.ExchangeType.TOPIC)
     assert isinstance((await sink.publish_many([item(exchange=other)]))[0], Delivery)
     await amqp.exchange_delete(other)
-    # The sink still believes `other` exists: the broker closes the channel (404).
-    [lost] = await sink.publish_many([item(exchange=other)])
-    assert isinstance(lost, SinkError)
-    assert lost.retriable
-    [gone] = await sink.publish_many([item(exchange=other)])
+    # The sink still believes `other` exists: the broker closes the channel (404) under
+    # the whole call. That event fails alone; its neighbours go out on a new channel.
+    neighbours = [item(), item(exchange=other), item()]
+    results = await sink.publish_many(neighbours)
+    assert [type(r) for r in results] == [Delivery, SinkRejected, Delivery]
+    gone = results[1]
     assert isinstance(gone, SinkRejected)
-    assert gone.code == "exchange_not_found"
+    assert (gone.code, gone.retriable) == ("exchange_not_found", False)
+    await read_ids(dest.queue, {neighbours[0].event.id, neighbours[2].event.id})
+    [again] = await sink.publish_many([item(exchange=other)])
+    assert isinstance(again, SinkRejected)
+    assert again.code == "exchange_not_found"
     assert isinstance((await sink.publish_many([item()]))[0], Delivery)
+
+
+async def read_ids(
+    queue: aio_pika.abc.AbstractQueue, wanted: set[str], timeout: float = 15.0
+) -> list[str]:
+    """Consume until every id in ``wanted`` arrived; all ids read, in order (a neighbour
+    of a publish that closed the channel may arrive twice: at-least-once)."""
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(timeout), queue.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                seen.append(message.message_id or "")
+                if wanted <= set(seen):
+                    break
+    except TimeoutError:
+        missing = wanted - set(seen)
+        raise AssertionError(f"{len(missing)} of {len(wanted)} never arrived") from None
+    return seen
+
+
+def broker_refuses_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a ttl_ms beyond RabbitMQ's limit reach the broker, as a message the sink could
+    not foresee would: the broker closes the channel (PRECONDITION_FAILED)."""
+    monkeypatch.setattr(rabbitmq_sink, "MAX_EXPIRATION_MS", 2**63 - 1, raising=False)
+
+
+POISON_TTL = 2**63 - 1
+
+
+async def test_a_message_that_closes_the_channel_fails_alone(
+    make_sink: SinkFactory, dest: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker_refuses_ttl(monkeypatch)
+    sink = await make_sink(exchange=dest.name, channels=1)
+    first = [item(ttl_ms=POISON_TTL if i in (3, 7) else None) for i in range(12)]
+    # A second call shares the channel: the close must not fail its events either.
+    second = [item() for _ in range(5)]
+    results, others = await asyncio.gather(sink.publish_many(first), sink.publish_many(second))
+    for i, result in enumerate(results):
+        if i in (3, 7):
+            assert isinstance(result, SinkRejected), result
+            assert (result.code, result.retriable) == ("broker_refused", False)
+            assert "invalid expiration" in result.message
+        else:
+            assert isinstance(result, Delivery), (i, result)
+    assert all(isinstance(r, Delivery) for r in others), others
+    good = {o.event.id for o in first + second if o.event.ttl_ms is None}
+    seen = await read_ids(dest.queue, good)
+    assert not set(seen) - good
+    # The pool's channel was reopened: the next call goes through as usual.
+    assert isinstance((await sink.publish_many([item()]))[0], Delivery)
+
+
+async def test_a_ttl_beyond_rabbitmq_limit_is_refused_before_sending(
+    make_sink: SinkFactory, dest: Destination
+) -> None:
+    sink = await make_sink(exchange=dest.name, channels=1)
+    items = [item(), item(ttl_ms=rabbitmq_sink.MAX_EXPIRATION_MS + 1), item()]
+    results = await sink.publish_many(items)
+    assert [type(r) for r in results] == [Delivery, SinkRejected, Delivery]
+    assert isinstance(results[1], SinkRejected)
+    assert (results[1].code, results[1].field) == ("invalid_ttl", "ttl_ms")
+    at_limit = item(ttl_ms=rabbitmq_sink.MAX_EXPIRATION_MS)
+    assert isinstance((await sink.publish_many([at_limit]))[0], Delivery)
+    received = await get_messages(dest.queue, 3)
+    assert [m.message_id for m in received] == [
+        items[0].event.id,
+        items[2].event.id,
+        at_limit.event.id,
+    ]
+
+
+async def test_data_that_cannot_be_encoded_fails_that_event_alone(
+    make_sink: SinkFactory, dest: Destination
+) -> None:
+    sink = await make_sink(exchange=dest.name)
+    items = [item(), item(data={"x": msgspec.msgpack.Ext(5, b"raw")}), item()]
+    results = await sink.publish_many(items)
+    assert [type(r) for r in results] == [Delivery, Unencodable, Delivery]
+    assert isinstance(results[1], Unencodable)
+    assert (results[1].retriable, results[1].field) == (False, "data")
+    received = await get_messages(dest.queue, 2)
+    assert [m.message_id for m in received] == [items[0].event.id, items[2].event.id]
+
+
+POISONS = ("good", "good", "good", "closes_channel", "unencodable", "too_long_key", "ttl")
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kinds=st.lists(st.sampled_from(POISONS), min_size=1, max_size=40), channels=st.integers(1, 2)
+)
+def test_random_poison_in_a_batch_fails_alone(
+    rabbitmq: RabbitMQ, monkeypatch: pytest.MonkeyPatch, kinds: list[str], channels: int
+) -> None:
+    """Whatever mix of poison a batch holds, each poison event gets its own non-retriable
+    error and every other event is confirmed and arrives."""
+    broker_refuses_ttl(monkeypatch)
+
+    def make(i: int, kind: str) -> Outgoing:
+        if kind == "closes_channel":
+            return item(ttl_ms=POISON_TTL)
+        if kind == "unencodable":
+            return item(data=[msgspec.msgpack.Ext(1, b"")])
+        if kind == "too_long_key":
+            return item(routing_key="k" * 256)
+        if kind == "ttl":
+            return item(ttl_ms=60_000)
+        return item(data={"n": i})
+
+    async def run() -> None:
+        async with (
+            await aio_pika.connect(rabbitmq.url) as connection,
+            destination(await connection.channel()) as dest,
+        ):
+            sink = RabbitSink(
+                RabbitConfig(
+                    name="rmq",
+                    type="rabbitmq",
+                    url=rabbitmq.url,
+                    exchange=dest.name,
+                    channels=channels,
+                )
+            )
+            await sink.start()
+            try:
+                items = [make(i, kind) for i, kind in enumerate(kinds)]
+                results = await sink.publish_many(items)
+                good: set[str] = set()
+                for kind, out, result in zip(kinds, items, results, strict=True):
+                    if kind in ("good", "ttl"):
+                        assert isinstance(result, Delivery), (kind, result)
+                        good.add(out.event.id)
+                    else:
+                        assert isinstance(result, SinkError), (kind, result)
+                        assert not result.retriable, (kind, result)
+                if good:
+                    seen = await read_ids(dest.queue, good)
+                    assert set(seen) == good
+            finally:
+                await sink.stop()
+
+    asyncio.run(run())
 
 
 async def test_values_amqp_cannot_carry_fail_per_event(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
@@ -84,6 +85,10 @@ class NatsRoute(RouteOptions, frozen=True, kw_only=True):
     """``subject`` (a template, e.g. ``"events.{type}"``): where JetStream stores the event."""
 
     subject: str
+
+    #: The server's own subjects (JetStream API, system account, reply inboxes): a
+    #: template rendered from client data never reaches them.
+    internal: ClassVar[Mapping[str, tuple[str, ...]]] = {"subject": ("$*", "_INBOX.*", "_inbox.*")}
 
     def destination(self, sink: str) -> str:
         return self.subject

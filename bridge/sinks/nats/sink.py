@@ -27,7 +27,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType
 
-from bridge.errors import SinkError, SinkUnavailable
+from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing
@@ -198,12 +198,17 @@ class NatsSink:
         subject = options.subject
         event = item.event
         try:
+            body = data_bytes(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Data a handler built that JSON cannot hold: this event's failure alone.
+            return Unencodable(f"the event's data cannot be encoded: {exc}")
+        try:
             async with link.inflight:
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     raise TimeoutError
                 headers = nats_headers(event, item.key)
-                ack = await link.publish(subject, data_bytes(event), timeout, headers)
+                ack = await link.publish(subject, body, timeout, headers)
         except nats.js.errors.NoStreamResponseError:
             return _NoStream(subject)
         except asyncio.CancelledError:
