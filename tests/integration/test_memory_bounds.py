@@ -1,5 +1,6 @@
 """Memory is bounded in bytes, against the real server: subscribers that never read,
-several of them together, and request bodies in flight (docs/guarantees.md, "Memory").
+several of them together, request bodies in flight, and the deliverer's window while
+the broker does not answer (docs/guarantees.md, "Memory").
 
 RSS is read from ``/proc/<pid>/status``: ``VmHWM`` is the peak, so a bound that held only
 at the end of a test would not pass.
@@ -19,6 +20,7 @@ import aiohttp
 
 from tests.brokers import wait_until
 from tests.integration.conftest import ServerFactory
+from tests.integration.durable_support import durable_config
 from tests.integration.server_process import SLOW_HANDLER, ServerProcess, metric_value
 
 MIB = 1024 * 1024
@@ -57,19 +59,24 @@ def stalled_subscriber(server: ServerProcess, query: str) -> Iterator[socket.soc
         sock.close()
 
 
-async def post_big(server: ServerProcess, types: list[str], count: int) -> None:
-    """POST ``count`` domain events of `EVENT_BYTES` of data per type, 4 at a time."""
+async def post_big(
+    server: ServerProcess,
+    types: list[str],
+    count: int,
+    *,
+    kind: str = "domain",
+    status: int = 200,
+) -> None:
+    """POST ``count`` events of `EVENT_BYTES` of data per type, 4 at a time."""
     connector = aiohttp.UnixConnector(path=server.unix_path or "", limit=4)
     async with aiohttp.ClientSession("http://evbridge", connector=connector) as http:
 
         async def post(type_: str, i: int) -> None:
-            body = json.dumps(
-                {"type": type_, "kind": "domain", "data": f"{i:08d}" + "x" * EVENT_BYTES}
-            )
+            body = json.dumps({"type": type_, "kind": kind, "data": f"{i:08d}" + "x" * EVENT_BYTES})
             async with http.post(
                 "/v1/events", data=body, headers={"Content-Type": "application/json"}
             ) as response:
-                assert response.status == 200, await response.text()
+                assert response.status == status, await response.text()
 
         queue = [(t, i) for i in range(count) for t in types]
         for start in range(0, len(queue), 64):
@@ -259,3 +266,97 @@ async def test_a_stream_can_lower_its_byte_bound_and_disconnect_on_it(
     overflow = received[received.index(b"event: overflow\n") :]
     assert b'"code":"subscription_overflow"' in overflow
     assert b"600000 bytes behind" in overflow
+
+
+# A sink that holds every publish while the file ``hold_file`` exists: a broker that
+# accepts connections and never answers.
+_GATE_SINK = """
+import asyncio
+import os
+
+from bridge.results import Delivery
+from bridge.sinks.base import Health, RouteOptions, SinkConfig, SinkType
+
+
+class GateConfig(SinkConfig, frozen=True, kw_only=True):
+    hold_file: str
+
+
+class GateRoute(RouteOptions, frozen=True, kw_only=True):
+    topic: str = "gate"
+
+    def destination(self, sink):
+        return self.topic
+
+
+class GateSink:
+    def __init__(self, config):
+        self.name = config.name
+        self.hold = config.hold_file
+
+    async def start(self):
+        pass
+
+    async def publish_many(self, items):
+        while os.path.exists(self.hold):
+            await asyncio.sleep(0.02)
+        return [Delivery(self.name, item.options.topic) for item in items]
+
+    async def healthcheck(self):
+        return Health(ok=True)
+
+    async def stop(self):
+        pass
+
+
+SINK_TYPE = SinkType("gate", GateConfig, GateRoute, GateSink, coalesce=False)
+"""
+GATE_SINK_FILES = {
+    "gate_sink.py": _GATE_SINK,
+    "evbridge_gate_sink-0.0.dist-info/METADATA": (
+        "Metadata-Version: 2.1\nName: evbridge-gate-sink\nVersion: 0.0\n"
+    ),
+    "evbridge_gate_sink-0.0.dist-info/entry_points.txt": "[evbridge.sinks]\ngate = gate_sink\n",
+}
+
+
+async def test_a_stalled_broker_keeps_the_deliverer_window_bounded_in_bytes(
+    evbridge_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Durable delivery with a broker that never answers: 150 MiB of accepted events wait
+    on disk, and the deliverer holds only ``delivery.window_bytes`` (16 MiB, charged
+    3 times the record size) of them in memory, not its 4 000 records' worth; once the
+    broker answers, every one is delivered."""
+    hold = tmp_path / "hold"
+    server = evbridge_server_factory(
+        durable_config(
+            tmp_path / "spool",
+            [{"name": "gate", "type": "gate", "hold_file": str(hold)}],
+            [{"name": "all", "match": "*", "sink": "gate", "topic": "t"}],
+        ),
+        files=GATE_SINK_FILES,
+    )
+    await post_big(server, ["warm.x"], 16, kind="notification", status=202)
+
+    async def delivered() -> float:
+        text = await server.metrics_text()
+        found = metric_value(text, "evbridge_published_total", {"sink": "gate", "outcome": "ok"})
+        return found or 0.0
+
+    await wait_until(lambda: _equals(delivered, 16), timeout=DEADLINE, what="the warm-up")
+    before = proc_status(server.pid, "VmRSS")
+    hold.touch()
+    posted = 600
+    await post_big(server, ["big.x"], posted, kind="notification", status=202)
+    peak = proc_status(server.pid, "VmHWM")
+    growth = peak - before
+    # Before the byte bound, the window held all 600 (RSS +300 MiB).
+    assert growth <= 48 * MIB, f"RSS grew by {growth / MIB:.0f} MiB (window bound 16 MiB)"
+    hold.unlink()
+    await wait_until(
+        lambda: _equals(delivered, 16 + posted), timeout=DEADLINE, what="every event delivered"
+    )
+
+
+async def _equals(read: Any, value: float) -> bool:
+    return bool(await read() == value)
