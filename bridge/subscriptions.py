@@ -147,8 +147,9 @@ class Subscription:
         queue = self._queue
         self._seq += 1
         budget = self._budget
-        if len(queue) >= self._max and self._drops_oldest:
-            # Inlined `_drop_oldest`: a stalled subscriber takes this path for every event.
+        if len(queue) >= self._max and self._drops_oldest and cost <= self.max_bytes:
+            # Inlined `_drop_oldest`: a stalled subscriber takes this path for every event
+            # (not for an event too big to queue: it is dropped alone, in `_make_room`).
             freed = queue.popleft()[3]
             self.queued_bytes -= freed
             budget.used -= freed

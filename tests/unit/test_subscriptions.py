@@ -348,3 +348,19 @@ def test_byte_accounting_invariants(ops: list[tuple[int, str, int]], overflow: A
         sub.close()
     assert budget.used == 0
     assert budget.members == []
+
+
+async def test_an_event_too_big_for_a_full_queue_costs_only_itself(
+    registry: HandlerRegistry,
+) -> None:
+    async with (
+        byte_bus(registry, per=100_000, total=1_000_000) as bus,
+        bus.subscription("order.*", max_queue=2, max_queue_bytes=50_000) as sub,
+    ):
+        await bus.emit(big(0))
+        await bus.emit(big(1))
+        await bus.emit(big(2, size=60_000))  # never fits: the two queued stay
+        got = await drain(sub, 2)
+        await bus.emit(big(3))
+        got += await drain(sub, 1)
+    assert [(n.event.data["i"], n.dropped) for n in got] == [(0, 0), (1, 0), (3, 1)]
