@@ -37,7 +37,7 @@ from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Health, Outgoing, Sink, get_sink_type
-from bridge.subscriptions import Hub, Overflow, Subscription
+from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
 
 log = logging.getLogger("bridge.bus")
 
@@ -118,7 +118,10 @@ class Bus:
             else None
         )
         self._life = _Lifecycle()
-        self._hub = Hub()
+        limits = self.config.limits
+        self._hub = Hub(
+            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
+        )
         self.name = "root"
 
     # --- lifecycle ----------------------------------------------------------
@@ -202,18 +205,36 @@ class Bus:
         """
         child = copy.copy(self)
         child.name = f"{self.name}/{name}"
-        child._hub = self._hub if shared else Hub()
+        # Scopes share one bound in bytes: memory is the process's, not a scope's.
+        child._hub = self._hub if shared else Hub(self._hub.budget)
         return child
 
     def subscription(
-        self, *patterns: str, max_queue: int = 1000, overflow: Overflow = "drop_oldest"
+        self,
+        *patterns: str,
+        max_queue: int = 1000,
+        overflow: Overflow = "drop_oldest",
+        max_queue_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe to events of this scope whose type matches any glob in ``patterns``.
 
         Use as ``async with bus.subscription("order.*") as events: async for n in events``.
+        ``max_queue_bytes`` defaults to ``limits.max_subscriber_bytes``; all
+        subscriptions of the bus share ``limits.max_total_subscriber_bytes``.
         See `bridge.subscriptions` for the queueing and overflow guarantees.
         """
-        return Subscription(self._hub, patterns, max_queue=max_queue, overflow=overflow)
+        return Subscription(
+            self._hub,
+            patterns,
+            max_queue=max_queue,
+            overflow=overflow,
+            max_queue_bytes=max_queue_bytes,
+        )
+
+    @property
+    def subscriber_budget(self) -> SubscriberBudget:
+        """The bytes all subscriptions of this bus (and its scopes) hold, and their bound."""
+        return self._hub.budget
 
     async def health(self) -> dict[str, Health]:
         """Every sink's health check, run concurrently, each bounded in time."""

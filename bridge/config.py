@@ -65,13 +65,24 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     there to the end of its body; over either, 408 and the connection closes.
     ``keepalive_timeout_s``: an idle keep-alive connection is closed after it
     (keep it above your HTTP client's pool idle timeout).
+
+    Memory, in bytes (docs/guarantees.md, "Memory"): ``max_inflight_bytes``,
+    request bodies being processed, all listeners together (429 beyond; each
+    request reserves its ``Content-Length``, or ``max_body_bytes`` for a chunked
+    body, before it is read; at least ``max_body_bytes``).
+    ``max_subscriber_bytes``: one subscriber's queue (its default, and the most
+    ``?max_queue_bytes=`` may ask for); ``max_total_subscriber_bytes``: all
+    subscribers' queues together. Beyond either, the overflow policy applies.
     """
 
     max_body_bytes: PositiveInt = 1024 * 1024
     max_batch: PositiveInt = 10_000
     max_inflight: PositiveInt = 10_000
+    max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
     max_connections: PositiveInt = 1024
     max_subscribers: PositiveInt = 64
+    max_subscriber_bytes: PositiveInt = 16 * 1024 * 1024
+    max_total_subscriber_bytes: PositiveInt = 64 * 1024 * 1024
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
     keepalive_timeout_s: PositiveFloat = 300.0
@@ -116,11 +127,19 @@ class RetryConfig(_Section, frozen=True, kw_only=True):
 class DeliveryConfig(_Section, frozen=True, kw_only=True):
     """``mode``: ``sync`` answers after the broker confirmed; ``durable`` answers after
     the event is fsync'd to the spool in ``spool_dir`` and delivers in the background.
-    ``allow_override`` lets a request choose with ``Prefer: respond-async`` / ``wait=N``."""
+    ``allow_override`` lets a request choose with ``Prefer: respond-async`` / ``wait=N``.
+
+    Memory, in bytes: ``window_bytes``, the spooled events one sink's deliverer
+    holds in memory (read ahead, in flight, waiting for a retry); ``tail_bytes``,
+    the newest spooled records kept in memory so that a caught-up deliverer need
+    not read them back from disk. Both are charged three times the records'
+    size on disk (the record plus the event objects decoded from it)."""
 
     mode: Literal["sync", "durable"] = "sync"
     spool_dir: str = "./evbridge-spool"
     max_spool_bytes: PositiveInt = 1024 * 1024 * 1024
+    window_bytes: PositiveInt = 16 * 1024 * 1024
+    tail_bytes: PositiveInt = 8 * 1024 * 1024
     allow_override: bool = True
     retry: RetryConfig = RetryConfig()
 
@@ -408,6 +427,14 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     if not isinstance(raw_routes, list):
         raise ConfigError(f"routes: must be a list (got {raw_routes!r})", field="routes")
     config: Config = _convert(data, Config, "")
+    limits = config.limits
+    if limits.max_inflight_bytes < limits.max_body_bytes:
+        # A body the in-flight bound could never admit would be refused forever.
+        raise ConfigError(
+            f"limits.max_inflight_bytes: must be at least limits.max_body_bytes "
+            f"({limits.max_body_bytes}) (got {limits.max_inflight_bytes})",
+            field="limits.max_inflight_bytes",
+        )
     sinks: dict[str, SinkConfig] = {}
     for i, raw_sink in enumerate(raw_sinks):
         sink = _parse_sink(raw_sink, f"sinks[{i}]")

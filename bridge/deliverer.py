@@ -1,7 +1,9 @@
 """The background deliverer: publishes spooled events, retries, dead-letters.
 
 One lane per sink reads that sink's records from the spool in order, keeps a
-bounded window of them in memory, and publishes them in batches through the
+window of them in memory (bounded in records and in bytes: ``window_bytes``,
+``delivery.window_bytes``, charged `COST_PER_BYTE` times each record's size),
+and publishes them in batches through the
 sink's `Publisher`. Order is kept per (sink, destination, key): a record
 whose group has an earlier record waiting for a retry waits behind it, while
 other groups go on. A publish confirmed by the broker is acknowledged to the
@@ -34,12 +36,15 @@ from bridge.results import Delivery
 from bridge.routing import DestinationGuard, destination_guards
 from bridge.sinks.base import Outgoing, RouteOptions
 from bridge.spool import codec
-from bridge.spool.store import Spool, SpoolItem
+from bridge.spool.store import TAIL_COST_PER_BYTE, Spool, SpoolItem
 from bridge.templates import Template
 
 log = logging.getLogger("bridge.deliverer")
 
 HEADER_PREFIX: Final = "evbridge-dead-letter-"
+#: What a windowed record costs per byte of its size on disk: the record plus the event
+#: objects decoded from it (as `bridge.spool.store.TAIL_COST_PER_BYTE`).
+COST_PER_BYTE: Final = TAIL_COST_PER_BYTE
 _MAX_REASON: Final = 1024
 
 
@@ -130,6 +135,7 @@ class Deliverer:
         *,
         batch_size: int = 1000,
         window: int = 4000,
+        window_bytes: int = 16 * 1024 * 1024,
         rng: random.Random | None = None,
     ) -> None:
         self.spool = spool
@@ -139,6 +145,9 @@ class Deliverer:
         self.policy = RetryPolicy(retry, rng)
         self.batch_size = batch_size
         self.window = max(window, batch_size)
+        #: Bytes of records one lane holds (each charged `COST_PER_BYTE` times its size);
+        #: one record is always let in, however large, so delivery never stalls.
+        self.window_bytes = window_bytes
         self._dead_routes: dict[str, _DeadLetterRoute] = {}
         for route in routes:
             if route.dead_letter is not None:
@@ -239,6 +248,8 @@ class _Lane:
         self.spool = deliverer.spool
         self.cursor = deliverer.spool.cursor(sink)
         self.window: dict[tuple[int, int], _Entry] = {}
+        #: What the window holds, as charged against ``Deliverer.window_bytes``.
+        self.window_cost = 0
         # After a call in which everything failed retriably (the broker is down, most
         # likely), the lane pauses: one probe per backoff step instead of one per key.
         self._failed_calls = 0
@@ -254,6 +265,7 @@ class _Lane:
 
     def _remove(self, entry: _Entry) -> None:
         del self.window[(entry.item.segment, entry.item.offset)]
+        self.window_cost -= entry.item.size * COST_PER_BYTE
 
     async def run(self) -> None:
         """Publish from the window while a reader task keeps it filled (so reading and
@@ -280,14 +292,18 @@ class _Lane:
                     await arrived.wait()
 
     async def _read_loop(self) -> None:
+        deliverer = self.deliverer
         while not self.spool.closing:
-            room = self.deliverer.window - len(self.window)
-            if room <= 0:
+            room = deliverer.window - len(self.window)
+            room_bytes = deliverer.window_bytes - self.window_cost
+            if room <= 0 or (room_bytes <= 0 and self.window):
                 self._room.clear()
                 await self._room.wait()
                 continue
             seen = self.spool.commits
-            items = await self.cursor.read(min(room, self.deliverer.batch_size))
+            items = await self.cursor.read(
+                min(room, deliverer.batch_size), max(1, room_bytes // COST_PER_BYTE)
+            )
             if items:
                 await self._add(items)
             elif self.cursor.at_end:
@@ -316,6 +332,7 @@ class _Lane:
             window[(item.segment, item.offset)] = _Entry(
                 item, outgoing, outgoing.options.destination(sink), decoded.accepted_ns
             )
+            self.window_cost += item.size * COST_PER_BYTE
         self._signal_arrival()
         if undecodable:
             code = "unknown_sink" if self.publisher is None else "undecodable"

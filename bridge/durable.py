@@ -99,9 +99,15 @@ class DurableDelivery:
             head=codec.head,
             sink_prefix=codec.sink_prefix,
             max_bytes=settings.max_spool_bytes,
+            tail_bytes=settings.tail_bytes,
         )
         self.deliverer = Deliverer(
-            self.spool, publishers, route_types, config.routes, settings.retry
+            self.spool,
+            publishers,
+            route_types,
+            config.routes,
+            settings.retry,
+            window_bytes=settings.window_bytes,
         )
         self._was_full = False
         # Every event is refused while the disk cannot write: log that once per interval.

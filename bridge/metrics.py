@@ -197,7 +197,14 @@ class Metrics:
             "evbridge_events_unhandled", "Events no handler matched (not an error).", ()
         )
         self.subscription_dropped = FastCounter(
-            "evbridge_subscription_dropped", "Events subscribers lost to queue overflow.", ()
+            "evbridge_subscription_dropped",
+            "Events subscribers lost to queue overflow (drop_oldest), by the bound reached.",
+            ("bound",),
+        )
+        self.subscription_disconnected = FastCounter(
+            "evbridge_subscription_disconnected",
+            "Subscribers disconnected by queue overflow (overflow=disconnect), by the bound.",
+            ("bound",),
         )
         r.register(
             _FastCollector(
@@ -209,6 +216,7 @@ class Metrics:
                     self.publish_batch_size,
                     self.events_unhandled,
                     self.subscription_dropped,
+                    self.subscription_disconnected,
                 ]
             )
         )
@@ -226,6 +234,11 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("evbridge_inflight_events", "Events being processed now.", registry=r)
+        self.inflight_bytes = Gauge(
+            "evbridge_inflight_bytes",
+            "Bytes of request bodies being processed now (limits.max_inflight_bytes).",
+            registry=r,
+        )
         self.errors = Counter(
             "evbridge_errors",
             "Errors, by pipeline stage and error type.",
@@ -247,6 +260,12 @@ class Metrics:
 
         self.subscribers = Gauge(
             "evbridge_subscribers", "Live subscriptions (in-process and SSE).", registry=r
+        )
+        self.subscription_queued_bytes = Gauge(
+            "evbridge_subscription_queued_bytes",
+            "Estimated bytes of events queued for subscribers, all together "
+            "(limits.max_total_subscriber_bytes).",
+            registry=r,
         )
 
         # Durable delivery (bridge/spool, bridge/deliverer.py).

@@ -3,11 +3,18 @@
 Guarantees:
 - a subscription sees only events whose processing finished after it was
   entered, in the order the bus finished them (FIFO per subscription);
-- each subscriber has its own bounded queue, so a slow subscriber never slows
-  the pipeline or other subscribers: on overflow it either loses its oldest
-  queued events (``drop_oldest``; the next item it reads carries ``dropped``)
-  or is disconnected (``disconnect``; it reads what was queued, then
-  `SubscriptionOverflow`);
+- each subscriber has its own queue, bounded in events (``max_queue``) and in
+  bytes (``max_queue_bytes``, as `bridge.memory.event_cost` estimates them),
+  and all subscribers of a bus (its scopes included) share one bound in bytes
+  (`SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
+  subscriber never slows the pipeline and memory stays bounded however many
+  never read. On overflow a subscriber either loses its oldest queued events
+  (``drop_oldest``; the next item it reads carries ``dropped``) or is
+  disconnected (``disconnect``; it reads what was queued, then
+  `SubscriptionOverflow`). When the shared bound is reached, room is made in
+  the queue holding the most bytes (the subscriber furthest behind), never by
+  refusing a subscriber that keeps up; an event larger than a bound on its own
+  is dropped for that subscriber (or disconnects it);
 - with no subscribers, publishing an event costs one length check and keeps
   nothing;
 - leaving the ``async with`` block frees the subscription at once.
@@ -25,16 +32,22 @@ import msgspec
 
 from bridge.errors import BridgeError
 from bridge.event import Event
+from bridge.memory import ByteBudget, event_cost
 from bridge.metrics import METRICS
 from bridge.results import Status
 from bridge.routing import compile_glob
 
 Overflow = Literal["drop_oldest", "disconnect"]
 OVERFLOW_POLICIES: Final = ("drop_oldest", "disconnect")
+#: Which bound made a subscriber lose events: the label of the overflow metrics.
+Bound = Literal["max_queue", "max_queue_bytes", "max_total_subscriber_bytes"]
+#: Defaults of `bridge.config.LimitsConfig` (for a `Hub` built without a config).
+DEFAULT_QUEUE_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_TOTAL_BYTES: Final = 64 * 1024 * 1024
 
 
 class SubscriptionOverflow(BridgeError):
-    """The subscriber fell ``max_queue`` events behind under ``overflow="disconnect"``."""
+    """The subscriber fell behind a bound of its queue under ``overflow="disconnect"``."""
 
     code = "subscription_overflow"
 
@@ -53,13 +66,48 @@ class Notice(msgspec.Struct, frozen=True):
 
 
 class Subscription:
-    """An async iterator of `Notice` for event types matching any of ``patterns``."""
+    """An async iterator of `Notice` for event types matching any of ``patterns``.
+
+    ``max_queue`` bounds its queue in events, ``max_queue_bytes`` (default: the
+    hub's ``limits.max_subscriber_bytes``) in bytes; see the module docstring.
+    """
+
+    # Slots: `offer` runs per event per subscriber and reads most of these.
+    __slots__ = (
+        "_budget",
+        "_drops_oldest",
+        "_hub",
+        "_max",
+        "_overflow",
+        "_queue",
+        "_read_seq",
+        "_seq",
+        "_waiter",
+        "closed",
+        "dropped",
+        "matches",
+        "max_bytes",
+        "overflow_bound",
+        "overflowed",
+        "patterns",
+        "queued_bytes",
+    )
 
     def __init__(
-        self, hub: Hub, patterns: Sequence[str], *, max_queue: int, overflow: Overflow
+        self,
+        hub: Hub,
+        patterns: Sequence[str],
+        *,
+        max_queue: int,
+        overflow: Overflow,
+        max_queue_bytes: int | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        budget = hub.budget
+        max_bytes = budget.queue_bytes if max_queue_bytes is None else max_queue_bytes
+        if max_bytes < 1:
+            raise ValueError(f"max_queue_bytes must be at least 1, got {max_bytes}")
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
         if not patterns:
@@ -70,35 +118,109 @@ class Subscription:
             matchers[0] if len(matchers) == 1 else lambda t: any(m(t) for m in matchers)
         )
         self._hub = hub
+        self._budget = budget
         self._max = max_queue
+        self.max_bytes = max_bytes
         self._overflow = overflow
-        # (event, status, sequence number); a Notice is built only when read, and
-        # a jump in the sequence is the count of events dropped before it.
-        self._queue: deque[tuple[Event, Status, int]] = deque(maxlen=max_queue)
+        self._drops_oldest = overflow == "drop_oldest"
+        # (event, status, sequence number, cost in bytes); a Notice is built only when
+        # read, and a jump in the sequence is the count of events dropped before it.
+        self._queue: deque[tuple[Event, Status, int, int]] = deque()
+        #: Bytes (`event_cost`) of what is queued now, charged to the hub's budget too.
+        self.queued_bytes = 0
         self._seq = 0
         self._read_seq = 0
         self._waiter: asyncio.Future[None] | None = None
         self.dropped = 0
         self.overflowed = False
+        #: The bound that disconnected it (``overflow="disconnect"``), once it did.
+        self.overflow_bound: Bound | None = None
         self.closed = False
 
-    def offer(self, event: Event, status: Status) -> None:
-        """Queue an event without ever waiting (called by the hub)."""
+    def offer(self, event: Event, status: Status, cost: int | None = None) -> None:
+        """Queue an event without ever waiting (called by the hub, which passes
+        ``cost``, the event's `event_cost`, computed once for all subscribers)."""
         if self.closed or self.overflowed:
             return
+        if cost is None:
+            cost = event_cost(event)
         queue = self._queue
         self._seq += 1
-        if len(queue) == self._max:
-            if self._overflow == "disconnect":
-                self.overflowed = True
-                self._wake()
-                return
-            # The deque's maxlen discards the oldest; readers see the gap in the sequence.
+        budget = self._budget
+        if len(queue) >= self._max and self._drops_oldest and cost <= self.max_bytes:
+            # Inlined `_drop_oldest`: a stalled subscriber takes this path for every event
+            # (not for an event too big to queue: it is dropped alone, in `_make_room`).
+            freed = queue.popleft()[3]
+            self.queued_bytes -= freed
+            budget.used -= freed
             self.dropped += 1
-            _DROPPED.value += 1
-        queue.append((event, status, self._seq))
+            _DROPPED_MAX_QUEUE.value += 1
+        if (
+            self.queued_bytes + cost > self.max_bytes
+            or budget.used + cost > budget.limit
+            or len(queue) >= self._max
+        ) and not self._make_room(cost):
+            return
+        queue.append((event, status, self._seq, cost))
+        self.queued_bytes += cost
+        budget.used += cost
         if self._waiter is not None:
             self._wake()
+
+    def _make_room(self, cost: int) -> bool:
+        """Apply the overflow policy so that ``cost`` more bytes fit; False if the
+        event is not queued (dropped, or the subscriber was disconnected)."""
+        queue, budget = self._queue, self._budget
+        if self._overflow == "disconnect":
+            if len(queue) >= self._max:
+                self._disconnect("max_queue")
+            elif self.queued_bytes + cost > self.max_bytes:
+                self._disconnect("max_queue_bytes")
+            else:
+                self._disconnect("max_total_subscriber_bytes")
+            return False
+        # An event that could never fit is lost alone: emptying the queue would not help.
+        if cost > self.max_bytes:
+            self._count_drop("max_queue_bytes")
+            return False
+        if cost > budget.limit:
+            self._count_drop("max_total_subscriber_bytes")
+            return False
+        while self.queued_bytes + cost > self.max_bytes:
+            self._drop_oldest("max_queue_bytes")
+        if budget.used + cost > budget.limit and not budget.make_room(cost):
+            self._count_drop("max_total_subscriber_bytes")
+            return False
+        return True
+
+    def _drop_oldest(self, bound: Bound) -> None:
+        # Readers see the gap in the sequence.
+        cost = self._queue.popleft()[3]
+        self.queued_bytes -= cost
+        self._budget.used -= cost
+        self._count_drop(bound)
+
+    def _count_drop(self, bound: Bound) -> None:
+        self.dropped += 1
+        _DROPPED[bound].value += 1
+
+    def _disconnect(self, bound: Bound) -> None:
+        self.overflowed = True
+        self.overflow_bound = bound
+        _DISCONNECTED[bound].value += 1
+        self._wake()
+
+    def shed(self) -> None:
+        """Give back queued bytes for the hub's shared bound: the oldest event under
+        ``drop_oldest``; under ``disconnect``, the whole queue (it is disconnected)."""
+        if self._overflow == "drop_oldest":
+            self._drop_oldest("max_total_subscriber_bytes")
+            return
+        if not self.overflowed:
+            self._disconnect("max_total_subscriber_bytes")
+        self._budget.used -= self.queued_bytes
+        self.queued_bytes = 0
+        self._queue.clear()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -111,9 +233,7 @@ class Subscription:
     async def __anext__(self) -> Notice:
         while not self._queue:
             if self.overflowed:
-                raise SubscriptionOverflow(
-                    f"subscriber fell more than {self._max} events behind and was disconnected"
-                )
+                raise SubscriptionOverflow(self._overflow_message())
             if self.closed:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
@@ -122,6 +242,16 @@ class Subscription:
             finally:
                 self._waiter = None
         return self._notice()
+
+    def _overflow_message(self) -> str:
+        if self.overflow_bound == "max_queue":
+            return f"subscriber fell more than {self._max} events behind and was disconnected"
+        if self.overflow_bound == "max_queue_bytes":
+            return f"subscriber fell more than {self.max_bytes} bytes behind and was disconnected"
+        return (
+            "subscribers together fell more than limits.max_total_subscriber_bytes "
+            f"({self._budget.limit}) behind; this one, furthest behind, was disconnected"
+        )
 
     async def next(self, timeout: float) -> Notice | None:  # noqa: ASYNC109 - a poll interval
         """The next notice, or None if none arrives within ``timeout`` seconds.
@@ -144,7 +274,9 @@ class Subscription:
         return self._notice() if self._queue else None
 
     def _notice(self) -> Notice:
-        event, status, seq = self._queue.popleft()
+        event, status, seq, cost = self._queue.popleft()
+        self.queued_bytes -= cost
+        self._budget.used -= cost
         gap = seq - self._read_seq - 1
         self._read_seq = seq
         return Notice(event, status, gap)
@@ -166,14 +298,45 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self._hub.remove(self)
+            self._budget.used -= self.queued_bytes
+            self.queued_bytes = 0
             self._queue.clear()
             self._wake()
 
 
-class Hub:
-    """The subscriptions of one bus scope."""
+class SubscriberBudget(ByteBudget):
+    """The bound in bytes that all subscriptions of a bus and its scopes share
+    (``limits.max_total_subscriber_bytes``), and each one's default
+    (``limits.max_subscriber_bytes``)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("members", "queue_bytes")
+
+    def __init__(
+        self, limit: int = DEFAULT_TOTAL_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES
+    ) -> None:
+        super().__init__(limit)
+        self.queue_bytes = queue_bytes
+        self.members: list[Subscription] = []
+
+    def make_room(self, size: int) -> bool:
+        """Shed from the subscription holding the most bytes until ``size`` fits."""
+        while self.used + size > self.limit:
+            victim = max(self.members, key=_queued_bytes, default=None)
+            if victim is None or not victim.queued_bytes:
+                return False
+            victim.shed()
+        return True
+
+
+def _queued_bytes(subscription: Subscription) -> int:
+    return subscription.queued_bytes
+
+
+class Hub:
+    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes."""
+
+    def __init__(self, budget: SubscriberBudget | None = None) -> None:
+        self.budget = budget if budget is not None else SubscriberBudget()
         self.subscriptions: list[Subscription] = []
         # Which subscriptions want a type: matching globs per event would cost
         # more than the queueing itself.
@@ -181,6 +344,7 @@ class Hub:
 
     def add(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
+        self.budget.members.append(subscription)
         self._by_type.clear()
         _SUBSCRIBERS.inc()
 
@@ -189,6 +353,7 @@ class Hub:
             self.subscriptions.remove(subscription)
         except ValueError:
             return
+        self.budget.members.remove(subscription)
         self._by_type.clear()
         _SUBSCRIBERS.dec()
 
@@ -202,9 +367,15 @@ class Hub:
 
     def publish(self, event: Event, status: Status) -> None:
         """Offer an event to every matching subscription (never waits)."""
-        for subscription in self._for_type(event.type):
-            subscription.offer(event, status)
+        subscriptions = self._for_type(event.type)
+        if subscriptions:
+            cost = event_cost(event)
+            for subscription in subscriptions:
+                subscription.offer(event, status, cost)
 
 
 _SUBSCRIBERS = METRICS.subscribers
-_DROPPED = METRICS.subscription_dropped.child()
+_BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
+_DROPPED: Final = {bound: METRICS.subscription_dropped.child(bound) for bound in _BOUNDS}
+_DISCONNECTED: Final = {bound: METRICS.subscription_disconnected.child(bound) for bound in _BOUNDS}
+_DROPPED_MAX_QUEUE: Final = _DROPPED["max_queue"]

@@ -79,6 +79,22 @@ class Api:
         METRICS.errors.labels("ingest", code).inc(count)
         self.stats.rejected += count
 
+    def _reservation(self, request: web.Request) -> int:
+        """Bytes to reserve under ``limits.max_inflight_bytes`` before reading the body:
+        its ``Content-Length``, or ``max_body_bytes`` when the size is not known ahead
+        (chunked, or compressed: the limit applies to the decoded body)."""
+        length = request.content_length
+        if length is None or "Content-Encoding" in request.headers:
+            return self.max_body
+        return min(length, self.max_body)
+
+    def _settle(self, reserved: int, body: bytes) -> int:
+        """Give back what a body reserved at `_reservation` did not use; what stays."""
+        if len(body) < reserved:
+            self.sidecar.release(0, reserved - len(body))
+            return len(body)
+        return reserved
+
     async def _read(self, request: web.Request) -> bytes:
         length = request.content_length
         if length is not None and length > self.max_body:
@@ -128,9 +144,11 @@ class Api:
         try:
             if self.auth is not None:
                 self.auth.check(request.headers)
-            sidecar.admit(1)
+            reserved_bytes = self._reservation(request)
+            sidecar.admit(1, reserved_bytes)
             try:
                 body = await self._read(request)
+                reserved_bytes = self._settle(reserved_bytes, body)
                 self._received.inc()
                 headers = request.headers
                 try:
@@ -140,7 +158,7 @@ class Api:
                 preference = self._preference(request)
                 result = await self.bus.emit(event, delivery=preference)
             finally:
-                sidecar.release(1)
+                sidecar.release(1, reserved_bytes)
             response = self._answer(request, result, preference)
         except ApiError as exc:
             response = self._refused(request, exc)
@@ -200,10 +218,12 @@ class Api:
         try:
             if self.auth is not None:
                 self.auth.check(request.headers)
-            sidecar.admit(1)
+            reserved_bytes = self._reservation(request)
+            sidecar.admit(1, reserved_bytes)
             reserved = 1
             try:
                 body = await self._read(request)
+                reserved_bytes = self._settle(reserved_bytes, body)
                 headers = request.headers
                 items = decode_batch(
                     headers.get("Content-Type"), headers, body, max_items=self.max_batch
@@ -216,7 +236,7 @@ class Api:
                 preference = self._preference(request)
                 results = await self.bus.emit_many(events, delivery=preference) if events else []
             finally:
-                sidecar.release(reserved)
+                sidecar.release(reserved, reserved_bytes)
             response = json_response(self._batch_body(items, results))
         except ApiError as exc:
             response = self._refused(request, exc)
@@ -308,8 +328,10 @@ class Api:
                     "max_body_bytes": limits.max_body_bytes,
                     "max_batch": limits.max_batch,
                     "max_inflight": limits.max_inflight,
+                    "max_inflight_bytes": limits.max_inflight_bytes,
                 },
                 "inflight": sidecar.inflight,
+                "inflight_bytes": sidecar.inflight_bytes,
                 "sinks": sinks,
                 # Route options are config values: masked like everything else shown.
                 "routes": scrub_value(described["routes"]),

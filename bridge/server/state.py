@@ -1,4 +1,4 @@
-"""The sidecar's shared state: the bus, admission (in-flight limit), phase and readiness.
+"""The sidecar's shared state: the bus, admission (in-flight limits), phase and readiness.
 
 One `Sidecar` serves every listener (TCP, Unix socket, metrics). Its phase
 goes ``starting`` → ``running`` → ``draining`` → ``stopped``; only
@@ -57,6 +57,9 @@ class Sidecar:
         #: Open ``/v1/subscribe`` streams across listeners (bounded by limits.max_subscribers).
         self.sse_streams = 0
         self.max_inflight = config.limits.max_inflight
+        #: Bytes of request bodies admitted and not finished (limits.max_inflight_bytes).
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = config.limits.max_inflight_bytes
         #: Open connections on the TCP and Unix listeners together (limits.max_connections).
         self.api_connections = ConnectionBudget(config.limits.max_connections, "api")
         #: Listener name → address, filled in as listeners open (for /v1/info).
@@ -73,6 +76,9 @@ class Sidecar:
     async def start(self) -> None:
         """Start the bus (every sink); the sidecar then accepts events."""
         METRICS.inflight.set_function(lambda: float(self.inflight))
+        METRICS.inflight_bytes.set_function(lambda: float(self.inflight_bytes))
+        budget = self.bus.subscriber_budget
+        METRICS.subscription_queued_bytes.set_function(lambda: float(budget.used))
         await self.bus.start()
         self.phase = "running"
         self.started_at = monotonic()
@@ -107,10 +113,11 @@ class Sidecar:
 
     # --- admission --------------------------------------------------------------
 
-    def admit(self, count: int) -> None:
-        """Reserve ``count`` in-flight events, or raise 429 (over the limit) / 503 (not running).
+    def admit(self, count: int, size: int = 0) -> None:
+        """Reserve ``count`` in-flight events and ``size`` bytes of body, or raise 429
+        (over either limit) / 503 (not running).
 
-        The caller must give them back with ``release(count)``.
+        The caller must give them back with ``release(count, size)``.
         """
         if self.phase != "running":
             if self.phase == "starting":
@@ -124,10 +131,19 @@ class Sidecar:
                 "overloaded",
                 f"{self.inflight} events are in flight; limits.max_inflight is {self.max_inflight}",
             )
+        if size and self.inflight_bytes + size > self.max_inflight_bytes:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{self.inflight_bytes} bytes of requests are in flight and this one needs "
+                f"{size}; limits.max_inflight_bytes is {self.max_inflight_bytes}",
+            )
         self.inflight += count
+        self.inflight_bytes += size
 
-    def release(self, count: int) -> None:
+    def release(self, count: int, size: int = 0) -> None:
         self.inflight -= count
+        self.inflight_bytes -= size
 
     def request_started(self) -> None:
         self.active_requests += 1

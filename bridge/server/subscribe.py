@@ -3,9 +3,13 @@
 One SSE message per event whose processing finished after the stream opened:
 ``id:`` the event id, ``event:`` its type, ``data:`` the event (every envelope
 field) plus its result ``status``. A ``dropped`` message reports how many
-events the client missed when it fell ``max_queue`` behind (``drop_oldest``);
-with ``overflow=disconnect`` the stream ends instead. Comment lines
-(``: heartbeat``) keep idle streams alive. The stream opens with a
+events the client missed when it fell ``max_queue`` events or
+``max_queue_bytes`` bytes behind, or when all streams together reached
+``limits.max_total_subscriber_bytes`` and it was the furthest behind
+(``drop_oldest``); with ``overflow=disconnect`` the stream ends instead. What
+waits in the socket for a client that does not read is bounded too: a write
+takes at most `WRITE_BYTES` of messages (or one), and the next waits until
+the socket drains. Comment lines (``: heartbeat``) keep idle streams alive. The stream opens with a
 ``: subscribed`` comment, sent once the subscription is live, so a client
 knows from then on it misses nothing. A client that goes away frees its
 subscription within `DISCONNECT_POLL_S`.
@@ -38,6 +42,9 @@ log = logging.getLogger("bridge.server")
 #: How often a waiting stream checks that its client is still connected.
 DISCONNECT_POLL_S: Final = 0.25
 MAX_PATTERNS: Final = 32
+#: Messages per write, in bytes (at least one message): what a stalled client holds
+#: outside its queue.
+WRITE_BYTES: Final = 256 * 1024
 _encoder = msgspec.json.Encoder()
 
 
@@ -74,7 +81,7 @@ class SubscribeEndpoint:
         token = sidecar.config.auth.token
         self.auth = BearerAuth(token) if token and listener == "tcp" else None
 
-    def _options(self, request: web.Request) -> tuple[list[str], int, Overflow, float]:
+    def _options(self, request: web.Request) -> tuple[list[str], int, int, Overflow, float]:
         patterns = request.query.getall("type", []) or ["*"]
         if len(patterns) > MAX_PATTERNS or any(
             not p or not p.isprintable() or len(p) > 256 for p in patterns
@@ -86,6 +93,11 @@ class SubscribeEndpoint:
                 field="type",
             )
         max_queue = int(_number(request, "max_queue", 1000, 1, 100_000))
+        # Capped, not refused, above the config's bound: a client asks for "as much as
+        # allowed" without knowing the config.
+        byte_limit = self.sidecar.config.limits.max_subscriber_bytes
+        asked = _number(request, "max_queue_bytes", byte_limit, 1, float("inf"))
+        max_queue_bytes = int(min(asked, byte_limit))
         overflow = request.query.get("overflow", "drop_oldest")
         if overflow not in OVERFLOW_POLICIES:
             raise ApiError(
@@ -95,12 +107,12 @@ class SubscribeEndpoint:
                 field="overflow",
             )
         heartbeat = _number(request, "heartbeat_s", 15.0, 0.05, 300.0)
-        return patterns, max_queue, cast(Overflow, overflow), heartbeat
+        return patterns, max_queue, max_queue_bytes, cast(Overflow, overflow), heartbeat
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.auth is not None:
             self.auth.check(request.headers)
-        patterns, max_queue, overflow, heartbeat = self._options(request)
+        patterns, max_queue, max_queue_bytes, overflow, heartbeat = self._options(request)
         sidecar = self.sidecar
         if not sidecar.accepting:
             raise ApiError(503, "shutting_down", "evbridge is not accepting subscriptions now")
@@ -112,7 +124,7 @@ class SubscribeEndpoint:
         sidecar.sse_streams += 1
         try:
             async with sidecar.bus.subscription(
-                *patterns, max_queue=max_queue, overflow=overflow
+                *patterns, max_queue=max_queue, overflow=overflow, max_queue_bytes=max_queue_bytes
             ) as sub:
                 response = web.StreamResponse(
                     headers={
@@ -155,10 +167,13 @@ class SubscribeEndpoint:
                         await response.write(b": heartbeat\n\n")
                         next_beat = loop.time() + heartbeat
                     continue
-                # Send whatever else is already queued in the same write.
+                # Send more of what is queued in the same write, up to WRITE_BYTES: the
+                # rest stays in the bounded queue while a slow client's socket drains.
                 chunks = [_message(notice)]
-                while (more := sub.get_nowait()) is not None:
+                size = len(chunks[0])
+                while size < WRITE_BYTES and (more := sub.get_nowait()) is not None:
                     chunks.append(_message(more))
+                    size += len(chunks[-1])
                 await response.write(b"".join(chunks))
                 next_beat = loop.time() + heartbeat
         except (ConnectionResetError, BridgeError, StopAsyncIteration):

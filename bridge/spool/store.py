@@ -71,8 +71,8 @@ from bridge.spool.writer import (
 log = logging.getLogger("bridge.spool")
 
 MIN_SEGMENT_BYTES: Final = 4096
-#: The newest records stay in memory (up to this many, and bytes) for cursors that are
-#: caught up: they take them from there instead of reading them back from the file.
+#: The newest records stay in memory (up to this many, and bytes: ``delivery.tail_bytes``)
+#: for cursors that are caught up: they take them from there instead of reading them back.
 TAIL_RECORDS: Final = 4096
 TAIL_BYTES: Final = 8 * 1024 * 1024
 #: What a tail record costs in memory per byte of its payload: the payload plus the
@@ -231,6 +231,7 @@ class Spool:
         sink_prefix: Callable[[str], bytes] | None = None,
         max_bytes: int = 1 << 30,
         segment_bytes: int | None = None,
+        tail_bytes: int = TAIL_BYTES,
     ) -> None:
         self.directory = Path(directory)
         self.head = head
@@ -267,6 +268,7 @@ class Spool:
         self._tail_index: dict[tuple[int, int], int] = {}
         self._tail_base = 0  # how many items were dropped from the front of _tail
         self._tail_bytes = 0
+        self.tail_limit = tail_bytes
         self._ack_timer: asyncio.TimerHandle | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -743,13 +745,14 @@ class Spool:
             index[(segment_id, offset)] = base + len(tail)
             tail.append(SpoolItem(segment_id, offset, size, sink, 0, payload, obj))
             self._tail_bytes += size * TAIL_COST_PER_BYTE
-        if len(tail) > TAIL_RECORDS * 3 // 2 or self._tail_bytes > TAIL_BYTES:
+        limit = self.tail_limit
+        if len(tail) > TAIL_RECORDS * 3 // 2 or self._tail_bytes > limit:
             keep_from = max(0, len(tail) - TAIL_RECORDS)  # trim in steps, not per record
             dropped = 0
             for item in tail[:keep_from]:
                 del index[(item.segment, item.offset)]
                 dropped += item.size * TAIL_COST_PER_BYTE
-            while keep_from < len(tail) - 1 and self._tail_bytes - dropped > TAIL_BYTES // 2:
+            while keep_from < len(tail) - 1 and self._tail_bytes - dropped > limit // 2:
                 item = tail[keep_from]
                 del index[(item.segment, item.offset)]
                 dropped += item.size * TAIL_COST_PER_BYTE
@@ -759,10 +762,11 @@ class Spool:
             self._tail_bytes -= dropped
 
     def _from_tail(
-        self, segment_id: int, offset: int, sink: str, max_items: int
+        self, segment_id: int, offset: int, sink: str, max_items: int, max_bytes: int = 1 << 62
     ) -> tuple[list[SpoolItem], int] | None:
-        """Records of ``sink`` from the in-memory tail starting at this position, and the
-        position after the last record looked at; None if the tail does not start there."""
+        """Records of ``sink`` from the in-memory tail starting at this position (up to
+        ``max_items``, and ``max_bytes`` after the first), and the position after the last
+        record looked at; None if the tail does not start there."""
         start = self._tail_index.get((segment_id, offset))
         if start is None:
             return None
@@ -770,13 +774,15 @@ class Spool:
         out: list[SpoolItem] = []
         i = start - self._tail_base
         last: SpoolItem | None = None
-        while i < len(tail) and len(out) < max_items:
+        taken = 0
+        while i < len(tail) and len(out) < max_items and taken < max_bytes:
             item = tail[i]
             if item.segment != segment_id:
                 break  # the cursor moves to the next segment through the usual path
             last = item
             if item.sink == sink:
                 out.append(item)
+                taken += item.size
             i += 1
         assert last is not None
         return out, last.offset + last.size
@@ -1014,21 +1020,25 @@ class Cursor:
         return None
 
     async def read(self, max_items: int = 1000, max_bytes: int = READ_MAX_BYTES) -> list[SpoolItem]:
+        """Up to ``max_items`` records, and ``max_bytes`` (record sizes; at least one)."""
         items: list[SpoolItem] = []
         loop = asyncio.get_running_loop()
         self.at_end = False
-        while len(items) < max_items:
+        taken = 0
+        while len(items) < max_items and (taken < max_bytes or not items):
             segment = self._current()
             if segment is None:
                 self.at_end = True
                 break
             if self._offset < segment.size:
+                room = max(1, max_bytes - taken)
                 cached = self.spool._from_tail(
-                    segment.id, self._offset, self.sink, max_items - len(items)
+                    segment.id, self._offset, self.sink, max_items - len(items), room
                 )
                 if cached is not None:
                     got, self._offset = cached
                     items.extend(got)
+                    taken += sum(item.size for item in got)
                     continue
                 # The spool's own reader thread: never the default executor, which
                 # sync handlers share (stuck handlers must not stop delivery).
@@ -1039,9 +1049,10 @@ class Cursor:
                     self._offset,
                     segment.size,
                     max_items - len(items),
-                    max_bytes,
+                    room,
                 )
                 items.extend(got)
+                taken += sum(item.size for item in got)
                 self._note(segment, damage)
                 if self._offset < segment.size:
                     break  # stopped at a limit

@@ -49,7 +49,12 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "evbridge_dead_lettered_total": ("counter", frozenset({"sink", "reason"})),
     "evbridge_event_loop_lag_seconds": ("gauge", frozenset()),
     "evbridge_subscribers": ("gauge", frozenset()),
-    "evbridge_subscription_dropped_total": ("counter", frozenset()),
+    "evbridge_subscription_dropped_total": ("counter", frozenset({"bound"})),
+    # Memory bounded in bytes (issue 17): which bound made a subscriber lose events or
+    # disconnected it, what subscribers hold, and the request bodies in flight.
+    "evbridge_subscription_disconnected_total": ("counter", frozenset({"bound"})),
+    "evbridge_subscription_queued_bytes": ("gauge", frozenset()),
+    "evbridge_inflight_bytes": ("gauge", frozenset()),
 }
 # Label values the contract fixes.
 OUTCOMES = {

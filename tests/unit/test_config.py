@@ -131,3 +131,40 @@ def test_load_from_file_and_env_var(tmp_path: Path) -> None:
     path.write_text("a: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path, env={})
+
+
+def test_memory_bounds_have_byte_defaults_and_env_overrides() -> None:
+    config = parse_config(minimal(), {})
+    assert config.limits.max_inflight_bytes == 64 * 1024 * 1024
+    assert config.limits.max_subscriber_bytes == 16 * 1024 * 1024
+    assert config.limits.max_total_subscriber_bytes == 64 * 1024 * 1024
+    assert config.delivery.window_bytes == 16 * 1024 * 1024
+    assert config.delivery.tail_bytes == 8 * 1024 * 1024
+    env = {"EVBRIDGE_LIMITS_MAX_SUBSCRIBER_BYTES": "1048576"}
+    assert parse_config(minimal(), env).limits.max_subscriber_bytes == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        (minimal(limits={"max_subscriber_bytes": 0}), "limits.max_subscriber_bytes", "0"),
+        (
+            minimal(limits={"max_total_subscriber_bytes": -1}),
+            "limits.max_total_subscriber_bytes",
+            "-1",
+        ),
+        (minimal(delivery={"window_bytes": "big"}), "delivery.window_bytes", "'big'"),
+        (minimal(delivery={"tail_bytes": 0}), "delivery.tail_bytes", "0"),
+        (
+            minimal(limits={"max_body_bytes": 2_000_000, "max_inflight_bytes": 1_000_000}),
+            "limits.max_inflight_bytes",
+            "1000000",
+        ),
+    ],
+)
+def test_bad_memory_bounds_name_key_and_value(
+    raw: dict[str, Any], field: str, fragment: str
+) -> None:
+    error = error_of(raw)
+    assert error.field == field
+    assert fragment in str(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import shutil
@@ -350,3 +351,76 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 def test_attempt_limit(attempts: int) -> None:
     policy = RetryPolicy(RetryConfig(max_attempts=2, max_age_s=None))
     assert (policy.exhausted(attempts, 0, 0) is None) == (attempts < 2)
+
+
+class GatedSink(ScriptedSink):
+    """Holds every publish until ``gate`` is set, noting how many calls are waiting."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> list[Delivery | SinkError]:
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+        return await super().publish_many(items)
+
+
+async def test_the_window_is_bounded_in_bytes_and_still_delivers_everything(
+    tmp_path: Path,
+) -> None:
+    """``delivery.window_bytes``: with the broker stalled, a lane holds what its byte
+    bound allows (each record charged COST_PER_BYTE times its size), not its count
+    bound's worth of big events; a record is always let in, and everything arrives."""
+    from bridge.deliverer import COST_PER_BYTE
+
+    big = "x" * 64 * 1024
+    sink = GatedSink("mem")
+    async with make_spool(tmp_path, max_bytes=1 << 30) as spool:
+        await spool_events(spool, [outgoing(i, data=big) for i in range(100)])
+        d = Deliverer(
+            spool,
+            {"mem": Publisher(sink, coalesce=False)},
+            ROUTE_TYPES,
+            [route()],
+            FAST,
+            batch_size=100,
+            window=300,
+            window_bytes=1024 * 1024,
+            rng=random.Random(7),
+        )
+        d.start()
+        await wait_until(lambda: sink.waiting == 1, timeout=5, what="a publish in flight")
+        lane = d.lanes["mem"]
+        # Give the reader every chance to overfill the window while the publish waits.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        record = len(codec.encode("mem", outgoing(0, data=big))) * COST_PER_BYTE
+        assert 0 < lane.window_cost <= 1024 * 1024 + record
+        assert len(lane.window) < 100 // 4
+        sink.gate.set()
+        assert await d.drain(10)
+        await d.stop()
+    assert sink.ids == [ev(i) for i in range(100)]
+    assert lane.window_cost == 0
+
+
+async def test_a_record_bigger_than_the_window_is_delivered_alone(tmp_path: Path) -> None:
+    sink = ScriptedSink("mem")
+    async with make_spool(tmp_path, max_bytes=1 << 30) as spool:
+        await spool_events(spool, [outgoing(i, data="y" * 100_000) for i in range(3)])
+        d = Deliverer(
+            spool,
+            {"mem": Publisher(sink, coalesce=False)},
+            ROUTE_TYPES,
+            [route()],
+            FAST,
+            window_bytes=1000,
+            rng=random.Random(7),
+        )
+        d.start()
+        assert await d.drain(10)
+        await d.stop()
+    assert sink.ids == [ev(i) for i in range(3)]

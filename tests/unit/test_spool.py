@@ -317,3 +317,45 @@ async def test_reads_do_not_wait_for_the_default_executor(tmp_path: Path) -> Non
     finally:
         release.set()
         await blocked
+
+
+async def test_the_tail_bound_is_configurable(tmp_path: Path) -> None:
+    """``delivery.tail_bytes`` reaches the spool: a smaller bound keeps fewer records."""
+    from bridge.spool.store import TAIL_COST_PER_BYTE
+
+    big = "x" * 16 * 1024
+    async with make_spool(tmp_path, max_bytes=1 << 30, tail_bytes=256 * 1024) as spool:
+        for start in range(0, 100, 10):
+            await spool.append(
+                ["mem"] * 10,
+                [codec.encode("mem", outgoing(i, data=big)) for i in range(start, start + 10)],
+            )
+        charged = sum(item.size for item in spool._tail) * TAIL_COST_PER_BYTE
+        assert 0 < charged <= 256 * 1024 + 10 * len(big) * TAIL_COST_PER_BYTE
+        assert ids_of(await read_all(spool)) == [ev(i) for i in range(100)]
+
+
+async def test_a_read_is_bounded_in_bytes_from_the_tail_too(tmp_path: Path) -> None:
+    """`Cursor.read`'s ``max_bytes`` holds whether records come from the file or the
+    in-memory tail (a caught-up deliverer's window relies on it), and lets one in."""
+    big = "x" * 10_000
+    async with make_spool(tmp_path, max_bytes=1 << 30) as spool:
+        await spool.append(
+            ["mem"] * 50,
+            [codec.encode("mem", outgoing(i, data=big)) for i in range(50)],
+            [f"decoded {i}" for i in range(50)],
+        )
+        cursor = spool.cursor("mem")
+        try:
+            first = await cursor.read(1000, max_bytes=35_000)
+            assert [item.obj is not None for item in first] == [True] * len(first)  # the tail
+            assert 1 <= len(first) <= 4
+            assert sum(item.size for item in first[:-1]) < 35_000
+            one = await cursor.read(1000, max_bytes=1)
+            assert len(one) == 1
+            rest = [*first, *one]
+            while got := await cursor.read(1000, max_bytes=35_000):
+                rest.extend(got)
+        finally:
+            cursor.close()
+        assert ids_of(rest) == [ev(i) for i in range(50)]

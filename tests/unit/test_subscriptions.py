@@ -5,11 +5,20 @@ import gc
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import METRICS
-from bridge.subscriptions import Notice, SubscriptionOverflow
+from bridge.subscriptions import (
+    OVERFLOW_POLICIES,
+    Hub,
+    Notice,
+    SubscriberBudget,
+    Subscription,
+    SubscriptionOverflow,
+)
 
 
 def make_bus(registry: HandlerRegistry) -> Bus:
@@ -75,7 +84,7 @@ async def test_subscribers_see_events_after_handlers_and_follow_ups_after_parent
 async def test_independent_subscribers_and_drop_oldest_gap_marker(
     registry: HandlerRegistry,
 ) -> None:
-    dropped = METRICS.subscription_dropped.child().value
+    dropped = METRICS.subscription_dropped.child("max_queue").value
     async with (
         make_bus(registry) as bus,
         bus.subscription("order.*", max_queue=3) as slow,
@@ -89,7 +98,7 @@ async def test_independent_subscribers_and_drop_oldest_gap_marker(
     assert [n.event.data["i"] for n in slow_got] == [7, 8, 9]
     assert slow_got[0].dropped == 7
     assert [n.dropped for n in slow_got[1:]] == [0, 0]
-    assert METRICS.subscription_dropped.child().value == dropped + 7
+    assert METRICS.subscription_dropped.child("max_queue").value == dropped + 7
 
 
 async def test_disconnect_policy_ends_the_stream_after_what_was_queued(
@@ -176,3 +185,182 @@ def test_bad_arguments_are_refused(registry: HandlerRegistry) -> None:
         bus.subscription("*", overflow="block")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pattern"):
         bus.subscription()
+
+
+# --- bounds in bytes -----------------------------------------------------------------
+
+
+def big(i: int, size: int = 10_000, type_: str = "order.x") -> Event:
+    return Event(type=type_, data={"i": i, "pad": "p" * size}, kind="domain", source="test")
+
+
+def byte_bus(registry: HandlerRegistry, per: int, total: int) -> Bus:
+    raw: dict[str, Any] = {
+        "sinks": [{"name": "mem", "type": "memory"}],
+        "routes": [{"match": "order.*", "sink": "mem"}],
+        "handlers": {"entry_points": False},
+        "limits": {"max_subscriber_bytes": per, "max_total_subscriber_bytes": total},
+    }
+    return Bus(parse_config(raw, {}), registry=registry)
+
+
+async def test_a_queue_is_bounded_in_bytes_and_drops_its_oldest(
+    registry: HandlerRegistry,
+) -> None:
+    from bridge.memory import event_cost
+
+    cost = event_cost(big(10))  # the cost of each of the last ten (two-digit "i")
+    dropped = METRICS.subscription_dropped.child("max_queue_bytes").value
+    async with (
+        byte_bus(registry, per=10 * cost, total=1000 * cost) as bus,
+        bus.subscription("order.*", max_queue=100_000) as slow,
+    ):
+        assert slow.max_bytes == 10 * cost  # limits.max_subscriber_bytes is the default
+        for i in range(50):
+            await bus.emit(big(i))
+            assert slow.queued_bytes <= slow.max_bytes
+        got = await drain(slow, 10)
+        assert slow.queued_bytes == 0
+        assert bus.subscriber_budget.used == 0
+    assert [n.event.data["i"] for n in got] == list(range(40, 50))
+    assert got[0].dropped == 40
+    assert METRICS.subscription_dropped.child("max_queue_bytes").value == dropped + 40
+
+
+async def test_an_event_larger_than_the_queue_is_dropped_alone(
+    registry: HandlerRegistry,
+) -> None:
+    async with (
+        byte_bus(registry, per=100_000, total=1_000_000) as bus,
+        bus.subscription("order.*", max_queue_bytes=50_000) as sub,
+    ):
+        await bus.emit(big(0))
+        await bus.emit(big(1, size=60_000))
+        await bus.emit(big(2))
+        got = await drain(sub, 2)
+    assert [(n.event.data["i"], n.dropped) for n in got] == [(0, 0), (2, 1)]
+
+
+async def test_the_disconnect_policy_applies_to_the_byte_bound(
+    registry: HandlerRegistry,
+) -> None:
+    disconnected = METRICS.subscription_disconnected.child("max_queue_bytes").value
+    async with (
+        byte_bus(registry, per=25_000, total=1_000_000) as bus,
+        bus.subscription("order.*", overflow="disconnect") as sub,
+    ):
+        for i in range(5):
+            await bus.emit(big(i))
+        got = [await sub.__anext__(), await sub.__anext__()]
+        with pytest.raises(SubscriptionOverflow, match="bytes behind"):
+            await sub.__anext__()
+    assert [n.event.data["i"] for n in got] == [0, 1]
+    assert METRICS.subscription_disconnected.child("max_queue_bytes").value == disconnected + 1
+
+
+async def test_all_subscribers_share_one_bound_and_the_furthest_behind_pays(
+    registry: HandlerRegistry,
+) -> None:
+    """Scopes included. The stalled subscribers lose their oldest events; one that
+    keeps up loses nothing although the shared bound is full whenever it gets an event."""
+    from bridge.memory import event_cost
+
+    cost = event_cost(big(1000))
+    total = 12 * cost
+    dropped = METRICS.subscription_dropped.child("max_total_subscriber_bytes").value
+    async with byte_bus(registry, per=10 * cost, total=total) as bus:
+        tenant = bus.scope("tenant")
+        async with (
+            bus.subscription("order.*") as stalled_a,
+            tenant.subscription("order.*") as stalled_b,
+            bus.subscription("order.*") as reader,
+        ):
+            for i in range(40):
+                await bus.emit(big(i))
+                await tenant.emit(big(1000 + i))
+                assert bus.subscriber_budget.used <= total
+                while (notice := reader.get_nowait()) is not None:
+                    assert notice.dropped == 0
+            assert stalled_a.dropped + stalled_b.dropped >= 80 - 12
+            assert reader.dropped == 0
+            queued = stalled_a.queued_bytes + stalled_b.queued_bytes + reader.queued_bytes
+            assert bus.subscriber_budget.used == queued
+            # Both stalled ones hold about half the bound: neither starves the other.
+            assert abs(stalled_a.queued_bytes - stalled_b.queued_bytes) < 2 * cost
+        assert bus.subscriber_budget.used == 0
+    assert METRICS.subscription_dropped.child("max_total_subscriber_bytes").value >= (
+        dropped + 80 - 12
+    )
+
+
+def test_a_byte_bound_below_one_is_refused(registry: HandlerRegistry) -> None:
+    with pytest.raises(ValueError, match="max_queue_bytes"):
+        make_bus(registry).subscription("*", max_queue_bytes=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # subscriber
+            st.sampled_from(["offer", "read", "read", "close"]),
+            st.integers(1, 5000),  # cost of an offered event
+        ),
+        max_size=120,
+    ),
+    st.sampled_from(OVERFLOW_POLICIES),
+)
+def test_byte_accounting_invariants(ops: list[tuple[int, str, int]], overflow: Any) -> None:
+    """Whatever is offered, read and closed: the shared budget is the sum of the queues,
+    never above its limit; no queue is above its bound; every event offered to a
+    subscriber is either read or reported as dropped (drop_oldest)."""
+    budget = SubscriberBudget(limit=8000, queue_bytes=5000)
+    hub = Hub(budget)
+    subs = [Subscription(hub, ["*"], max_queue=4, overflow=overflow) for _ in range(3)]
+    for sub in subs:
+        hub.add(sub)
+    offered = [0] * 3
+    seen = [0] * 3
+    event = Event(type="t")
+    for who, op, cost in ops:
+        sub = subs[who]
+        if op == "offer":
+            if not (sub.closed or sub.overflowed):
+                offered[who] += 1
+            sub.offer(event, "handled", cost)
+        elif op == "read":
+            notice = sub.get_nowait()
+            if notice is not None:
+                seen[who] += 1 + notice.dropped
+        else:
+            sub.close()
+        assert budget.used == sum(s.queued_bytes for s in subs) <= budget.limit
+        assert all(s.queued_bytes <= s.max_bytes for s in subs)
+        assert all(len(s._queue) <= 4 for s in subs)
+    for who, sub in enumerate(subs):
+        if sub.closed or overflow == "disconnect":
+            continue
+        while (notice := sub.get_nowait()) is not None:
+            seen[who] += 1 + notice.dropped
+        # Drops after the last read show up only at the next read: count them here.
+        assert seen[who] + (sub._seq - sub._read_seq) == offered[who]
+    for sub in subs:
+        sub.close()
+    assert budget.used == 0
+    assert budget.members == []
+
+
+async def test_an_event_too_big_for_a_full_queue_costs_only_itself(
+    registry: HandlerRegistry,
+) -> None:
+    async with (
+        byte_bus(registry, per=100_000, total=1_000_000) as bus,
+        bus.subscription("order.*", max_queue=2, max_queue_bytes=50_000) as sub,
+    ):
+        await bus.emit(big(0))
+        await bus.emit(big(1))
+        await bus.emit(big(2, size=60_000))  # never fits: the two queued stay
+        got = await drain(sub, 2)
+        await bus.emit(big(3))
+        got += await drain(sub, 1)
+    assert [(n.event.data["i"], n.dropped) for n in got] == [(0, 0), (1, 0), (3, 1)]
