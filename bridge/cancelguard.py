@@ -1,8 +1,8 @@
 """Awaiting an ``async def`` handler so that one that ignores its cancellation can be left behind.
 
-The pipeline starts a handler's coroutine itself (``coro.send(None)``): most
-handlers finish without ever suspending, and that costs about what an
-``await`` costs. A handler that suspends is driven on by `Resume`, which passes
+The pipeline runs a handler's coroutine up to its first suspension itself
+(``next(coro.__await__(), done)``): most handlers finish without ever
+suspending, and that costs about what an ``await`` costs. A handler that suspends is driven on by `Resume`, which passes
 what the coroutine awaits up to the event's task and what the task sends (or
 throws) back down, as ``await`` would, and watches for one thing: a
 cancellation that the coroutine caught and did not end on (it awaits again).

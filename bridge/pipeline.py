@@ -3,11 +3,17 @@
 Guarantees, for each event:
 - its handlers run one after another, never concurrently, in priority order
   (higher first) and then registration order;
-- a handler that raises, or outlives its timeout, is recorded (outcome
-  ``error`` / ``timeout``), logged once, counted, and the next handler runs;
+- a handler that raises (any `BaseException`: ``SystemExit`` and
+  ``KeyboardInterrupt`` are its failure, not the process's), or outlives its
+  timeout, is recorded (outcome ``error`` / ``timeout``), logged once, counted,
+  and the next handler runs;
+- a timed-out ``async def`` handler that ignores its cancellation is abandoned
+  after ``handlers.cancel_grace_s`` (`bridge.cancelguard`); a plain ``def`` one
+  keeps its thread busy, and the chain goes on (`bridge.threads`);
 - `StopChain` ends the chain, `Skip` records the handler as skipped;
-- ``asyncio.CancelledError`` that does not come from a handler timeout is
-  always re-raised.
+- ``asyncio.CancelledError`` sent to the task from outside (not by the
+  watchdog) is always re-raised, even when a handler caught it; one nobody
+  sent (a handler awaited a future cancelled elsewhere) is the handler's error.
 
 Timeouts use one shared watchdog timer instead of one timer per handler run:
 starting a handler only writes its deadline into the worker's slot, and the
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.pipeline")
 _INF: Final = float("inf")
+_DONE: Final = object()
 
 
 class Slot:
@@ -133,12 +140,10 @@ async def run_handlers(
                 ctx.data = event.data
             if handler.is_async:
                 coro = handler.fn(event, ctx)
-                try:
-                    # Up to its first suspension, as ``await`` would; most handlers end here.
-                    waiting = coro.send(None)  # type: ignore[union-attr]
-                except StopIteration:
-                    pass
-                else:
+                # Up to its first suspension, as ``await`` would; most handlers end here.
+                # ``next`` with a default: a coroutine that returns None raises nothing.
+                waiting = next(coro.__await__(), _DONE)  # type: ignore[union-attr]
+                if waiting is not _DONE:
                     await Resume(
                         coro,  # type: ignore[arg-type]
                         waiting,
