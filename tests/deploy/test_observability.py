@@ -50,6 +50,11 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "evbridge_event_loop_lag_seconds": ("gauge", frozenset()),
     "evbridge_subscribers": ("gauge", frozenset()),
     "evbridge_subscription_dropped_total": ("counter", frozenset()),
+    # Handler isolation (issue 17): the handler thread pool and abandoned handler tasks.
+    "evbridge_handler_threads_max": ("gauge", frozenset()),
+    "evbridge_handler_threads_busy": ("gauge", frozenset()),
+    "evbridge_handler_threads_stuck": ("gauge", frozenset({"handler"})),
+    "evbridge_handler_tasks_abandoned": ("gauge", frozenset()),
 }
 # Label values the contract fixes.
 OUTCOMES = {
