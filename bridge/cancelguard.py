@@ -2,10 +2,11 @@
 
 The pipeline runs a handler's coroutine up to its first suspension itself
 (``next(coro.__await__(), done)``): most handlers finish without ever
-suspending, and that costs about what an ``await`` costs. A handler that suspends is driven on by `Resume`, which passes
-what the coroutine awaits up to the event's task and what the task sends (or
-throws) back down, as ``await`` would, and watches for one thing: a
-cancellation that the coroutine caught and did not end on (it awaits again).
+suspending, and that costs about what an ``await`` costs. A handler that
+suspends is driven on by `Resume`, which passes what the coroutine awaits up to
+the event's task and what the task sends (or throws) back down, as ``await``
+would, and watches for one thing: a cancellation that the coroutine caught and
+did not end on (it awaits again).
 
 Such a handler's remaining coroutine moves to a task of its own and gets
 ``handlers.cancel_grace_s`` to end (time for cleanup that awaits). Then:
@@ -89,6 +90,15 @@ class Resume:
                     if self.slot is not None and isinstance(thrown, asyncio.CancelledError):
                         self._check_caller(thrown)
                     return
+                except BaseException as raised:
+                    if (
+                        raised is not thrown
+                        and self.slot is not None
+                        and isinstance(thrown, asyncio.CancelledError)
+                    ):
+                        # It turned the cancellation into another exception.
+                        self._check_caller(thrown)
+                    raise
                 if self.slot is not None and isinstance(thrown, asyncio.CancelledError):
                     # The handler caught its cancellation and awaits something else.
                     yield from self._ignored(waiting, thrown)
@@ -106,7 +116,7 @@ class Resume:
         return not slot.fired or slot.task.cancelling() > slot.base + 1
 
     def _check_caller(self, cancellation: asyncio.CancelledError) -> None:
-        # The handler caught the caller's cancellation and returned: the caller's still stands.
+        # The handler caught the caller's cancellation and ended: the cancellation still stands.
         if self._outside():
             raise cancellation
 

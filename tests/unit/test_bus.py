@@ -169,6 +169,13 @@ async def test_a_caller_cancellation_caught_by_a_handler_still_cancels(
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
 
+    async def converts(event: Event, ctx: Context) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("interrupted") from None
+
     async def keeps_going(event: Event, ctx: Context) -> None:
         entered.set()
         while not release.is_set():
@@ -179,11 +186,12 @@ async def test_a_caller_cancellation_caught_by_a_handler_still_cancels(
         later.append(event.type)
 
     bus.subscribe("order.returns", returns, priority=1)
+    bus.subscribe("order.converts", converts, priority=1)
     bus.subscribe("order.keeps", keeps_going, priority=1)
     bus.subscribe("order.*", next_one)
     async with bus:
         try:
-            for type_ in ("order.returns", "order.keeps"):
+            for type_ in ("order.returns", "order.converts", "order.keeps"):
                 entered.clear()
                 task = asyncio.create_task(bus.emit(Event(type=type_)))
                 await entered.wait()
