@@ -38,6 +38,7 @@ from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Health, Outgoing, Sink, get_sink_type
 from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
+from bridge.threads import HandlerThreads
 
 log = logging.getLogger("bridge.bus")
 
@@ -111,6 +112,9 @@ class Bus:
         self._source = self.config.source
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
+        self._cancel_grace = handlers.cancel_grace_s
+        #: Runs the plain ``def`` handlers (never the loop's default executor).
+        self._threads = HandlerThreads(handlers.threads)
         self._watchdog = Watchdog()
         self._loopwatch = (
             LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s)
@@ -159,10 +163,16 @@ class Bus:
             self._loopwatch.start()
 
     async def stop(self) -> None:
-        """Wait for publishes in flight, then stop every sink."""
+        """Wait for publishes in flight, then stop every sink.
+
+        Handler threads still busy are named in one warning and left behind
+        (`bridge.threads`).
+        """
         if not self._life.started:
             return
         self._life.started = False
+        # First, so that the report comes even if a sink then takes too long to stop.
+        self._threads.close()
         if self.durable is not None:
             # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
             await self.durable.stop(self.config.shutdown.grace_s)
@@ -335,7 +345,9 @@ class Bus:
             _UNHANDLED.inc()
             return _Handled(event, [], [])
         ctx = Context(self, event, depth)
-        outcomes = await run_handlers(handlers, event, ctx, slot, self._timeout)
+        outcomes = await run_handlers(
+            handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
+        )
         return _Handled(event, outcomes, ctx.follow_ups)
 
     async def _handle_all(

@@ -96,7 +96,14 @@ class ShutdownConfig(_Section, frozen=True, kw_only=True):
 
 class HandlersConfig(_Section, frozen=True, kw_only=True):
     """Handler modules to import, default timeout, follow-up depth limit, and how
-    many events of one batch may be processed concurrently."""
+    many events of one batch may be processed concurrently.
+
+    ``threads``: the threads that run plain ``def`` handlers (their own pool: the
+    bridge's I/O never waits for it); a run waiting for a free one counts against
+    its handler's timeout. ``cancel_grace_s``: how long a cancelled ``async def``
+    handler may take to end; one that catches the cancellation and goes on past
+    it is abandoned (see docs/guarantees.md, "Handlers").
+    """
 
     modules: tuple[str, ...] = ()
     timeout_s: PositiveFloat = 5.0
@@ -105,6 +112,8 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     entry_points: bool = True
     #: Warn (naming the handler) when the event loop is blocked this long; 0 turns it off.
     loop_warn_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):

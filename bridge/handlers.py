@@ -1,14 +1,14 @@
 """Handler registration: ``@on("invite.*", priority=10)`` and runtime subscribe.
 
 Handlers run in priority order (higher first), then in registration order.
-A handler is ``async def`` (awaited on the loop) or plain ``def`` (run in the
-default thread pool, so a blocking call in it cannot stall the loop; pass
-``inline=True`` for a cheap sync function that should run on the loop).
+A handler is ``async def`` (awaited on the loop) or plain ``def`` (run in one
+of the bus's ``handlers.threads`` handler threads, `bridge.threads`, so a
+blocking call in it cannot stall the loop; pass ``inline=True`` for a cheap
+sync function that should run on the loop).
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import itertools
@@ -249,8 +249,3 @@ def import_modules(modules: tuple[str, ...], *, entry_point_group: str | None) -
                     f"{type(exc).__name__}: {exc}",
                     field=entry_point_group,
                 ) from exc
-
-
-def run_sync(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-    """Run a plain ``def`` handler in the default thread pool."""
-    return asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -9,9 +9,11 @@ handler names come from code, sink and route names from config.
 
 from __future__ import annotations
 
+import collections
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
@@ -166,6 +168,60 @@ class SpoolGaugeCollector(Collector):
         )
 
 
+class ThreadGauges(NamedTuple):
+    """A snapshot of one handler thread pool (`bridge.threads.HandlerThreads`)."""
+
+    size: int
+    busy: int
+    stuck: Mapping[str, int]
+
+
+class _ThreadPool(Protocol):
+    def gauges(self) -> ThreadGauges: ...
+
+
+class HandlerThreadCollector(Collector):
+    """The handler thread gauges, summed over every live pool (one per bus), read at scrape."""
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakSet[_ThreadPool] = weakref.WeakSet()
+        #: Tasks of ``async def`` handlers that ignored their cancellation (`bridge.pipeline`).
+        self.abandoned: Callable[[], int] = lambda: 0
+
+    def add(self, pool: _ThreadPool) -> None:
+        self._pools.add(pool)
+
+    def collect(self) -> Iterator[Metric]:
+        snaps = [pool.gauges() for pool in list(self._pools)]
+        stuck: collections.Counter[str] = collections.Counter()
+        for snap in snaps:
+            stuck.update(snap.stuck)
+        yield GaugeMetricFamily(
+            "evbridge_handler_threads_max",
+            "Threads allowed for plain def handlers (handlers.threads, every bus together).",
+            value=sum(s.size for s in snaps),
+        )
+        yield GaugeMetricFamily(
+            "evbridge_handler_threads_busy",
+            "Handler threads running a plain def handler now.",
+            value=sum(s.busy for s in snaps),
+        )
+        family = GaugeMetricFamily(
+            "evbridge_handler_threads_stuck",
+            "Handler threads still running a plain def handler past its timeout "
+            "(a thread cannot be stopped; the run was recorded as timeout).",
+            labels=("handler",),
+        )
+        for handler, n in sorted(stuck.items()):
+            family.add_metric([handler], float(n))
+        yield family
+        yield GaugeMetricFamily(
+            "evbridge_handler_tasks_abandoned",
+            "async def handlers that ignored their cancellation and still run unattended.",
+            value=self.abandoned(),
+        )
+
+
 class Metrics:
     """The collectors, registered in `registry` (not the global default one)."""
 
@@ -306,6 +362,8 @@ class Metrics:
         )
         self.spool_gauges = SpoolGaugeCollector()
         r.register(self.spool_gauges)
+        self.handler_threads = HandlerThreadCollector()
+        r.register(self.handler_threads)
 
     def error(self, stage: str, error_type: str) -> None:
         """Count one error. ``stage`` ∈ ingest, handler, route, publish, delivery, connect."""

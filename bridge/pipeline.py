@@ -3,11 +3,17 @@
 Guarantees, for each event:
 - its handlers run one after another, never concurrently, in priority order
   (higher first) and then registration order;
-- a handler that raises, or outlives its timeout, is recorded (outcome
-  ``error`` / ``timeout``), logged once, counted, and the next handler runs;
+- a handler that raises (any `BaseException`: ``SystemExit`` and
+  ``KeyboardInterrupt`` are its failure, not the process's), or outlives its
+  timeout, is recorded (outcome ``error`` / ``timeout``), logged once, counted,
+  and the next handler runs;
+- a timed-out ``async def`` handler that ignores its cancellation is abandoned
+  after ``handlers.cancel_grace_s`` (`bridge.cancelguard`); a plain ``def`` one
+  keeps its thread busy, and the chain goes on (`bridge.threads`);
 - `StopChain` ends the chain, `Skip` records the handler as skipped;
-- ``asyncio.CancelledError`` that does not come from a handler timeout is
-  always re-raised.
+- ``asyncio.CancelledError`` sent to the task from outside (not by the
+  watchdog) is always re-raised, even when a handler caught it; one nobody
+  sent (a handler awaited a future cancelled elsewhere) is the handler's error.
 
 Timeouts use one shared watchdog timer instead of one timer per handler run:
 starting a handler only writes its deadline into the worker's slot, and the
@@ -26,24 +32,30 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from bridge.handlers import Context, Handler, Skip, StopChain, run_sync
+from bridge.cancelguard import Abandoned, Resume
+from bridge.handlers import Context, Handler, Skip, StopChain
 from bridge.metrics import BUCKETS, METRICS
 from bridge.results import ERROR, OK, SKIPPED, STOPPED, TIMEOUT, HandlerOutcome, Outcome
 
 if TYPE_CHECKING:
     from bridge.event import Event
+    from bridge.threads import HandlerThreads, Job
 
 log = logging.getLogger("bridge.pipeline")
 _INF: Final = float("inf")
+_DONE: Final = object()
 
 
 class Slot:
     """One worker task's running-handler record, watched for deadlines."""
 
-    __slots__ = ("deadline", "fired", "handler", "task")
+    __slots__ = ("base", "deadline", "fired", "handler", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
         self.task = task
+        #: Cancellations the task already had pending: more than this (and the
+        #: watchdog's own) is a cancellation from outside, never swallowed.
+        self.base = task.cancelling()
         self.deadline = _INF
         self.handler: Handler | None = None
         self.fired = False
@@ -87,19 +99,37 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _timed_out(timeout: float, job: Job | None, threads: HandlerThreads) -> str:
+    text = f"timed out after {timeout:g}s"
+    if job is None:
+        return text
+    if not job.started:
+        return f"{text} waiting for a free handler thread (all {threads.size} busy)"
+    return f"{text}; its thread cannot be stopped and runs on"
+
+
 async def run_handlers(
     handlers: tuple[Handler, ...],
     event: Event,
     ctx: Context,
     slot: Slot,
     default_timeout: float,
+    threads: HandlerThreads,
+    cancel_grace: float,
 ) -> list[HandlerOutcome]:
-    """Run ``handlers`` for ``event`` under the guarantees in this module's docstring."""
+    """Run ``handlers`` for ``event`` under the guarantees in this module's docstring.
+
+    Plain ``def`` handlers run in ``threads``; ``cancel_grace`` is how long a
+    timed-out ``async def`` handler may take to end once cancelled (`bridge.cancelguard`).
+    """
     outcomes: list[HandlerOutcome] = []
+    task = slot.task
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
         outcome: Outcome
+        job: Job | None = None
+        abandoned = False
         start = perf_counter()
         slot.deadline = start + timeout
         slot.handler = handler
@@ -109,20 +139,52 @@ async def run_handlers(
             elif ctx.data is not event.data:
                 ctx.data = event.data
             if handler.is_async:
-                await handler.fn(event, ctx)  # type: ignore[misc]
+                coro = handler.fn(event, ctx)
+                # Up to its first suspension, as ``await`` would; most handlers end here.
+                # ``next`` with a default: a coroutine that returns None raises nothing.
+                waiting = next(coro.__await__(), _DONE)  # type: ignore[union-attr]
+                if waiting is not _DONE:
+                    await Resume(
+                        coro,  # type: ignore[arg-type]
+                        waiting,
+                        slot,
+                        name=handler.name,
+                        grace=cancel_grace,
+                        event=event,
+                    )
             elif handler.inline:
                 handler.fn(event, ctx)
             else:
-                await run_sync(handler.fn, event, ctx)
+                job = threads.submit(handler.name, slot.deadline, handler.fn, event, ctx)
+                raised = await job.future
+                if raised is not None:
+                    raise raised
             outcome = OK
         except StopChain as exc:
             outcome, error = STOPPED, str(exc) or None
         except Skip as exc:
             outcome, error = SKIPPED, str(exc) or None
-        except asyncio.CancelledError:
-            if not slot.fired or slot.task.uncancel() > 0:
+        except asyncio.CancelledError as exc:
+            if slot.fired:
+                if task.uncancel() > slot.base:
+                    raise
+                outcome, error = TIMEOUT, _timed_out(timeout, job, threads)
+            elif task.cancelling() > slot.base:
                 raise
-            outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
+            else:
+                # Nobody cancelled the task: the handler raised it (say, it awaited a
+                # future that something else cancelled), so it is the handler's error.
+                outcome, error = ERROR, _describe(exc)
+                log.warning(
+                    "handler %s failed on %s %s: %s", handler.name, event.type, event.id, error
+                )
+                METRICS.error("handler", "CancelledError")
+        except Abandoned:
+            # Logged and counted when it was left behind; the watchdog's cancellation is spent.
+            task.uncancel()
+            abandoned = True
+            outcome = TIMEOUT
+            error = f"timed out after {timeout:g}s and ignored its cancellation: abandoned"
         except msgspec.ValidationError as exc:
             outcome, error = ERROR, f"data does not match {handler.data_type!r}: {exc}"
             log.warning(
@@ -133,6 +195,21 @@ async def run_handlers(
             outcome, error = ERROR, _describe(exc)
             log.exception("handler %s failed on %s %s", handler.name, event.type, event.id)
             METRICS.error("handler", type(exc).__name__)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt or a custom BaseException from handler code is
+            # that handler's failure, not a request to stop the sidecar.
+            outcome, error = ERROR, _describe(exc)
+            log.error(
+                "handler %s raised %s on %s %s: recorded as its error",
+                handler.name,
+                type(exc).__name__,
+                event.type,
+                event.id,
+                exc_info=exc,
+            )
+            METRICS.error("handler", type(exc).__name__)
         finally:
             # Leaving ``slot.handler`` set is harmless: the watchdog reads it
             # only for a slot whose deadline passed.
@@ -141,16 +218,17 @@ async def run_handlers(
             slot.fired = False
             if outcome != TIMEOUT:
                 # The handler swallowed the watchdog's cancellation: still a timeout.
-                slot.task.uncancel()
+                task.uncancel()
                 outcome, error = TIMEOUT, f"timed out after {timeout:g}s"
-            log.warning(
-                "handler %s timed out on %s %s after %gs",
-                handler.name,
-                event.type,
-                event.id,
-                timeout,
-            )
-            METRICS.error("handler", "timeout")
+            if not abandoned:
+                log.warning(
+                    "handler %s timed out on %s %s after %gs",
+                    handler.name,
+                    event.type,
+                    event.id,
+                    timeout,
+                )
+                METRICS.error("handler", "timeout")
         duration = perf_counter() - start
         # Inlined CounterChild.inc / HistogramChild.observe: this runs per handler per event.
         handler.runs[outcome].value += 1

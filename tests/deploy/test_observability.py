@@ -55,6 +55,11 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "evbridge_subscription_disconnected_total": ("counter", frozenset({"bound"})),
     "evbridge_subscription_queued_bytes": ("gauge", frozenset()),
     "evbridge_inflight_bytes": ("gauge", frozenset()),
+    # Handler isolation (issue 17): the handler thread pool and abandoned handler tasks.
+    "evbridge_handler_threads_max": ("gauge", frozenset()),
+    "evbridge_handler_threads_busy": ("gauge", frozenset()),
+    "evbridge_handler_threads_stuck": ("gauge", frozenset({"handler"})),
+    "evbridge_handler_tasks_abandoned": ("gauge", frozenset()),
 }
 # Label values the contract fixes.
 OUTCOMES = {

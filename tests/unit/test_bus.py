@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from bridge import Bus, Context, Event, MaxDepthExceeded, Skip, StopChain, parse_config
+from bridge.cancelguard import ABANDONED
 from bridge.errors import BridgeError, ConfigError
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import METRICS
@@ -153,6 +154,149 @@ async def test_outside_cancellation_is_never_swallowed(registry: HandlerRegistry
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_caller_cancellation_caught_by_a_handler_still_cancels(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)  # handlers.cancel_grace_s: 1 s
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    later: list[str] = []
+
+    async def returns(event: Event, ctx: Context) -> None:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    async def converts(event: Event, ctx: Context) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("interrupted") from None
+
+    async def keeps_going(event: Event, ctx: Context) -> None:
+        entered.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async def next_one(event: Event, ctx: Context) -> None:
+        later.append(event.type)
+
+    bus.subscribe("order.returns", returns, priority=1)
+    bus.subscribe("order.converts", converts, priority=1)
+    bus.subscribe("order.keeps", keeps_going, priority=1)
+    bus.subscribe("order.*", next_one)
+    async with bus:
+        try:
+            for type_ in ("order.returns", "order.converts", "order.keeps"):
+                entered.clear()
+                task = asyncio.create_task(bus.emit(Event(type=type_)))
+                await entered.wait()
+                task.cancel()
+                done, _ = await asyncio.wait((task,), timeout=5)
+                assert done, f"{type_}: the cancellation did not reach the caller"
+                assert task.cancelled(), f"{type_}: {task.result()}"
+            assert later == []  # the chain did not go on after the cancellation
+            [left] = ABANDONED
+            assert "abandoned handler" in left.get_name()
+        finally:
+            release.set()
+        await asyncio.wait_for(left, 5)
+    assert not ABANDONED
+
+
+async def test_a_timed_out_handler_ignoring_its_cancellation_is_abandoned(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)  # handlers.cancel_grace_s: 1 s
+    release = asyncio.Event()
+
+    async def stubborn(event: Event, ctx: Context) -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async def after(event: Event, ctx: Context) -> None:
+        return None
+
+    bus.subscribe("order.x", stubborn, priority=1, timeout=0.05, name="t.stubborn")
+    bus.subscribe("order.x", after, name="t.after")
+    before = METRICS.handler_runs.child("t.stubborn", "timeout").value
+    async with bus:
+        emitting = asyncio.create_task(bus.emit(Event(type="order.x")))
+        try:
+            done, _ = await asyncio.wait((emitting,), timeout=5)
+            assert done, "the event was never answered"
+        finally:
+            release.set()
+        result = emitting.result()
+        assert emitting.cancelling() == 0
+        assert [(h.outcome, h.error) for h in result.handlers] == [
+            ("timeout", "timed out after 0.05s and ignored its cancellation: abandoned"),
+            ("ok", None),
+        ]
+        assert result.status == "published"
+        assert len(ABANDONED) == 1
+        await asyncio.wait_for(asyncio.gather(*ABANDONED), 5)
+    assert METRICS.handler_runs.child("t.stubborn", "timeout").value == before + 1
+
+
+async def test_a_cancelled_error_nobody_sent_is_the_handlers_error(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry)
+
+    async def awaits_a_cancelled_future(event: Event, ctx: Context) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    def raises_it(event: Event, ctx: Context) -> None:
+        raise asyncio.CancelledError
+
+    bus.subscribe("order.x", awaits_a_cancelled_future, priority=1)
+    bus.subscribe("order.x", raises_it)
+    async with bus:
+        result = await bus.emit(Event(type="order.x"))
+    assert [(h.outcome, h.error) for h in result.handlers] == [
+        ("error", "CancelledError"),
+        ("error", "CancelledError"),
+    ]
+    assert result.status == "published"
+
+
+async def test_a_sync_run_waiting_for_a_thread_past_its_timeout_never_starts(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry, handlers={"threads": 1})
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def blocks(event: Event, ctx: Context) -> None:
+        gate.wait(5)
+
+    def queued(event: Event, ctx: Context) -> None:
+        ran.append(event.id)
+
+    bus.subscribe("order.block", blocks, timeout=0.05)
+    bus.subscribe("order.queued", queued, timeout=0.05)
+    async with bus:
+        first = await bus.emit(Event(type="order.block"))
+        second = await bus.emit(Event(type="order.queued"))
+        gate.set()
+        await wait_until(lambda: not bus._threads.gauges().busy, timeout=5, what="idle threads")
+        third = await bus.emit(Event(type="order.queued"))
+    assert (
+        first.handlers[0].error == "timed out after 0.05s; its thread cannot be stopped and runs on"
+    )
+    assert second.handlers[0].error == (
+        "timed out after 0.05s waiting for a free handler thread (all 1 busy)"
+    )
+    assert third.handlers[0].outcome == "ok"
+    assert ran == [third.id]
 
 
 async def test_stop_chain_and_skip(registry: HandlerRegistry) -> None:

@@ -33,6 +33,8 @@ def test_embedded_default_has_a_file_sink_and_catch_all_route() -> None:
     assert config.handlers.timeout_s == 5.0
     assert config.handlers.max_depth == 8
     assert config.handlers.concurrency == 64
+    assert config.handlers.threads == 32
+    assert config.handlers.cancel_grace_s == 1.0
     assert config.source.startswith("evbridge://")
 
 
@@ -50,6 +52,9 @@ def test_config_is_frozen() -> None:
         (minimal(handlers={"timeout_s": -1}), "handlers.timeout_s", "-1"),
         (minimal(handlers={"max_depth": 0}), "handlers.max_depth", "0"),
         (minimal(handlers={"bogus": 1}), "handlers.bogus", "unknown key"),
+        (minimal(handlers={"threads": 0}), "handlers.threads", "0"),
+        (minimal(handlers={"threads": "many"}), "handlers.threads", "'many'"),
+        (minimal(handlers={"cancel_grace_s": -1}), "handlers.cancel_grace_s", "-1"),
         (minimal(listen={"unix_mode": "999"}), "listen.unix_mode", "'999'"),
         ({"sinks": [{"name": "m", "type": "nosuch"}]}, "sinks[0].type", "nosuch"),
         ({"sinks": [{"name": "m", "type": "memory", "extra": 1}]}, "sinks[0].extra", "unknown key"),
