@@ -65,6 +65,12 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     there to the end of its body; over either, 408 and the connection closes.
     ``keepalive_timeout_s``: an idle keep-alive connection is closed after it
     (keep it above your HTTP client's pool idle timeout).
+    ``first_request_timeout_s``: from accepting a connection to the end of its
+    first request's headers (a connection that never sends is closed after it).
+    ``unix_reserved_connections``: slots of ``max_connections`` only the Unix
+    socket may take, so TCP clients cannot lock the local app out.
+    ``max_nesting_depth``: arrays/objects nested deeper than this in an event
+    are refused with 400 (decoders recurse; this keeps them far from the limit).
     """
 
     max_body_bytes: PositiveInt = 1024 * 1024
@@ -75,6 +81,9 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
     keepalive_timeout_s: PositiveFloat = 300.0
+    first_request_timeout_s: PositiveFloat = 5.0
+    unix_reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
+    max_nesting_depth: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
 
 
 class ShutdownConfig(_Section, frozen=True, kw_only=True):
@@ -359,6 +368,13 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     if not isinstance(raw_routes, list):
         raise ConfigError(f"routes: must be a list (got {raw_routes!r})", field="routes")
     config: Config = _convert(data, Config, "")
+    limits = config.limits
+    if limits.unix_reserved_connections >= limits.max_connections:
+        raise ConfigError(
+            f"limits.unix_reserved_connections: must be below limits.max_connections "
+            f"({limits.max_connections}), got {limits.unix_reserved_connections}",
+            field="limits.unix_reserved_connections",
+        )
     sinks: dict[str, SinkConfig] = {}
     for i, raw_sink in enumerate(raw_sinks):
         sink = _parse_sink(raw_sink, f"sinks[{i}]")

@@ -9,6 +9,11 @@ with ``overflow=disconnect`` the stream ends instead. Comment lines
 ``: subscribed`` comment, sent once the subscription is live, so a client
 knows from then on it misses nothing. A client that goes away frees its
 subscription within `DISCONNECT_POLL_S`.
+
+``?named=false`` sends every event as an unnamed message (no ``event:``
+line), so a browser's ``EventSource.onmessage`` and other generic consumers
+see them all; the type is the ``type`` field of ``data`` as always. The
+``dropped`` and ``overflow`` notices keep their names either way.
 """
 
 from __future__ import annotations
@@ -56,14 +61,25 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return value
 
 
-def _message(notice: Notice) -> bytes:
+def _message(notice: Notice, named: bool = True) -> bytes:
     event = notice.event
     data = _encoder.encode({**to_plain(event), "status": notice.status})
     head = b""
     if notice.dropped:
         head = b"event: dropped\ndata: " + _encoder.encode({"dropped": notice.dropped}) + b"\n\n"
     # Ids and types are validated printable text, so they cannot break SSE framing.
-    return head + f"id: {event.id}\nevent: {event.type}\n".encode() + b"data: " + data + b"\n\n"
+    name = f"event: {event.type}\n" if named else ""
+    return head + f"id: {event.id}\n{name}".encode() + b"data: " + data + b"\n\n"
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ApiError(400, "invalid_query", f"{name} must be true or false", field=name)
+    return value
 
 
 class SubscribeEndpoint:
@@ -74,7 +90,7 @@ class SubscribeEndpoint:
         token = sidecar.config.auth.token
         self.auth = BearerAuth(token) if token and listener == "tcp" else None
 
-    def _options(self, request: web.Request) -> tuple[list[str], int, Overflow, float]:
+    def _options(self, request: web.Request) -> tuple[list[str], int, Overflow, float, bool]:
         patterns = request.query.getall("type", []) or ["*"]
         if len(patterns) > MAX_PATTERNS or any(
             not p or not p.isprintable() or len(p) > 256 for p in patterns
@@ -95,12 +111,13 @@ class SubscribeEndpoint:
                 field="overflow",
             )
         heartbeat = _number(request, "heartbeat_s", 15.0, 0.05, 300.0)
-        return patterns, max_queue, cast(Overflow, overflow), heartbeat
+        named = _flag(request, "named", True)
+        return patterns, max_queue, cast(Overflow, overflow), heartbeat, named
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.auth is not None:
             self.auth.check(request.headers)
-        patterns, max_queue, overflow, heartbeat = self._options(request)
+        patterns, max_queue, overflow, heartbeat, named = self._options(request)
         sidecar = self.sidecar
         if not sidecar.accepting:
             raise ApiError(503, "shutting_down", "evbridge is not accepting subscriptions now")
@@ -123,7 +140,7 @@ class SubscribeEndpoint:
                 )
                 await response.prepare(request)
                 await response.write(b": subscribed\n\n")
-                await self._pump(request, response, sub, heartbeat)
+                await self._pump(request, response, sub, heartbeat, named)
                 return response
         finally:
             sidecar.sse_streams -= 1
@@ -134,6 +151,7 @@ class SubscribeEndpoint:
         response: web.StreamResponse,
         sub: Subscription,
         heartbeat: float,
+        named: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + heartbeat
@@ -156,9 +174,9 @@ class SubscribeEndpoint:
                         next_beat = loop.time() + heartbeat
                     continue
                 # Send whatever else is already queued in the same write.
-                chunks = [_message(notice)]
+                chunks = [_message(notice, named)]
                 while (more := sub.get_nowait()) is not None:
-                    chunks.append(_message(more))
+                    chunks.append(_message(more, named))
                 await response.write(b"".join(chunks))
                 next_beat = loop.time() + heartbeat
         except (ConnectionResetError, BridgeError, StopAsyncIteration):
