@@ -42,6 +42,19 @@ log = logging.getLogger("bridge.server")
 Transport = Literal["tcp", "unix"]
 
 _RETRY: Final = {"Retry-After": RETRY_AFTER_S}
+#: Request state: the connection cannot carry another request after this one's answer.
+_CLOSE: Final = "evbridge.close_connection"
+
+
+def _outcome_unknown() -> ApiError:
+    return ApiError(
+        503,
+        "outcome_unknown",
+        "evbridge shut down while this request was processed (shutdown.grace_s ran out): "
+        "its events may or may not have been published; retry on another instance if "
+        "duplicates are acceptable",
+    )
+
 
 #: Content-Encodings aiohttp decodes while reading a body (``identity``: none).
 CONTENT_CODINGS: Final = (
@@ -130,19 +143,23 @@ class Api:
             raise ApiError(
                 400, "incomplete_body", "the client closed the connection before the body ended"
             ) from None
-        except ContentEncodingError:
-            coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+        except web.RequestPayloadError as exc:
             # The parser stopped mid-body: nothing after it on this connection can be framed.
-            request.protocol.force_close()
-            raise ApiError(
-                400,
-                "invalid_content_encoding",
-                f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
-                field="Content-Encoding",
-            ) from None
-        except HttpProcessingError as exc:
-            request.protocol.force_close()
-            raise ApiError(400, "bad_request", f"malformed request body: {exc.message}") from None
+            # Close after the answer, and mark the body ended so aiohttp does not try to
+            # drain it (which would raise the same error again, unhandled).
+            request[_CLOSE] = True
+            request.content.feed_eof()
+            if isinstance(exc.__cause__, ContentEncodingError):
+                coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+                raise ApiError(
+                    400,
+                    "invalid_content_encoding",
+                    f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
+                    field="Content-Encoding",
+                ) from None
+            cause = exc.__cause__
+            detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+            raise ApiError(400, "bad_request", f"malformed request body: {detail}") from None
 
     def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
         """A whole request refused: count it, log one line, answer the JSON error."""
@@ -150,6 +167,8 @@ class Api:
         # Not force-closed on 413: aiohttp reads and drops the unread body (bounded by its
         # lingering time), so the client can finish sending and read this answer.
         response = from_api_error(exc)
+        if request.get(_CLOSE):
+            response.force_close()
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(
@@ -196,7 +215,9 @@ class Api:
             response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            raise
+            if not sidecar.absorb_cut_off():
+                raise
+            response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
         self._duration_event.observe(perf_counter() - start)
@@ -276,7 +297,9 @@ class Api:
             response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            raise
+            if not sidecar.absorb_cut_off():
+                raise
+            response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
         self._duration_batch.observe(perf_counter() - start)

@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, Final, cast
 
 import msgspec
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.http_writer import HttpVersion11
 from multidict import CIMultiDict
 
@@ -74,6 +75,8 @@ MAX_LINGERING_REFUSALS: Final = 64
 LOG_INTERVAL_S: Final = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A well-formed request line whose method llhttp does not know (it refuses those itself).
+_UNKNOWN_METHOD: Final = re.compile(r"b'([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]'")
 BaseHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 #: Request state: True while the client waits for ``100 Continue`` (see `send_continue`).
@@ -492,7 +495,12 @@ class GuardedHandler(web.RequestHandler):
         if request.writer.output_size > 0:
             # Part of an answer is out: nothing valid can follow. aiohttp closes the connection.
             raise ConnectionError("the response was already started; cannot send the error")
-        if isinstance(exc, LineTooLong):
+        unknown = _UNKNOWN_METHOD.search(str(exc)) if isinstance(exc, BadHttpMethod) else None
+        if unknown is not None:
+            # A method this server does not know is 501 (RFC 9110 §9.1), not a malformed request.
+            status, code = 501, "not_implemented"
+            text = f"method {unknown.group(1)!r} is not implemented by this server"
+        elif isinstance(exc, LineTooLong):
             status, code = 431, "header_too_large"
             text = f"the request line or a header line is over {MAX_LINE_BYTES} bytes"
         elif isinstance(exc, HttpProcessingError):
