@@ -96,11 +96,16 @@ class Sidecar:
 
         ``evbridge serve`` passes what is left of ``shutdown.grace_s`` (at least
         `bridge.server.run.STOP_FLOOR_S`): the whole shutdown is bounded, even
-        with a broker that never answers. What background delivery has not
-        delivered by then stays in the spool for the next start.
+        with a broker that never answers. With durable delivery, background
+        delivery gets ``grace_s`` more to drain the spool; what it has not
+        delivered by then stays there for the next start.
         """
         self.begin_shutdown()
         self.phase = "stopped"
+        if self.bus.durable is not None:
+            # Background delivery gets shutdown.grace_s of its own to drain the spool
+            # (docs/durable-delivery.md): the bound is then 2 x grace_s plus the same margin.
+            timeout += self.config.shutdown.grace_s
         try:
             await asyncio.wait_for(self.bus.stop(), timeout)
         except TimeoutError:
