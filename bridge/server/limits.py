@@ -76,7 +76,9 @@ LOG_INTERVAL_S: Final = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: A well-formed request line whose method llhttp does not know (it refuses those itself).
-_UNKNOWN_METHOD: Final = re.compile(r"b'([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]'")
+_UNKNOWN_METHOD: Final = re.compile(
+    r"""b(['"])([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]\1"""
+)
 BaseHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 #: Request state: True while the client waits for ``100 Continue`` (see `send_continue`).
@@ -499,7 +501,7 @@ class GuardedHandler(web.RequestHandler):
         if unknown is not None:
             # A method this server does not know is 501 (RFC 9110 §9.1), not a malformed request.
             status, code = 501, "not_implemented"
-            text = f"method {unknown.group(1)!r} is not implemented by this server"
+            text = f"method {unknown.group(2)!r} is not implemented by this server"
         elif isinstance(exc, LineTooLong):
             status, code = 431, "header_too_large"
             text = f"the request line or a header line is over {MAX_LINE_BYTES} bytes"
