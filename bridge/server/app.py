@@ -30,6 +30,7 @@ from bridge.server.limits import (
     CONNECTION_GUARD,
     ConnectionBudget,
     ConnectionGuard,
+    Throttled,
     connection_limits,
 )
 from bridge.server.probes import Probes
@@ -54,11 +55,17 @@ KNOWN_METHODS: Final = frozenset(
 )
 
 
+_log_not_implemented: Final = Throttled(
+    logging.INFO, "request refused with 501: a method this server does not implement"
+)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as a JSON body: router misses, body limits, and anything unforeseen."""
     if request.method not in KNOWN_METHODS:
         METRICS.error("ingest", "not_implemented")
+        _log_not_implemented(method=request.method[:32])
         return error_response(
             501,
             "not_implemented",

@@ -97,8 +97,10 @@ class BodyTimeout(ApiError):
         )
 
 
-class _Throttled:
-    """Logs one line for the first occurrence, then at most one per `LOG_INTERVAL_S`."""
+class Throttled:
+    """Logs one line for the first occurrence, then at most one per `LOG_INTERVAL_S`
+    (with the count of those left out), so a client repeating a refused request
+    cannot flood the log."""
 
     def __init__(self, level: int, message: str) -> None:
         self.level, self.message = level, message
@@ -206,18 +208,18 @@ class ConnectionGuard:
         self._expect_counter = METRICS.errors.labels("ingest", "expectation_failed")
         self._refused_counter = METRICS.errors.labels("accept", "too_many_connections")
         self._header_counter = METRICS.errors.labels("ingest", "header_timeout")
-        self.log_refused = _Throttled(
+        self.log_refused = Throttled(
             logging.WARNING,
             f"{listener}: connection refused: {usable} connections are open "
             f"(limits.max_connections {budget.limit}{kept})",
         )
-        self.log_header_timeout = _Throttled(
+        self.log_header_timeout = Throttled(
             logging.INFO,
             f"{listener}: connection closed: request headers took longer than "
             f"limits.header_timeout_s ({self.header_timeout:g}s) or "
             f"limits.first_request_timeout_s ({self.first_request_timeout:g}s)",
         )
-        self.log_expectation = _Throttled(
+        self.log_expectation = Throttled(
             logging.INFO, f"{listener}: request refused with 417: unsupported Expect header"
         )
 
