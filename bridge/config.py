@@ -73,6 +73,12 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     ``max_subscriber_bytes``: one subscriber's queue (its default, and the most
     ``?max_queue_bytes=`` may ask for); ``max_total_subscriber_bytes``: all
     subscribers' queues together. Beyond either, the overflow policy applies.
+    ``first_request_timeout_s``: from accepting a connection to the end of its
+    first request's headers (a connection that never sends is closed after it).
+    ``unix_reserved_connections``: slots of ``max_connections`` only the Unix
+    socket may take, so TCP clients cannot lock the local app out.
+    ``max_nesting_depth``: arrays/objects nested deeper than this in an event
+    are refused with 400 (decoders recurse; this keeps them far from the limit).
     """
 
     max_body_bytes: PositiveInt = 1024 * 1024
@@ -86,6 +92,9 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     header_timeout_s: PositiveFloat = 10.0
     body_timeout_s: PositiveFloat = 30.0
     keepalive_timeout_s: PositiveFloat = 300.0
+    first_request_timeout_s: PositiveFloat = 5.0
+    unix_reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
+    max_nesting_depth: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
 
 
 class ShutdownConfig(_Section, frozen=True, kw_only=True):
@@ -443,6 +452,12 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
             f"limits.max_inflight_bytes: must be at least limits.max_body_bytes "
             f"({limits.max_body_bytes}) (got {limits.max_inflight_bytes})",
             field="limits.max_inflight_bytes",
+        )
+    if limits.unix_reserved_connections >= limits.max_connections:
+        raise ConfigError(
+            f"limits.unix_reserved_connections: must be below limits.max_connections "
+            f"({limits.max_connections}), got {limits.unix_reserved_connections}",
+            field="limits.unix_reserved_connections",
         )
     sinks: dict[str, SinkConfig] = {}
     for i, raw_sink in enumerate(raw_sinks):

@@ -13,7 +13,9 @@ from importlib import resources
 from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from prometheus_client import Counter
 
 import bridge
@@ -32,6 +34,7 @@ from bridge.server.errors import (
     status_for,
 )
 from bridge.server.ingest import decode_batch, decode_event
+from bridge.server.limits import send_continue
 from bridge.server.state import Sidecar
 
 log = logging.getLogger("bridge.server")
@@ -39,6 +42,45 @@ log = logging.getLogger("bridge.server")
 Transport = Literal["tcp", "unix"]
 
 _RETRY: Final = {"Retry-After": RETRY_AFTER_S}
+#: Request state: the connection cannot carry another request after this one's answer.
+_CLOSE: Final = "evbridge.close_connection"
+
+
+def _outcome_unknown() -> ApiError:
+    return ApiError(
+        503,
+        "outcome_unknown",
+        "evbridge shut down while this request was processed (shutdown.grace_s ran out): "
+        "its events may or may not have been published; retry on another instance if "
+        "duplicates are acceptable",
+    )
+
+
+#: Content-Encodings aiohttp decodes while reading a body (``identity``: none).
+CONTENT_CODINGS: Final = (
+    ("identity", "gzip", "deflate")
+    + (("br",) if HAS_BROTLI else ())
+    + (("zstd",) if HAS_ZSTD else ())
+)
+
+
+def check_content_encoding(headers: Any) -> None:
+    """Refuse a ``Content-Encoding`` the body would not be decoded from: 415.
+
+    aiohttp passes a body with an unknown coding (or a list of codings) through
+    undecoded, which would hand compressed bytes to the decoders as if they
+    were the event.
+    """
+    coding = headers.get(hdrs.CONTENT_ENCODING)
+    if coding is None or coding.strip().lower() in CONTENT_CODINGS:
+        return
+    raise ApiError(
+        415,
+        "unsupported_content_encoding",
+        f"unsupported Content-Encoding {coding[:64]!r}; use one of {', '.join(CONTENT_CODINGS)}",
+        field="Content-Encoding",
+        headers={"Accept-Encoding": ", ".join(CONTENT_CODINGS)},
+    )
 
 
 def openapi_document() -> bytes:
@@ -57,6 +99,7 @@ class Api:
         self.max_body = limits.max_body_bytes
         # A batch larger than max_inflight could never be admitted: refuse it as too large.
         self.max_batch = min(limits.max_batch, limits.max_inflight)
+        self.max_depth = limits.max_nesting_depth
         token = sidecar.config.auth.token
         self.auth = BearerAuth(token) if token and transport == "tcp" else None
         self.stats = sidecar.stats
@@ -103,6 +146,9 @@ class Api:
                 "body_too_large",
                 f"the body is {length} bytes; limits.max_body_bytes is {self.max_body}",
             )
+        check_content_encoding(request.headers)
+        # Every check the headers decide is done: only now may the client send its body.
+        await send_continue(request)
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -113,6 +159,23 @@ class Api:
             raise ApiError(
                 400, "incomplete_body", "the client closed the connection before the body ended"
             ) from None
+        except web.RequestPayloadError as exc:
+            # The parser stopped mid-body: nothing after it on this connection can be framed.
+            # Close after the answer, and mark the body ended so aiohttp does not try to
+            # drain it (which would raise the same error again, unhandled).
+            request[_CLOSE] = True
+            request.content.feed_eof()
+            if isinstance(exc.__cause__, ContentEncodingError):
+                coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+                raise ApiError(
+                    400,
+                    "invalid_content_encoding",
+                    f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
+                    field="Content-Encoding",
+                ) from None
+            cause = exc.__cause__
+            detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+            raise ApiError(400, "bad_request", f"malformed request body: {detail}") from None
 
     def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
         """A whole request refused: count it, log one line, answer the JSON error."""
@@ -120,6 +183,8 @@ class Api:
         # Not force-closed on 413: aiohttp reads and drops the unread body (bounded by its
         # lingering time), so the client can finish sending and read this answer.
         response = from_api_error(exc)
+        if request.get(_CLOSE):
+            response.force_close()
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(
@@ -152,7 +217,9 @@ class Api:
                 self._received.inc()
                 headers = request.headers
                 try:
-                    event = decode_event(headers.get("Content-Type"), headers, body)
+                    event = decode_event(
+                        headers.get("Content-Type"), headers, body, max_depth=self.max_depth
+                    )
                 except InvalidEvent as exc:
                     raise ApiError(400, exc.code, exc.message, field=exc.field) from None
                 preference = self._preference(request)
@@ -166,7 +233,9 @@ class Api:
             response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            raise
+            if not sidecar.absorb_cut_off():
+                raise
+            response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
         self._duration_event.observe(perf_counter() - start)
@@ -226,7 +295,11 @@ class Api:
                 reserved_bytes = self._settle(reserved_bytes, body)
                 headers = request.headers
                 items = decode_batch(
-                    headers.get("Content-Type"), headers, body, max_items=self.max_batch
+                    headers.get("Content-Type"),
+                    headers,
+                    body,
+                    max_items=self.max_batch,
+                    max_depth=self.max_depth,
                 )
                 self._received.inc(len(items))
                 events = [item for item in items if isinstance(item, Event)]
@@ -244,7 +317,9 @@ class Api:
             response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            raise
+            if not sidecar.absorb_cut_off():
+                raise
+            response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
         self._duration_batch.observe(perf_counter() - start)

@@ -30,6 +30,7 @@ from bridge.server.limits import (
     CONNECTION_GUARD,
     ConnectionBudget,
     ConnectionGuard,
+    Throttled,
     connection_limits,
 )
 from bridge.server.probes import Probes
@@ -48,9 +49,29 @@ SIDECAR: Final = web.AppKey("sidecar", Sidecar)
 LISTENER: Final = web.AppKey("listener", str)
 
 
+#: Methods this server knows (RFC 9110 plus PATCH): others are 501, not 405 or 404.
+KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+_log_not_implemented: Final = Throttled(
+    logging.INFO, "request refused with 501: a method this server does not implement"
+)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as a JSON body: router misses, body limits, and anything unforeseen."""
+    if request.method not in KNOWN_METHODS:
+        METRICS.error("ingest", "not_implemented")
+        _log_not_implemented(method=request.method[:32])
+        return error_response(
+            501,
+            "not_implemented",
+            f"method {request.method[:32]!r} is not implemented by this server",
+            field="method",
+        )
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -105,7 +126,9 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
         if listener == "metrics"
         else sidecar.api_connections
     )
-    app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget)
+    # TCP may not take the slots kept for the Unix socket (the local app's way in).
+    reserved = limits.unix_reserved_connections if listener == "tcp" else 0
+    app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget, reserved=reserved)
     if listener == "metrics":
         _add_probes(app, sidecar, "tcp")
         return app

@@ -14,6 +14,11 @@ Batch (``decode_batch``): a JSON array (``application/json``), NDJSON
 msgpack array. A bad item becomes that item's `InvalidEvent`; only a body that
 cannot be split into items fails the whole request.
 
+Before any decoder sees a body, values nested deeper than ``max_depth``
+(``limits.max_nesting_depth``) are refused as ``too_deep`` (`bridge.server.depth`):
+the decoders recurse, and a few KB of brackets would otherwise exhaust the stack.
+In a batch only the items that nest too deep are refused.
+
 W3C ``traceparent``/``tracestate`` request headers are copied into each event's
 ``headers`` unless the event carries its own.
 """
@@ -37,6 +42,7 @@ from bridge.event import (
     decode_msgpack,
     from_structured,
 )
+from bridge.server.depth import check_json, check_msgpack, split_json_array, split_msgpack_array
 from bridge.server.errors import ApiError
 
 JSON: Final = "application/json"
@@ -66,6 +72,8 @@ _any_json: Final = msgspec.json.Decoder()
 # W3C Trace Context, level 1: version-traceid-parentid-flags (lowercase hex).
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?\Z")
 _TRACESTATE_MAX: Final = 512
+#: The default of ``limits.max_nesting_depth``.
+MAX_DEPTH: Final = 64
 
 
 def media_type(content_type: str | None) -> str:
@@ -126,12 +134,19 @@ def is_binary_mode(headers: Mapping[str, str]) -> bool:
     return "ce-specversion" in headers or "ce-type" in headers or "ce-id" in headers
 
 
-def decode_event(content_type: str | None, headers: Mapping[str, str], body: bytes) -> Event:
+def decode_event(
+    content_type: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    max_depth: int = MAX_DEPTH,
+) -> Event:
     """One event from a ``POST /v1/events`` request.
 
     Raises `InvalidEvent` (400) or `ApiError` (415).
     """
     media = media_type(content_type)
+    _check_depth(media, content_type, headers, body, max_depth)
     if media == CLOUDEVENTS:
         event = decode_structured(body)
     elif is_binary_mode(headers):
@@ -145,6 +160,22 @@ def decode_event(content_type: str | None, headers: Mapping[str, str], body: byt
     else:
         raise _unsupported(media, SINGLE_TYPES, ", or CloudEvents binary mode (ce-* headers)")
     return with_trace(event, trace_context(headers))
+
+
+def _check_depth(
+    media: str, content_type: str | None, headers: Mapping[str, str], body: bytes, limit: int
+) -> None:
+    """Refuse a body nested deeper than ``limit`` before it reaches a decoder."""
+    if media == CLOUDEVENTS:
+        check_json(body, limit)
+    elif is_binary_mode(headers):
+        # The body is the event's data; only JSON data is decoded.
+        if body and content_type and _is_json(media):
+            check_json(body, limit, field="data", outer=0)
+    elif media == JSON:
+        check_json(body, limit)
+    elif media == MSGPACK:
+        check_msgpack(body, limit)
 
 
 def decode_structured(body: bytes) -> Event:
@@ -253,7 +284,7 @@ _RawListDecoder = (
 )
 
 
-def _split_array(body: bytes, decoder: _RawListDecoder, what: str) -> list[bytes]:
+def _split_array(body: bytes, decoder: _RawListDecoder, what: str) -> list[bytes | InvalidEvent]:
     try:
         raws = decoder.decode(body)
     except msgspec.ValidationError:
@@ -265,7 +296,12 @@ def _split_array(body: bytes, decoder: _RawListDecoder, what: str) -> list[bytes
 
 
 def decode_batch(
-    content_type: str | None, headers: Mapping[str, str], body: bytes, *, max_items: int
+    content_type: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    max_items: int,
+    max_depth: int = MAX_DEPTH,
 ) -> list[Event | InvalidEvent]:
     """The items of a ``POST /v1/events/batch`` body, in input order.
 
@@ -275,16 +311,19 @@ def decode_batch(
     more than ``max_items``.
     """
     media = media_type(content_type)
-    items: list[bytes]
+    items: list[bytes | InvalidEvent]
     decode_item: Callable[[bytes], Event]
     if media == NDJSON:
-        items, decode_item = _split_ndjson(body), decode_json
-    elif media == JSON:
-        items, decode_item = _split_array(body, _raw_list_json, "JSON"), decode_json
-    elif media == CLOUDEVENTS_BATCH:
-        items, decode_item = _split_array(body, _raw_list_json, "JSON"), decode_structured
+        lines = _split_ndjson(body)
+        items, decode_item = _depth_checked(lines, max_depth), decode_json
+    elif media in (JSON, CLOUDEVENTS_BATCH):
+        split = split_json_array(body, max_depth)
+        items = split if split is not None else _split_array(body, _raw_list_json, "JSON")
+        decode_item = decode_json if media == JSON else decode_structured
     elif media == MSGPACK:
-        items, decode_item = _split_array(body, _raw_list_msgpack, "msgpack"), decode_msgpack
+        split = split_msgpack_array(body, max_depth)
+        items = split if split is not None else _split_array(body, _raw_list_msgpack, "msgpack")
+        decode_item = decode_msgpack
     elif media == CLOUDEVENTS:
         raise _unsupported(media, BATCH_TYPES, "; send single events to /v1/events")
     else:
@@ -299,8 +338,23 @@ def decode_batch(
     trace = trace_context(headers)
     out: list[Event | InvalidEvent] = []
     for item in items:
+        if isinstance(item, InvalidEvent):
+            out.append(item)
+            continue
         try:
             out.append(with_trace(decode_item(item), trace))
         except InvalidEvent as exc:
             out.append(exc)
+    return out
+
+
+def _depth_checked(lines: list[bytes], limit: int) -> list[bytes | InvalidEvent]:
+    out: list[bytes | InvalidEvent] = []
+    for line in lines:
+        try:
+            check_json(line, limit)
+        except InvalidEvent as exc:
+            out.append(exc)
+            continue
+        out.append(line)
     return out

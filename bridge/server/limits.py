@@ -13,8 +13,16 @@ adds both, per listener, without touching the event path:
   (``evbridge_errors{stage="accept",error_type="too_many_connections"}``).
   The TCP and Unix listeners share one budget; the metrics listener has its
   own, so probes are never refused because API clients hold every slot.
-- **header_timeout_s**: from the first byte of a request to the end of its
-  headers. Over it: ``408`` JSON (``header_timeout``) and close.
+  ``unix_reserved_connections`` of the shared slots are the Unix socket's
+  alone: TCP connections are refused once only those are left, so no TCP
+  client, however many connections it opens, locks the local app out.
+- **first_request_timeout_s**: from accepting a connection to the end of its
+  first request's headers, so a connection that never sends a byte holds its
+  slot for seconds, not for the keep-alive timeout. Over it: ``408`` JSON
+  (``header_timeout``) and close.
+- **header_timeout_s**: from the first byte of a later request on a
+  keep-alive connection to the end of its headers. Over it: ``408`` JSON
+  (``header_timeout``) and close.
 - **body_timeout_s**: from the end of the headers to the end of the body.
   Over it, the body read fails with `BodyTimeout`: the API answers ``408``
   JSON (``body_timeout``), the event is not processed, and the connection closes.
@@ -27,19 +35,28 @@ body ended has nothing processed (``400 incomplete_body``).
 
 Protocol-level errors (bad request line, header line over the size limit) get
 the same JSON error body as every other error (`GuardedHandler.handle_error`).
+
+``Expect: 100-continue`` is answered lazily: ``100 Continue`` goes out only
+when a handler starts reading the body (`send_continue`), so a request the
+headers already decide (401, 413, 415, 429, 503) gets its final status at
+once and the client never sends the body. Any other expectation gets ``417``
+JSON (``expectation_failed``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, Final, cast
 
 import msgspec
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.http_writer import HttpVersion11
+from multidict import CIMultiDict
 
 from bridge.config import LimitsConfig
 from bridge.metrics import METRICS
@@ -58,6 +75,15 @@ MAX_LINGERING_REFUSALS: Final = 64
 LOG_INTERVAL_S: Final = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A well-formed request line whose method llhttp does not know (it refuses those itself).
+_UNKNOWN_METHOD: Final = re.compile(
+    r"""b(['"])([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]\1"""
+)
+BaseHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+#: Request state: True while the client waits for ``100 Continue`` (see `send_continue`).
+EXPECTS_CONTINUE: Final = "evbridge.expects_continue"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class BodyTimeout(ApiError):
@@ -71,8 +97,10 @@ class BodyTimeout(ApiError):
         )
 
 
-class _Throttled:
-    """Logs one line for the first occurrence, then at most one per `LOG_INTERVAL_S`."""
+class Throttled:
+    """Logs one line for the first occurrence, then at most one per `LOG_INTERVAL_S`
+    (with the count of those left out), so a client repeating a refused request
+    cannot flood the log."""
 
     def __init__(self, level: int, message: str) -> None:
         self.level, self.message = level, message
@@ -109,8 +137,9 @@ class ConnectionBudget:
         self.pool = pool
         self.open = 0
 
-    def take(self) -> bool:
-        if self.open >= self.limit:
+    def take(self, reserved: int = 0) -> bool:
+        """Take a slot unless only ``reserved`` (kept for other listeners) or none are left."""
+        if self.open >= self.limit - reserved:
             return False
         self.open += 1
         return True
@@ -122,10 +151,20 @@ class ConnectionBudget:
 class ConnectionGuard:
     """The connection limits of one listener; see the module docstring."""
 
-    def __init__(self, limits: LimitsConfig, listener: str, budget: ConnectionBudget) -> None:
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        listener: str,
+        budget: ConnectionBudget,
+        *,
+        reserved: int = 0,
+    ) -> None:
         self.listener = listener
         self.budget = budget
+        #: Slots of ``budget`` this listener may not take (the Unix socket's reserve).
+        self.reserved = reserved
         self.header_timeout = limits.header_timeout_s
+        self.first_request_timeout = limits.first_request_timeout_s
         self.body_timeout = limits.body_timeout_s
         #: Keyword arguments of every `GuardedHandler` (aiohttp's ``RequestHandler``).
         self.handler_options: dict[str, Any] = {
@@ -140,11 +179,17 @@ class ConnectionGuard:
             "access_log": None,
         }
         self.lingering_refusals = 0
+        usable = budget.limit - reserved
+        kept = (
+            f" ({reserved} of them kept for the Unix socket: limits.unix_reserved_connections)"
+            if reserved
+            else ""
+        )
         self.refusal = _raw_error(
             503,
             "Service Unavailable",
             "too_many_connections",
-            f"{budget.limit} connections are open; limits.max_connections is {budget.limit}",
+            f"{usable} connections are open; limits.max_connections is {budget.limit}{kept}",
         )
         self.header_timeout_answer = _raw_error(
             408,
@@ -153,17 +198,29 @@ class ConnectionGuard:
             f"the request headers did not arrive within limits.header_timeout_s "
             f"({self.header_timeout:g}s)",
         )
+        self.first_request_timeout_answer = _raw_error(
+            408,
+            "Request Timeout",
+            "header_timeout",
+            f"no complete request headers within limits.first_request_timeout_s "
+            f"({self.first_request_timeout:g}s) of connecting",
+        )
+        self._expect_counter = METRICS.errors.labels("ingest", "expectation_failed")
         self._refused_counter = METRICS.errors.labels("accept", "too_many_connections")
         self._header_counter = METRICS.errors.labels("ingest", "header_timeout")
-        self.log_refused = _Throttled(
+        self.log_refused = Throttled(
             logging.WARNING,
-            f"{listener}: connection refused: limits.max_connections ({budget.limit}) "
-            f"connections are open",
+            f"{listener}: connection refused: {usable} connections are open "
+            f"(limits.max_connections {budget.limit}{kept})",
         )
-        self.log_header_timeout = _Throttled(
+        self.log_header_timeout = Throttled(
             logging.INFO,
             f"{listener}: connection closed: request headers took longer than "
-            f"limits.header_timeout_s ({self.header_timeout:g}s)",
+            f"limits.header_timeout_s ({self.header_timeout:g}s) or "
+            f"limits.first_request_timeout_s ({self.first_request_timeout:g}s)",
+        )
+        self.log_expectation = Throttled(
+            logging.INFO, f"{listener}: request refused with 417: unsupported Expect header"
         )
 
     def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
@@ -172,8 +229,10 @@ class ConnectionGuard:
         loop = asyncio.get_running_loop()
         budget = self.budget
 
+        reserved = self.reserved
+
         def make() -> asyncio.BaseProtocol:
-            if not budget.take():
+            if not budget.take(reserved):
                 self._refused_counter.inc()
                 self.log_refused(listener=self.listener, limit=budget.limit)
                 return _Refusal(self, loop)
@@ -184,6 +243,18 @@ class ConnectionGuard:
     def header_timed_out(self) -> None:
         self._header_counter.inc()
         self.log_header_timeout(listener=self.listener)
+
+    def expectation_failed(self, expect: str) -> web.Response:
+        self._expect_counter.inc()
+        self.log_expectation(listener=self.listener, expect=expect[:64])
+        response = error_response(
+            417,
+            "expectation_failed",
+            f"unsupported Expect: {expect[:64]!r}; only 100-continue is supported",
+            field="Expect",
+        )
+        response.force_close()
+        return response
 
 
 #: Every API app's guard (the runner's site finds it here).
@@ -238,6 +309,7 @@ class GuardedHandler(web.RequestHandler):
         "_active",
         "_body_timer",
         "_client_eof",
+        "_first_request",
         "_guard",
         "_guard_loop",
         "_header_timer",
@@ -265,8 +337,21 @@ class GuardedHandler(web.RequestHandler):
         self._client_eof = False
         #: Requests parsed whose handler has not started yet.
         self._undispatched = 0
+        #: No request has started on this connection yet (its deadline runs from accept).
+        self._first_request = True
+        handler = self._request_handler
+        assert handler is not None
+        self._request_handler = self._with_expectations(handler)
 
     # --- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # From accept, not from the first byte: a connection that never sends must not
+        # hold its slot until the keep-alive timeout.
+        self._header_timer = self._guard_loop.call_later(
+            self._guard.first_request_timeout, self._headers_too_slow
+        )
 
     def data_received(self, data: bytes) -> None:
         if data and self._active is None and self._header_timer is None:
@@ -310,6 +395,7 @@ class GuardedHandler(web.RequestHandler):
     def request_started(self, request: web.BaseRequest) -> None:
         """The headers of ``request`` are in and its handler starts."""
         self._undispatched = max(0, self._undispatched - 1)
+        self._first_request = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -350,9 +436,14 @@ class GuardedHandler(web.RequestHandler):
         transport = self.transport
         if self._active is not None or transport is None:
             return
-        self._guard.header_timed_out()
+        guard = self._guard
+        guard.header_timed_out()
         if not self._client_eof:
-            transport.write(self._guard.header_timeout_answer)
+            transport.write(
+                guard.first_request_timeout_answer
+                if self._first_request
+                else guard.header_timeout_answer
+            )
         self.force_close()
 
     def _body_too_slow(self) -> None:
@@ -368,6 +459,33 @@ class GuardedHandler(web.RequestHandler):
         payload.set_exception(BodyTimeout(self._guard.body_timeout))
         payload.feed_eof()
 
+    # --- Expect -------------------------------------------------------------------------
+
+    def _with_expectations(self, handler: BaseHandler) -> BaseHandler:
+        """``handler`` with the ``Expect`` header taken over from aiohttp, whose routes send
+        ``100 Continue`` before any handler could refuse the request."""
+        guard = self._guard
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            expect = request.headers.get(hdrs.EXPECT)
+            # HTTP/1.0 has no expectations: RFC 9110 §10.1.1 says to ignore the header.
+            if expect is None or request.version < HttpVersion11:
+                return await handler(request)
+            if expect.strip().lower() != "100-continue":
+                return guard.expectation_failed(expect)
+            headers = CIMultiDict(request.headers)
+            del headers[hdrs.EXPECT]
+            request = request.clone(headers=headers)
+            request[EXPECTS_CONTINUE] = True
+            response = await handler(request)
+            if request.get(EXPECTS_CONTINUE) and request.body_exists:
+                # The client holds its body back until 100 Continue, which now never
+                # comes: the connection cannot be reused (RFC 9110 §10.1.1).
+                response.force_close()
+            return response
+
+        return handle
+
     # --- protocol-level errors ------------------------------------------------------------
 
     def handle_error(
@@ -381,7 +499,12 @@ class GuardedHandler(web.RequestHandler):
         if request.writer.output_size > 0:
             # Part of an answer is out: nothing valid can follow. aiohttp closes the connection.
             raise ConnectionError("the response was already started; cannot send the error")
-        if isinstance(exc, LineTooLong):
+        unknown = _UNKNOWN_METHOD.search(str(exc)) if isinstance(exc, BadHttpMethod) else None
+        if unknown is not None:
+            # A method this server does not know is 501 (RFC 9110 §9.1), not a malformed request.
+            status, code = 501, "not_implemented"
+            text = f"method {unknown.group(2)!r} is not implemented by this server"
+        elif isinstance(exc, LineTooLong):
             status, code = 431, "header_too_large"
             text = f"the request line or a header line is over {MAX_LINE_BYTES} bytes"
         elif isinstance(exc, HttpProcessingError):
@@ -421,3 +544,16 @@ async def connection_limits(request: web.Request, handler: Handler) -> web.Strea
     if close:
         response.force_close()
     return response
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Send ``100 Continue`` if the client waits for it before sending its body.
+
+    Call it right before reading the body, after every check the headers decide.
+    """
+    if request.get(EXPECTS_CONTINUE):
+        request[EXPECTS_CONTINUE] = False
+        writer = request.writer
+        await writer.write(_CONTINUE)
+        # The final answer's head is still to come (as aiohttp's own expect handler does).
+        writer.output_size = 0

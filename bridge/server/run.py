@@ -7,10 +7,17 @@ Shutdown, on the first SIGTERM or SIGINT:
 
 1. readiness goes 503 (``/readyz`` keeps answering on the metrics listener);
 2. the API listeners stop accepting and idle keep-alive connections close;
-3. requests in flight finish, bounded by ``shutdown.grace_s`` (then cancelled);
-4. the bus stops: coalesced publishes finish, sinks flush and stop;
+3. requests in flight finish, bounded by ``shutdown.grace_s``; those still
+   running then are cut off and answered ``503 outcome_unknown`` (their events
+   may or may not be published) within `CUT_OFF_ANSWER_S`;
+4. the bus stops: coalesced publishes finish, sinks flush and stop, within what
+   is left of the grace period (at least `STOP_FLOOR_S`);
 5. the metrics listener closes, the Unix socket file is removed, and one
    summary line is logged.
+
+Every stage is bounded, so the process exits within ``grace_s`` plus
+`SHUTDOWN_BOUND_S`, even with a broker that accepts connections and never
+answers.
 """
 
 from __future__ import annotations
@@ -76,6 +83,13 @@ def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _CUT_OFF_S = 0.1
+#: Seconds requests cut off at the grace limit get to write their 503.
+CUT_OFF_ANSWER_S = 0.5
+#: Seconds the bus gets to stop even when the grace period is used up.
+STOP_FLOOR_S = 1.0
+#: Seconds past ``shutdown.grace_s`` a SIGTERM may take to exit, at most: cutting off and
+#: answering, closing listeners, the bus's floor, and leftover tasks (`run_to_exit`).
+SHUTDOWN_BOUND_S = CUT_OFF_ANSWER_S + 2 * _CUT_OFF_S + STOP_FLOOR_S + 1.0
 
 
 async def _drain(sidecar: Sidecar, runners: list[web.AppRunner], grace: float) -> bool:
@@ -141,6 +155,13 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
 
     drain_s = 0.0
     draining = 0
+    #: When shutdown started (monotonic); the bus gets what is left of the grace period.
+    shutdown_at: list[float] = []
+
+    async def stop_bus() -> None:
+        left = grace - (monotonic() - shutdown_at[0]) if shutdown_at else grace
+        await sidecar.stop(max(STOP_FLOOR_S, left))
+
     async with AsyncExitStack() as stack:
         _install_signals(loop, stop, sidecar, main)
         stack.callback(_remove_signals, loop)
@@ -155,7 +176,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(metrics_runner.cleanup)
             _listening(sidecar, "metrics", address)
         await sidecar.start()
-        stack.push_async_callback(sidecar.stop, grace)
+        stack.push_async_callback(stop_bus)
         if listen.unix is not None:
             unix_path = listen.unix
             sock, inode = bind_unix(unix_path, int(listen.unix_mode, 8), listen.unix_group)
@@ -207,16 +228,20 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             extra={"in_flight": draining, "grace_s": grace},
         )
         started = monotonic()
+        shutdown_at.append(started)
         if not await _drain(sidecar, api_runners, grace):
             log.warning(
-                "%d requests still in flight after the %.1fs grace period: cancelling them",
+                "%d requests still in flight after the %.1fs grace period: answering them "
+                "503 outcome_unknown",
                 sidecar.active_requests,
                 grace,
                 extra={"in_flight": sidecar.active_requests},
             )
+            sidecar.cut_off()
+            await sidecar.wait_idle(CUT_OFF_ANSWER_S)
         await close_api()
-        # Let the requests cancelled at the grace limit unwind (and be counted).
-        await sidecar.wait_idle(1.0)
+        # Let whatever aiohttp cancelled while closing unwind (and be counted).
+        await sidecar.wait_idle(_CUT_OFF_S)
         drain_s = monotonic() - started
     stats = sidecar.stats
     log.info(
@@ -250,7 +275,7 @@ def loop_factory() -> asyncio.AbstractEventLoop:
 
 
 #: Seconds tasks still running after `serve` returned get to finish once cancelled.
-LEFTOVER_GRACE_S = 2.0
+LEFTOVER_GRACE_S = 1.0
 
 
 def run_to_exit(coro: Coroutine[Any, Any, T], *, leftover_grace_s: float = LEFTOVER_GRACE_S) -> T:

@@ -9,6 +9,7 @@ from aiohttp import web
 from bridge.errors import SpoolError
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import ApiError, json_response, status_for
+from bridge.server.limits import send_continue
 from bridge.server.state import Sidecar
 from bridge.spool.cli import REPLAY_PATH
 
@@ -31,6 +32,7 @@ def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> N
         durable = sidecar.bus.durable
         if durable is None:
             raise ApiError(404, "not_found", "durable delivery is not configured: no spool")
+        await send_continue(request)
         body = await request.read()
         try:
             # Only a truly empty body means "all sinks"; whitespace is malformed JSON.

@@ -70,6 +70,10 @@ class Sidecar:
         self._health_at = 0.0
         self._health_task: asyncio.Task[dict[str, Health]] | None = None
         self._idle: asyncio.Event | None = None
+        #: The tasks of the event requests being processed (see `cut_off`).
+        self._request_tasks: set[asyncio.Task[Any]] = set()
+        #: Set once the shutdown grace ran out: cancelled requests answer 503 outcome_unknown.
+        self.cutting_off = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -94,11 +98,19 @@ class Sidecar:
         METRICS.ready.set(0)
 
     async def stop(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, reported when hit
-        """Stop the bus (flush and stop sinks) within ``timeout`` s; False if it took longer."""
+        """Stop the bus (flush and stop sinks) within ``timeout`` s; False if it took longer.
+
+        ``evbridge serve`` passes what is left of ``shutdown.grace_s`` (at least
+        `bridge.server.run.STOP_FLOOR_S`): the whole shutdown is bounded, even
+        with a broker that never answers. With durable delivery, background
+        delivery gets ``grace_s`` more to drain the spool; what it has not
+        delivered by then stays there for the next start.
+        """
         self.begin_shutdown()
         self.phase = "stopped"
         if self.bus.durable is not None:
-            # Background delivery gets shutdown.grace_s of its own to drain the spool.
+            # Background delivery gets shutdown.grace_s of its own to drain the spool
+            # (docs/durable-delivery.md): the bound is then 2 x grace_s plus the same margin.
             timeout += self.config.shutdown.grace_s
         try:
             await asyncio.wait_for(self.bus.stop(), timeout)
@@ -147,9 +159,15 @@ class Sidecar:
 
     def request_started(self) -> None:
         self.active_requests += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._request_tasks.add(task)
 
     def request_done(self) -> None:
         self.active_requests -= 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._request_tasks.discard(task)
         if self._idle is not None and not self.active_requests:
             self._idle.set()
 
@@ -162,6 +180,28 @@ class Sidecar:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
+        return True
+
+    def cut_off(self) -> int:
+        """The grace period is over: cancel every event request still in flight.
+
+        Each answers ``503 outcome_unknown`` (`absorb_cut_off`) instead of having
+        its connection dropped: its events may or may not have been published.
+        Returns how many were cut off.
+        """
+        self.cutting_off = True
+        tasks = [task for task in self._request_tasks if not task.done()]
+        for task in tasks:
+            task.cancel("cut off at the shutdown grace limit")
+        return len(tasks)
+
+    def absorb_cut_off(self) -> bool:
+        """In a request's ``except CancelledError``: True if the cancellation was `cut_off`'s
+        alone, which is then undone so the request can answer; False means re-raise."""
+        task = asyncio.current_task()
+        if not self.cutting_off or task is None or task.cancelling() != 1:
+            return False
+        task.uncancel()
         return True
 
     # --- health ------------------------------------------------------------------

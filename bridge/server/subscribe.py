@@ -13,6 +13,11 @@ the socket drains. Comment lines (``: heartbeat``) keep idle streams alive. The 
 ``: subscribed`` comment, sent once the subscription is live, so a client
 knows from then on it misses nothing. A client that goes away frees its
 subscription within `DISCONNECT_POLL_S`.
+
+``?named=false`` sends every event as an unnamed message (no ``event:``
+line), so a browser's ``EventSource.onmessage`` and other generic consumers
+see them all; the type is the ``type`` field of ``data`` as always. The
+``dropped`` and ``overflow`` notices keep their names either way.
 """
 
 from __future__ import annotations
@@ -63,14 +68,25 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return value
 
 
-def _message(notice: Notice) -> bytes:
+def _message(notice: Notice, named: bool = True) -> bytes:
     event = notice.event
     data = _encoder.encode({**to_plain(event), "status": notice.status})
     head = b""
     if notice.dropped:
         head = b"event: dropped\ndata: " + _encoder.encode({"dropped": notice.dropped}) + b"\n\n"
     # Ids and types are validated printable text, so they cannot break SSE framing.
-    return head + f"id: {event.id}\nevent: {event.type}\n".encode() + b"data: " + data + b"\n\n"
+    name = f"event: {event.type}\n" if named else ""
+    return head + f"id: {event.id}\n{name}".encode() + b"data: " + data + b"\n\n"
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ApiError(400, "invalid_query", f"{name} must be true or false", field=name)
+    return value
 
 
 class SubscribeEndpoint:
@@ -81,7 +97,7 @@ class SubscribeEndpoint:
         token = sidecar.config.auth.token
         self.auth = BearerAuth(token) if token and listener == "tcp" else None
 
-    def _options(self, request: web.Request) -> tuple[list[str], int, int, Overflow, float]:
+    def _options(self, request: web.Request) -> tuple[list[str], int, int, Overflow, float, bool]:
         patterns = request.query.getall("type", []) or ["*"]
         if len(patterns) > MAX_PATTERNS or any(
             not p or not p.isprintable() or len(p) > 256 for p in patterns
@@ -107,12 +123,13 @@ class SubscribeEndpoint:
                 field="overflow",
             )
         heartbeat = _number(request, "heartbeat_s", 15.0, 0.05, 300.0)
-        return patterns, max_queue, max_queue_bytes, cast(Overflow, overflow), heartbeat
+        named = _flag(request, "named", True)
+        return patterns, max_queue, max_queue_bytes, cast(Overflow, overflow), heartbeat, named
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.auth is not None:
             self.auth.check(request.headers)
-        patterns, max_queue, max_queue_bytes, overflow, heartbeat = self._options(request)
+        patterns, max_queue, max_queue_bytes, overflow, heartbeat, named = self._options(request)
         sidecar = self.sidecar
         if not sidecar.accepting:
             raise ApiError(503, "shutting_down", "evbridge is not accepting subscriptions now")
@@ -135,7 +152,7 @@ class SubscribeEndpoint:
                 )
                 await response.prepare(request)
                 await response.write(b": subscribed\n\n")
-                await self._pump(request, response, sub, heartbeat)
+                await self._pump(request, response, sub, heartbeat, named)
                 return response
         finally:
             sidecar.sse_streams -= 1
@@ -146,6 +163,7 @@ class SubscribeEndpoint:
         response: web.StreamResponse,
         sub: Subscription,
         heartbeat: float,
+        named: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + heartbeat
@@ -169,10 +187,10 @@ class SubscribeEndpoint:
                     continue
                 # Send more of what is queued in the same write, up to WRITE_BYTES: the
                 # rest stays in the bounded queue while a slow client's socket drains.
-                chunks = [_message(notice)]
+                chunks = [_message(notice, named)]
                 size = len(chunks[0])
                 while size < WRITE_BYTES and (more := sub.get_nowait()) is not None:
-                    chunks.append(_message(more))
+                    chunks.append(_message(more, named))
                     size += len(chunks[-1])
                 await response.write(b"".join(chunks))
                 next_beat = loop.time() + heartbeat

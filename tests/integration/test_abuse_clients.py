@@ -366,7 +366,9 @@ async def test_client_gone_while_handlers_run_is_processed(
 async def test_max_connections_refuses_then_recovers(
     evbridge_server_factory: ServerFactory,
 ) -> None:
-    server = evbridge_server_factory({"limits": {"max_connections": 4}})
+    server = evbridge_server_factory(
+        {"limits": {"max_connections": 4, "unix_reserved_connections": 0}}
+    )
     idle = []
     for transport in ("unix", "tcp", "unix", "tcp"):
         connection = await RawConnection.open(server, transport)
