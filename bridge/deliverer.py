@@ -167,6 +167,10 @@ class Deliverer:
         guards = destination_guards(config.options, templates)
         return _DeadLetterRoute(self.publishers[config.sink], config.options, templates, guards)
 
+    def dead_letter_route(self, route: str) -> _DeadLetterRoute | None:
+        """Where ``route``'s undeliverable events go, if it names a ``dead_letter``."""
+        return self._dead_routes.get(route)
+
     def start(self) -> None:
         """Start a lane for every configured sink and every sink the spool still holds
         records for (a sink since removed from the config dead-letters them locally).
@@ -206,7 +210,8 @@ class Deliverer:
                 progress.cancel()
         return True
 
-    def _made_progress(self) -> None:
+    def made_progress(self) -> None:
+        """Called by a lane after it settled records: wakes `stop`'s drain wait."""
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -397,7 +402,7 @@ class _Lane:
         if dead:
             await self._dead_letter(dead)
         self._room.set()
-        self.deliverer._made_progress()
+        self.deliverer.made_progress()
 
     async def _dead_letter(self, dead: list[tuple[_Entry, str, str]]) -> None:
         """Publish each to its route's dead-letter destination; keep the rest locally."""
@@ -405,7 +410,7 @@ class _Lane:
         by_route: dict[_DeadLetterRoute, list[tuple[_Entry, str, str, Outgoing]]] = {}
         for entry, reason, code in dead:
             self._remove(entry)
-            route = self.deliverer._dead_routes.get(entry.outgoing.route)
+            route = self.deliverer.dead_letter_route(entry.outgoing.route)
             if route is None:
                 local.append((entry, reason, code))
                 continue
@@ -478,4 +483,4 @@ class _Lane:
                 self.sink,
                 code,
             )
-        self.deliverer._made_progress()
+        self.deliverer.made_progress()
