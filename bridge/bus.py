@@ -391,16 +391,19 @@ class Bus:
             return []
         handled = await self._handle_all(events, depth, concurrency)
         outcomes = await self._deliver(handled, delivery)
-        results = [
-            EmitResult(h.event.id, h.event.type, "handled", h.outcomes)
-            if outcome is None
-            else self._result(h, outcome)
-            for h, outcome in zip(handled, outcomes, strict=True)
-        ]
+        # Plain loops: this runs for every event, and comprehensions cost a frame each.
+        results: list[EmitResult] = []
+        parents: list[int] = []
+        for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
+            if outcome is None:
+                results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
+            else:
+                results.append(self._result(h, outcome))
+            if h.follow_ups:
+                parents.extend([i] * len(h.follow_ups))
         if self._hub.subscriptions:
             for h, result in zip(handled, results, strict=True):
                 self._hub.publish(h.event, result.status)
-        parents = [i for i, h in enumerate(handled) for _ in h.follow_ups]
         if parents:
             children = await self._emit(
                 [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery
@@ -426,6 +429,16 @@ class Bus:
     async def _handle_all(
         self, events: Sequence[Event], depth: int, concurrency: int
     ) -> list[_Handled]:
+        if len(events) == 1:
+            # One event (every `emit`): no worker to spawn, no results to slot in.
+            task = asyncio.current_task()
+            assert task is not None, "emit() must run in a task"
+            slot = Slot(task)
+            self._watchdog.enter(slot)
+            try:
+                return [await self._handle(self._prepare(events[0]), depth, slot)]
+            finally:
+                self._watchdog.leave(slot)
         handled: list[_Handled | None] = [None] * len(events)
         indexes = iter(range(len(events)))
 
@@ -452,9 +465,23 @@ class Bus:
     ) -> list[Result | None]:
         """Route every notification event and deliver them, one call per channel
         (sink and mode); None for domain events."""
+        channel_for = self._dispatch.channel
+        if len(handled) == 1:
+            # One event: its channel's single-event call (which coalesces across callers).
+            event = handled[0].event
+            if event.kind == "domain":
+                return [None]
+            try:
+                _, outgoing = self.router.resolve(event)
+            except BridgeError as exc:
+                return [exc]
+            self._require_started()
+            channel = self._dispatch.defaults[outgoing.route] if delivery is None else None
+            if channel is None:
+                channel = channel_for(outgoing, delivery)
+            return [await channel.deliver_one(outgoing)]
         outcomes: list[Result | None] = [None] * len(handled)
         groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
-        channel_for = self._dispatch.channel
         for i, item in enumerate(handled):
             if item.event.kind == "domain":
                 continue
@@ -469,10 +496,6 @@ class Bus:
         self._require_started()
 
         async def deliver(channel: Channel, items: list[tuple[int, Outgoing]]) -> None:
-            if len(items) == 1:
-                i, outgoing = items[0]
-                outcomes[i] = await channel.deliver_one(outgoing)
-                return
             results = await channel.deliver([o for _, o in items])
             for (i, _), result in zip(items, results, strict=True):
                 outcomes[i] = result

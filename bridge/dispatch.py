@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from bridge.config import Config
@@ -37,25 +37,23 @@ log = logging.getLogger("bridge.dispatch")
 class Channel(Protocol):
     """Delivers events of one sink in one mode; one result per item, in order."""
 
-    async def deliver(self, items: Sequence[Outgoing]) -> Sequence[Result]: ...
+    def deliver(self, items: Sequence[Outgoing], /) -> Awaitable[Sequence[Result]]: ...
 
-    async def deliver_one(self, item: Outgoing) -> Result: ...
+    def deliver_one(self, item: Outgoing, /) -> Awaitable[Result]: ...
 
 
 class Publish:
     """Sync: publish now and answer with the broker's outcome."""
 
-    __slots__ = ("publisher",)
+    __slots__ = ("deliver", "deliver_one", "publisher")
 
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
-
-    async def deliver(self, items: Sequence[Outgoing]) -> Sequence[Result]:
-        return await self.publisher.publish_many(items)
-
-    async def deliver_one(self, item: Outgoing) -> Result:
-        # Single events from concurrent requests share one sink batch (coalescing).
-        return await self.publisher.publish(item)
+        # The publisher's own methods, bound once: no extra call on the hot path.
+        self.deliver: Callable[[Sequence[Outgoing]], Awaitable[Sequence[Result]]]
+        self.deliver = publisher.publish_many
+        #: Single events from concurrent requests share one sink batch (coalescing).
+        self.deliver_one: Callable[[Outgoing], Awaitable[Result]] = publisher.publish
 
 
 class Spool:
@@ -179,7 +177,13 @@ class Dispatch:
             for r in config.routes
         }
 
+        #: Each route's channel when the request states no preference (most events).
+        self.defaults: dict[str, Channel] = {
+            name: route.channel(None) for name, route in self.routes.items()
+        }
+
     def channel(self, item: Outgoing, preference: Preference | None) -> Channel:
+        """The channel ``item`` takes, by its route and the request's preference."""
         return self.routes[item.route].channel(preference)
 
     async def start(self) -> None:

@@ -19,10 +19,10 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from prometheus_client import Counter
 
 import bridge
-from bridge.prefer import Preference, parse_prefer
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
 from bridge.metrics import METRICS
+from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
 from bridge.server.auth import BearerAuth
