@@ -94,10 +94,10 @@ class Bus:
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
         #: Runs the plain ``def`` handlers (never the loop's default executor).
-        self._threads = HandlerThreads(handlers.threads)
+        self._threads = HandlerThreads(handlers.threads, metrics=self.metrics)
         self._watchdog = Watchdog()
         self._loopwatch = (
-            LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s)
+            LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s, metrics=self.metrics)
             if handlers.loop_warn_s > 0
             else None
         )

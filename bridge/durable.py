@@ -77,6 +77,7 @@ class DurableDelivery:
             config.routes,
             settings.retry,
             window_bytes=settings.window_bytes,
+            metrics=metrics,
         )
         self._was_full = False
         # Every event is refused while the disk cannot write: log that once per interval.

@@ -16,6 +16,7 @@ from bridge.errors import SpoolError
 from bridge.handlers import Context, HandlerRegistry
 from bridge.metrics import METRICS, Metrics
 from bridge.prefer import Preference
+from tests.brokers import wait_until
 from tests.unit.test_durable import GateSink, config, gate
 
 
@@ -81,6 +82,13 @@ async def test_buses_with_their_own_metrics_keep_their_own(
         # Counters too: each bus counts what it did, only in its own metrics.
         assert mine.events_unhandled.child().value == 2
         assert yours.events_unhandled.child().value == 7
+        # The deliverers' retries too (the gates stay closed, so they retry).
+        for metrics in (mine, yours):
+            await wait_until(
+                lambda m=metrics: bool(gauge(m, "evbridge_delivery_retries_total", "s")),
+                timeout=5,
+                what="a retry counted",
+            )
         assert METRICS.spool_gauges.sources == 0
 
 
