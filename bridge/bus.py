@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,57 +19,28 @@ import msgspec
 
 from bridge.config import Config, load_config
 from bridge.delivery import Publisher
-from bridge.durable import DurableDelivery, Preference, Result, Spooled
-from bridge.errors import BridgeError, SinkError, SpoolError
+from bridge.dispatch import Dispatch
+from bridge.durable import DurableDelivery
+from bridge.errors import BridgeError, SpoolError
 from bridge.event import Event
-from bridge.handlers import (
-    Context,
-    Handler,
-    HandlerRegistry,
-    import_modules,
-)
+from bridge.eventpath import EventPath, Lifecycle
+from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
 from bridge.loopwatch import LoopWatch
-from bridge.metrics import METRICS
-from bridge.pipeline import Slot, Watchdog, run_handlers
-from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
+from bridge.metrics import METRICS, Metrics
+from bridge.pipeline import Watchdog
+from bridge.prefer import Preference
+from bridge.results import EmitResult
 from bridge.routing import Router
-from bridge.sinks.base import Health, Outgoing, Sink, get_sink_type
+from bridge.sinks.base import Health, Sink, get_sink_type
 from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
 from bridge.threads import HandlerThreads
 
 log = logging.getLogger("bridge.bus")
 
 _HEALTH_TIMEOUT_S = 5.0
-_UNHANDLED = METRICS.events_unhandled.child()
-
-
-def _error_info(exc: BridgeError) -> ErrorInfo:
-    return ErrorInfo(exc.code, exc.message, exc.field, exc.retriable)
-
-
-class _Handled:
-    """An event after its handlers ran: what they did and what they emitted."""
-
-    __slots__ = ("event", "follow_ups", "outcomes")
-
-    def __init__(
-        self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]
-    ) -> None:
-        self.event = event
-        self.outcomes = outcomes
-        self.follow_ups = follow_ups
-
-
-class _Lifecycle:
-    """Started/stopped state, shared by a bus and its scopes."""
-
-    __slots__ = ("started",)
-
-    def __init__(self) -> None:
-        self.started = False
 
 
 class Bus:
@@ -83,10 +54,17 @@ class Bus:
 
     Events whose ``source`` is unset get the config's ``source``, filled in on
     the event object itself before any handler sees it.
+
+    ``metrics`` (default: the module-level `bridge.metrics.METRICS`) is where
+    this bus counts; buses given their own keep their own series and gauges.
     """
 
     def __init__(
-        self, config: Config | None = None, *, registry: HandlerRegistry | None = None
+        self,
+        config: Config | None = None,
+        *,
+        registry: HandlerRegistry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config if config is not None else load_config(env={})
         handlers = self.config.handlers
@@ -94,6 +72,7 @@ class Bus:
             handlers.modules,
             entry_point_group="evbridge.handlers" if handlers.entry_points else None,
         )
+        self.metrics = metrics if metrics is not None else METRICS
         self.registry = HandlerRegistry(parent=registry or default_registry)
         self.router = Router(self.config.routes)
         self.sinks: dict[str, Sink] = {}
@@ -102,26 +81,40 @@ class Bus:
             sink_type = get_sink_type(sink_config.type)
             sink = sink_type.factory(sink_config)
             self.sinks[sink_config.name] = sink
-            self._publishers[sink_config.name] = Publisher(sink, coalesce=sink_type.coalesce)
-        #: The spool and its deliverer, when some route delivers durably (`bridge.durable`).
-        self.durable = (
-            DurableDelivery(self.config, self._publishers)
+            self._publishers[sink_config.name] = Publisher(
+                sink, coalesce=sink_type.coalesce, metrics=self.metrics
+            )
+        durable = (
+            DurableDelivery(self.config, self._publishers, metrics=self.metrics)
             if DurableDelivery.needed(self.config)
             else None
         )
-        self._source = self.config.source
+        #: Each route's choice between publishing now and spooling (`bridge.dispatch`).
+        self._dispatch = Dispatch(self.config, self._publishers, durable)
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
-        self._cancel_grace = handlers.cancel_grace_s
         #: Runs the plain ``def`` handlers (never the loop's default executor).
-        self._threads = HandlerThreads(handlers.threads)
+        self._threads = HandlerThreads(handlers.threads, metrics=self.metrics)
         self._watchdog = Watchdog()
         self._loopwatch = (
-            LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s)
+            LoopWatch(self._watchdog, warn_after_s=handlers.loop_warn_s, metrics=self.metrics)
             if handlers.loop_warn_s > 0
             else None
         )
-        self._life = _Lifecycle()
+        self._life = Lifecycle()
+        self._path = EventPath(
+            registry=self.registry,
+            router=self.router,
+            dispatch=self._dispatch,
+            life=self._life,
+            watchdog=self._watchdog,
+            threads=self._threads,
+            metrics=self.metrics,
+            source=self.config.source,
+            timeout_s=handlers.timeout_s,
+            cancel_grace_s=handlers.cancel_grace_s,
+            max_depth=handlers.max_depth,
+        )
         limits = self.config.limits
         self._hub = Hub(
             SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
@@ -150,14 +143,11 @@ class Bus:
             raise BridgeError(
                 f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
             ) from exc
-        if self.durable is not None:
-            try:
-                await self.durable.start()
-            except BaseException:
-                await asyncio.gather(
-                    *(s.stop() for s in self.sinks.values()), return_exceptions=True
-                )
-                raise
+        try:
+            await self._dispatch.start()
+        except BaseException:
+            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
+            raise
         self._life.started = True
         if self._loopwatch is not None:
             self._loopwatch.start()
@@ -173,9 +163,8 @@ class Bus:
         self._life.started = False
         # First, so that the report comes even if a sink then takes too long to stop.
         self._threads.close()
-        if self.durable is not None:
-            # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
-            await self.durable.stop(self.config.shutdown.grace_s)
+        # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
+        await self._dispatch.stop(self.config.shutdown.grace_s)
         await asyncio.gather(
             *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
         )
@@ -204,6 +193,56 @@ class Bus:
     @property
     def started(self) -> bool:
         return self._life.started
+
+    # --- durable delivery ---------------------------------------------------
+
+    @property
+    def durable(self) -> DurableDelivery | None:
+        """The spool and its deliverer, when some route delivers durably; else None."""
+        return self._dispatch.durable
+
+    @property
+    def has_spool(self) -> bool:
+        """True when some route delivers durably, so the bus has a spool."""
+        return self._dispatch.durable is not None
+
+    @property
+    def honours_prefer(self) -> bool:
+        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) counts:
+        ``delivery.allow_override``. The rule is in `bridge.dispatch`."""
+        return self._dispatch.honours_prefer
+
+    def sinks_behind_spool(self) -> frozenset[str]:
+        """Sinks only the background deliverer publishes to (no sync route reaches
+        them): while one is down, events are still accepted."""
+        durable = self._dispatch.durable
+        return durable.sinks_behind_spool() if durable is not None else frozenset()
+
+    def spool_status(self) -> dict[str, object] | None:
+        """What waits in the spool (pending, dead letters, disk use, ``full``,
+        ``write_error``), for ``/readyz`` and ``/v1/info``; None without a spool."""
+        durable = self._dispatch.durable
+        return durable.describe() if durable is not None else None
+
+    def spool_refusals(self) -> list[str]:
+        """Why the spool refuses new events right now (readiness is 503), if it does."""
+        durable = self._dispatch.durable
+        reasons: list[str] = []
+        if durable is not None and durable.full:
+            reasons.append("the spool is full: new events are refused until delivery frees space")
+        if durable is not None and durable.write_error is not None:
+            reasons.append(f"the spool cannot write: {durable.write_error}")
+        return reasons
+
+    async def replay_dead_letters(self, sink: str | None = None) -> int:
+        """Move the local dead letters (of ``sink``, or all) back to be delivered again.
+
+        Raises `SpoolError` without a spool (`has_spool` says) or when the spool fails.
+        """
+        durable = self._dispatch.durable
+        if durable is None:
+            raise SpoolError("durable delivery is not configured: no spool", code="no_spool")
+        return await durable.replay_dead_letters(sink)
 
     # --- scopes and subscriptions -------------------------------------------
 
@@ -288,40 +327,16 @@ class Bus:
 
     # --- emitting -----------------------------------------------------------
 
-    def _prepare(self, event: Event) -> Event:
-        if not isinstance(event, Event):
-            raise TypeError(f"emit() takes an Event, got {type(event).__name__}")
-        if event.source is None:
-            msgspec.structs.force_setattr(event, "source", self._source)
-        return event
-
     async def emit(self, event: Event, *, delivery: Preference | None = None) -> EmitResult:
         """Run the handlers for ``event``, then publish it if it is a notification.
 
         Returns its `EmitResult` (with the results of its follow-ups). Failures
         of handlers and sinks are in the result; only misuse raises.
         ``delivery`` (a request's ``Prefer``) chooses sync or durable delivery
-        for it and its follow-ups, where ``delivery.allow_override`` permits.
+        for it and its follow-ups, where ``delivery.allow_override`` permits
+        (the rule is in `bridge.dispatch`).
         """
-        event = self._prepare(event)
-        task = asyncio.current_task()
-        assert task is not None, "emit() must run in a task"
-        slot = Slot(task)
-        self._watchdog.enter(slot)
-        try:
-            handled = await self._handle(event, 0, slot)
-        finally:
-            self._watchdog.leave(slot)
-        if event.kind == "domain":
-            result = EmitResult(event.id, event.type, "handled", handled.outcomes)
-        else:
-            result = self._result(handled, await self._publish_one(event, delivery))
-        if self._hub.subscriptions:
-            self._hub.publish(event, result.status)
-        if handled.follow_ups:
-            follow = await self._emit_batch(handled.follow_ups, 1, None, delivery)
-            result = msgspec.structs.replace(result, follow_ups=follow)
-        return result
+        return (await self._path.run((event,), 0, self._concurrency, delivery, self._hub))[0]
 
     async def emit_many(
         self,
@@ -334,139 +349,11 @@ class Bus:
 
         Up to ``concurrency`` (default ``handlers.concurrency``) events have
         their handlers running at once; each event's handlers stay sequential.
-        Notification events are then published in input order, one
-        ``publish_many`` per sink, so events with the same key keep their order.
+        Notification events are then delivered in input order, one call per
+        sink and delivery mode, so events with the same key keep their order.
         """
-        return await self._emit_batch(list(events), 0, concurrency, delivery)
-
-    async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
-        handlers = self.registry.match(event.type)
-        if not handlers:
-            _UNHANDLED.inc()
-            return _Handled(event, [], [])
-        ctx = Context(self, event, depth)
-        outcomes = await run_handlers(
-            handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
-        )
-        return _Handled(event, outcomes, ctx.follow_ups)
-
-    async def _handle_all(
-        self, events: Sequence[Event], depth: int, concurrency: int
-    ) -> list[_Handled]:
-        handled: list[_Handled | None] = [None] * len(events)
-        indexes = iter(range(len(events)))
-
-        async def worker() -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            slot = Slot(task)
-            self._watchdog.enter(slot)
-            try:
-                for i in indexes:
-                    handled[i] = await self._handle(self._prepare(events[i]), depth, slot)
-            finally:
-                self._watchdog.leave(slot)
-
-        workers = min(concurrency, len(events))
-        if workers <= 1:
-            await worker()
-        else:
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        return handled  # type: ignore[return-value]  # every slot is filled
-
-    async def _emit_batch(
-        self,
-        events: Sequence[Event],
-        depth: int,
-        concurrency: int | None = None,
-        delivery: Preference | None = None,
-    ) -> list[EmitResult]:
-        if not events:
-            return []
-        handled = await self._handle_all(events, depth, concurrency or self._concurrency)
-        outcomes: list[Result | None] = [None] * len(handled)
-        by_sink: dict[str, list[tuple[int, Outgoing]]] = {}
-        for i, item in enumerate(handled):
-            if item.event.kind == "domain":
-                continue
-            try:
-                sink, outgoing = self.router.resolve(item.event)
-            except BridgeError as exc:
-                outcomes[i] = exc
-                continue
-            by_sink.setdefault(sink, []).append((i, outgoing))
-        if by_sink:
-            self._require_started()
-
-            async def publish(sink: str, items: list[tuple[int, Outgoing]]) -> None:
-                batch = [o for _, o in items]
-                results: Sequence[Result]
-                if self.durable is None:
-                    results = await self._publishers[sink].publish_many(batch)
-                else:
-                    publisher = self._publishers[sink]
-                    results = await self.durable.deliver(sink, batch, publisher, delivery)
-                for (i, _), result in zip(items, results, strict=True):
-                    outcomes[i] = result
-
-            await asyncio.gather(*(publish(s, items) for s, items in by_sink.items()))
-        results = [
-            EmitResult(h.event.id, h.event.type, "handled", h.outcomes)
-            if h.event.kind == "domain"
-            else self._result(h, outcome)
-            for h, outcome in zip(handled, outcomes, strict=True)
-        ]
-        if self._hub.subscriptions:
-            for h, result in zip(handled, results, strict=True):
-                self._hub.publish(h.event, result.status)
-        parents = [i for i, h in enumerate(handled) for _ in h.follow_ups]
-        if parents:
-            children = await self._emit_batch(
-                [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery
-            )
-            grouped: dict[int, list[EmitResult]] = {}
-            for parent, child in zip(parents, children, strict=True):
-                grouped.setdefault(parent, []).append(child)
-            for parent, follow in grouped.items():
-                results[parent] = msgspec.structs.replace(results[parent], follow_ups=follow)
-        return results
-
-    def _require_started(self) -> None:
-        if not self._life.started:
-            raise BridgeError(
-                "the bus is not started: use `async with bus:` (or `await bus.start()`) before "
-                "emitting notification events",
-                code="not_started",
-            )
-
-    async def _publish_one(self, event: Event, delivery: Preference | None) -> Result:
-        try:
-            sink, outgoing = self.router.resolve(event)
-        except BridgeError as exc:
-            return exc
-        self._require_started()
-        if self.durable is not None:
-            return await self.durable.deliver_one(sink, outgoing, self._publishers[sink], delivery)
-        return await self._publishers[sink].publish(outgoing)
-
-    def _result(self, handled: _Handled, outcome: Result | None) -> EmitResult:
-        event = handled.event
-        if isinstance(outcome, Delivery):
-            return EmitResult(event.id, event.type, "published", handled.outcomes, [outcome])
-        if isinstance(outcome, Spooled):
-            return EmitResult(event.id, event.type, "spooled", handled.outcomes)
-        assert isinstance(outcome, BridgeError)
-        if not isinstance(outcome, SinkError | SpoolError):
-            # Sink failures are logged and counted per batch by the Publisher; spool
-            # failures by the durable delivery, once per interval (a full disk refuses all).
-            stage = "route"
-            METRICS.error(stage, outcome.code)
-            log.warning(
-                "event %s %s rejected: %s (%s)", event.type, event.id, outcome.message, outcome.code
-            )
-        METRICS.events_rejected.labels(outcome.code).inc()
-        return EmitResult(
-            event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
+        return await self._path.run(
+            list(events), 0, concurrency or self._concurrency, delivery, self._hub
         )
 
     # --- introspection ------------------------------------------------------

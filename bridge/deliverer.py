@@ -31,7 +31,7 @@ import msgspec
 from bridge.config import DeadLetterConfig, RetryConfig, RouteConfig
 from bridge.delivery import Publisher
 from bridge.errors import BridgeError, SinkError
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.results import Delivery
 from bridge.routing import DestinationGuard, destination_guards
 from bridge.sinks.base import Outgoing, RouteOptions
@@ -137,9 +137,12 @@ class Deliverer:
         window: int = 4000,
         window_bytes: int = 16 * 1024 * 1024,
         rng: random.Random | None = None,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.spool = spool
         self.publishers = publishers
+        #: Where its lanes count retries, dead letters and errors (the bus's).
+        self.metrics = metrics
         # Records read back from files are validated and re-routed by the current routes.
         self.decoder = codec.Decoder(route_types, routes)
         self.policy = RetryPolicy(retry, rng)
@@ -167,6 +170,10 @@ class Deliverer:
         guards = destination_guards(config.options, templates)
         return _DeadLetterRoute(self.publishers[config.sink], config.options, templates, guards)
 
+    def dead_letter_route(self, route: str) -> _DeadLetterRoute | None:
+        """Where ``route``'s undeliverable events go, if it names a ``dead_letter``."""
+        return self._dead_routes.get(route)
+
     def start(self) -> None:
         """Start a lane for every configured sink and every sink the spool still holds
         records for (a sink since removed from the config dead-letters them locally).
@@ -187,7 +194,7 @@ class Deliverer:
             try:
                 await lane.run()
             except Exception as exc:
-                METRICS.error("delivery", type(exc).__name__)
+                lane.deliverer.metrics.error("delivery", type(exc).__name__)
                 log.exception("delivery to sink %s failed unexpectedly; resuming in 1s", lane.sink)
                 await asyncio.sleep(1.0)
 
@@ -206,7 +213,8 @@ class Deliverer:
                 progress.cancel()
         return True
 
-    def _made_progress(self) -> None:
+    def made_progress(self) -> None:
+        """Called by a lane after it settled records: wakes `stop`'s drain wait."""
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -256,7 +264,7 @@ class _Lane:
         self._paused_until = 0.0
         self._arrived = asyncio.Event()  # replaced after each set: a broadcast
         self._room = asyncio.Event()
-        self._retries = METRICS.delivery_retries.labels(sink)
+        self._retries = deliverer.metrics.delivery_retries.labels(sink)
 
     def oldest_age_s(self, now_ns: int) -> float:
         for entry in self.window.values():
@@ -397,7 +405,7 @@ class _Lane:
         if dead:
             await self._dead_letter(dead)
         self._room.set()
-        self.deliverer._made_progress()
+        self.deliverer.made_progress()
 
     async def _dead_letter(self, dead: list[tuple[_Entry, str, str]]) -> None:
         """Publish each to its route's dead-letter destination; keep the rest locally."""
@@ -405,7 +413,7 @@ class _Lane:
         by_route: dict[_DeadLetterRoute, list[tuple[_Entry, str, str, Outgoing]]] = {}
         for entry, reason, code in dead:
             self._remove(entry)
-            route = self.deliverer._dead_routes.get(entry.outgoing.route)
+            route = self.deliverer.dead_letter_route(entry.outgoing.route)
             if route is None:
                 local.append((entry, reason, code))
                 continue
@@ -446,7 +454,7 @@ class _Lane:
                 self._dead_lettered(entry, reason, code, "local dead-letter area")
 
     def _dead_lettered(self, entry: _Entry, reason: str, code: str, where: str) -> None:
-        METRICS.dead_lettered.labels(self.sink, code).inc()
+        self.deliverer.metrics.dead_lettered.labels(self.sink, code).inc()
         event = entry.outgoing.event
         log.warning(
             "event %s %s to %s dead-lettered to the %s after %d attempts: %s (%s)",
@@ -471,11 +479,11 @@ class _Lane:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if code is not None:
-            METRICS.dead_lettered.labels(self.sink, code).inc(len(records))
+            self.deliverer.metrics.dead_lettered.labels(self.sink, code).inc(len(records))
             log.warning(
                 "%d spooled records for sink %s kept in the local dead-letter area (%s)",
                 len(records),
                 self.sink,
                 code,
             )
-        self.deliverer._made_progress()
+        self.deliverer.made_progress()

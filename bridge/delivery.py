@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from bridge.errors import SinkError, SinkUnavailable
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.results import Delivery
 from bridge.sinks.base import Outgoing, Sink
 
@@ -30,18 +30,22 @@ class Publisher:
     order; nothing raises out of `publish_many` but `CancelledError`.
     """
 
-    def __init__(self, sink: Sink, *, coalesce: bool, max_batch: int = 1000) -> None:
+    def __init__(
+        self, sink: Sink, *, coalesce: bool, max_batch: int = 1000, metrics: Metrics = METRICS
+    ) -> None:
         self.sink = sink
+        #: Where its outcomes are counted (the bus's).
+        self.metrics = metrics
         self.name = sink.name
         self._coalesce = coalesce
         self._max_batch = max_batch
         self._pending: list[tuple[Outgoing, asyncio.Future[Outcome]]] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ok = METRICS.published.child(self.name, "ok")
-        self._failed = METRICS.published.child(self.name, "error")
-        self._duration = METRICS.publish_duration.child(self.name)
-        self._batch_size = METRICS.publish_batch_size.child(self.name)
+        self._ok = metrics.published.child(self.name, "ok")
+        self._failed = metrics.published.child(self.name, "error")
+        self._duration = metrics.publish_duration.child(self.name)
+        self._batch_size = metrics.publish_batch_size.child(self.name)
 
     async def publish(self, item: Outgoing) -> Outcome:
         """Publish one event; concurrent calls share one ``publish_many``."""
@@ -103,7 +107,7 @@ class Publisher:
             self._ok.inc(len(items) - len(failures))
             first = failures[0]
             for failure in failures:
-                METRICS.error("publish", failure.code)
+                self.metrics.error("publish", failure.code)
             log.warning(
                 "publishing to sink %s failed for %d of %d events: %s (%s, retriable=%s)",
                 self.name,

@@ -1,10 +1,8 @@
-"""Durable delivery as the bus sees it: which events are spooled, and the spooling.
+"""Durable delivery: the spool and its background deliverer, for one bus.
 
-`DurableDelivery` owns the `Spool` and the `Deliverer`. The bus hands it every
-routed notification event; it decides per event, from the request's
-``Prefer`` header (when ``delivery.allow_override``), the route's
-``delivery`` and the global ``delivery.mode``, whether to publish now (sync)
-or append to the spool (durable: the answer is ``spooled`` once fsync'd).
+`DurableDelivery` owns the `Spool` and the `Deliverer`; `append` writes events
+to the spool (each answered ``spooled`` once fsync'd). Which events come here
+is decided per route by `bridge.dispatch`.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal
 
 import msgspec
 
@@ -21,52 +18,18 @@ from bridge.config import Config
 from bridge.deliverer import Deliverer
 from bridge.delivery import Outcome, Publisher
 from bridge.errors import BridgeError, SpoolFull
-from bridge.metrics import METRICS, SpoolGauges
+from bridge.metrics import METRICS, Metrics, SpoolGauges
+
+# Re-exported: the server imports the request's preference from here.
+from bridge.prefer import Preference, parse_prefer
 from bridge.sinks.base import Outgoing, get_sink_type
 from bridge.spool import codec
 from bridge.spool.store import Spool
 from bridge.spool.throttle import Throttled
 
+__all__ = ["DurableDelivery", "Preference", "Result", "Spooled", "parse_prefer"]
+
 log = logging.getLogger("bridge.durable")
-
-Mode = Literal["sync", "durable"]
-_MAX_WAIT_S: Final = 3600.0
-
-
-class Preference(msgspec.Struct, frozen=True):
-    """A request's choice of delivery mode (from ``Prefer``); ``wait_s`` bounds a sync wait."""
-
-    mode: Mode
-    wait_s: float | None = None
-
-
-def parse_prefer(header: str | None) -> Preference | None:
-    """RFC 7240 ``Prefer``: ``respond-async`` → durable, ``wait=N`` (alone) → sync.
-
-    Unknown preferences and malformed values are ignored, as the RFC asks.
-    """
-    if not header:
-        return None
-    respond_async = False
-    wait: float | None = None
-    for part in header.split(","):
-        token = part.split(";", 1)[0].strip()
-        name, _, value = token.partition("=")
-        name = name.strip().lower()
-        if name == "respond-async":
-            respond_async = True
-        elif name == "wait":
-            try:
-                seconds = float(value.strip().strip('"'))
-            except ValueError:
-                continue
-            if 0 <= seconds <= _MAX_WAIT_S:
-                wait = seconds
-    if respond_async:
-        return Preference("durable", wait)
-    if wait is not None:
-        return Preference("sync", wait)
-    return None
 
 
 class Spooled(msgspec.Struct, frozen=True):
@@ -82,9 +45,15 @@ Result = Outcome | Spooled | BridgeError
 class DurableDelivery:
     """The spool and its deliverer for one bus; `start` / `stop` with the bus."""
 
-    def __init__(self, config: Config, publishers: Mapping[str, Publisher]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        publishers: Mapping[str, Publisher],
+        *,
+        metrics: Metrics = METRICS,
+    ) -> None:
         settings = config.delivery
-        self.allow_override = settings.allow_override
+        self._metrics = metrics
         self._durable_routes = {
             r.name for r in config.routes if (r.delivery or settings.mode) == "durable"
         }
@@ -108,6 +77,7 @@ class DurableDelivery:
             config.routes,
             settings.retry,
             window_bytes=settings.window_bytes,
+            metrics=metrics,
         )
         self._was_full = False
         # Every event is refused while the disk cannot write: log that once per interval.
@@ -125,15 +95,14 @@ class DurableDelivery:
     async def start(self) -> None:
         await self.spool.open()
         self.deliverer.start()
-        METRICS.spool_gauges.source = self.gauges
+        self._metrics.spool_gauges.add(self.gauges)
 
     async def stop(self, grace_s: float) -> None:
         """Flush what was accepted, give delivery ``grace_s`` to drain, then close the spool.
 
         Cancelled midway (a shutdown deadline), it still stops delivery and closes the spool.
         """
-        if METRICS.spool_gauges.source == self.gauges:
-            METRICS.spool_gauges.source = None
+        self._metrics.spool_gauges.discard(self.gauges)
         try:
             await self.spool.flush()
             await self.deliverer.stop(grace_s)
@@ -149,15 +118,6 @@ class DurableDelivery:
         while one is down, events still get accepted, so readiness does not depend on it."""
         return self._behind_spool
 
-    def is_durable(self, route: str, preference: Preference | None) -> bool:
-        if preference is not None and self.allow_override:
-            return preference.mode == "durable"
-        return route in self._durable_routes
-
-    def _wait_s(self, preference: Preference | None) -> float | None:
-        """How long a sync publish may wait for its confirm (``Prefer: wait``), if bounded."""
-        return None if preference is None or not self.allow_override else preference.wait_s
-
     @property
     def full(self) -> bool:
         """True while new events are refused for lack of space (readiness is 503)."""
@@ -168,42 +128,15 @@ class DurableDelivery:
         """Why the spool cannot write to its disk right now (readiness is 503), or None."""
         return self.spool.write_error
 
-    # --- delivering -------------------------------------------------------------------
+    # --- spooling ---------------------------------------------------------------------
 
-    async def deliver(
-        self,
-        sink: str,
-        items: Sequence[Outgoing],
-        publisher: Publisher,
-        preference: Preference | None,
-    ) -> list[Result]:
-        """One result per item, in order: spooled or published, as each one's mode says."""
-        durable = [self.is_durable(item.route, preference) for item in items]
-        if all(durable):
-            return await self._spool(sink, items)
-        wait_s = self._wait_s(preference)
-        if not any(durable):
-            return await self._publish(sink, items, publisher, wait_s)
-        spooled, published = await asyncio.gather(
-            self._spool(sink, [i for i, d in zip(items, durable, strict=True) if d]),
-            self._publish(
-                sink, [i for i, d in zip(items, durable, strict=True) if not d], publisher, wait_s
-            ),
-        )
-        first, second = iter(spooled), iter(published)
-        return [next(first) if d else next(second) for d in durable]
+    def is_durable_route(self, route: str) -> bool:
+        """True when ``route`` is durable by config (its ``delivery``, or ``delivery.mode``)."""
+        return route in self._durable_routes
 
-    async def deliver_one(
-        self, sink: str, item: Outgoing, publisher: Publisher, preference: Preference | None
-    ) -> Result:
-        if self.is_durable(item.route, preference):
-            return (await self._spool(sink, (item,)))[0]
-        wait_s = self._wait_s(preference)
-        if wait_s is None:
-            return await publisher.publish(item)
-        return (await self._publish(sink, (item,), publisher, wait_s))[0]
-
-    async def _spool(self, sink: str, items: Sequence[Outgoing]) -> list[Result]:
+    async def append(self, sink: str, items: Sequence[Outgoing]) -> list[Result]:
+        """Spool ``items`` for ``sink``: one result per item, in order — `Spooled` once
+        fsync'd, or the error (a full spool refuses the whole call)."""
         if not items:
             return []
         now = time.time_ns()
@@ -230,35 +163,13 @@ class DurableDelivery:
         return results
 
     def _note_refusal(self, exc: BridgeError) -> None:
-        METRICS.error("spool", exc.code)
+        self._metrics.error("spool", exc.code)
         if isinstance(exc, SpoolFull):
             if not self._was_full:
                 self._was_full = True
                 log.warning("%s (readiness goes 503 until space comes back)", exc.message)
         else:
             self._refusals.note("spooling failed, events refused with 503: %s", exc.message)
-
-    async def _publish(
-        self, sink: str, items: Sequence[Outgoing], publisher: Publisher, wait_s: float | None
-    ) -> list[Result]:
-        """Publish now. With ``wait_s`` (``Prefer: wait``), what the broker has not
-        confirmed in time is spooled instead; the publish goes on, so it may arrive twice."""
-        if not items:
-            return []
-        if wait_s is None:
-            return list(await publisher.publish_many(items))
-        task = asyncio.ensure_future(publisher.publish_many(items))
-        done, _ = await asyncio.wait({task}, timeout=wait_s)
-        if task in done:
-            return list(task.result())
-        task.add_done_callback(_consume)
-        log.info(
-            "no confirm from sink %s within Prefer: wait=%g; spooling %d events instead",
-            sink,
-            wait_s,
-            len(items),
-        )
-        return await self._spool(sink, items)
 
     async def replay_dead_letters(self, sink: str | None = None) -> int:
         """Move the local dead letters (of ``sink``, or all) back to be delivered again."""
@@ -300,8 +211,3 @@ class DurableDelivery:
             "full": status.full,
             "write_error": self.spool.write_error,
         }
-
-
-def _consume(task: asyncio.Future[list[Outcome]]) -> None:
-    if not task.cancelled():
-        task.exception()

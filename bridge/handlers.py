@@ -14,7 +14,7 @@ import inspect
 import itertools
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -23,9 +23,6 @@ from bridge.event import Event
 from bridge.metrics import METRICS
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
-
-if TYPE_CHECKING:
-    from bridge.bus import Bus
 
 HandlerFn = Callable[[Event, "Context"], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -187,12 +184,13 @@ def on(
 class Context:
     """What a handler gets besides the event: typed data and follow-up emission."""
 
-    __slots__ = ("_decoded", "bus", "data", "depth", "event", "follow_ups")
+    __slots__ = ("_decoded", "data", "depth", "event", "follow_ups", "max_depth")
 
-    def __init__(self, bus: Bus, event: Event, depth: int) -> None:
-        self.bus = bus
+    def __init__(self, event: Event, depth: int, *, max_depth: int) -> None:
         self.event = event
         self.depth = depth
+        #: ``handlers.max_depth``: how deep follow-ups may nest.
+        self.max_depth = max_depth
         #: ``event.data`` decoded into the running handler's ``data=`` type, else raw.
         self.data: Any = event.data
         self.follow_ups: list[Event] = []
@@ -219,7 +217,7 @@ class Context:
         """
         if not isinstance(event, Event):
             raise TypeError(f"ctx.emit() takes an Event, got {type(event).__name__}")
-        limit = self.bus.config.handlers.max_depth
+        limit = self.max_depth
         if self.depth + 1 > limit:
             raise MaxDepthExceeded(
                 f"follow-up {event.type!r} of {self.event.type!r} would be nested "

@@ -18,7 +18,7 @@ import threading
 from time import monotonic
 from typing import Final
 
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.pipeline import Watchdog
 
 log = logging.getLogger("bridge.loopwatch")
@@ -32,7 +32,10 @@ _INF: Final = float("inf")
 class LoopWatch:
     """Measures loop lag on the loop; spots stalls from a thread."""
 
-    def __init__(self, watchdog: Watchdog, *, warn_after_s: float) -> None:
+    def __init__(
+        self, watchdog: Watchdog, *, warn_after_s: float, metrics: Metrics = METRICS
+    ) -> None:
+        self._metrics = metrics
         self._watchdog = watchdog
         self._warn_after = warn_after_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +77,7 @@ class LoopWatch:
         self.max_lag = max(self.max_lag, lag)
         if lag >= self._held or now - self._held_at >= HOLD_S:
             self._held, self._held_at = lag, now
-            METRICS.loop_lag.set(lag)
+            self._metrics.loop_lag.set(lag)
         self._beat = now
         self._schedule()
 
@@ -111,4 +114,4 @@ class LoopWatch:
                     stalled,
                     name,
                 )
-                METRICS.error("handler", "loop_blocked")
+                self._metrics.error("handler", "loop_blocked")

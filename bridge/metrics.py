@@ -126,16 +126,36 @@ class SpoolGauges(NamedTuple):
 
 
 class SpoolGaugeCollector(Collector):
-    """The spool gauges; `source` (set by the durable delivery) is read at each scrape."""
+    """The spool gauges, read at each scrape from every spool added with `add`.
+
+    Several buses may share one `Metrics` (the module default, say): each
+    running spool is one source, and the gauges are their sum (``full``: any
+    of them), as the handler thread gauges are over every pool.
+    """
 
     def __init__(self) -> None:
-        self.source: Callable[[], SpoolGauges] | None = None
+        self._sources: list[Callable[[], SpoolGauges]] = []
+
+    def add(self, source: Callable[[], SpoolGauges]) -> None:
+        """Report ``source`` (a running spool's snapshot) from the next scrape on."""
+        if source not in self._sources:
+            self._sources.append(source)
+
+    def discard(self, source: Callable[[], SpoolGauges]) -> None:
+        """Stop reporting ``source``; a no-op if it is not reported."""
+        if source in self._sources:
+            self._sources.remove(source)
+
+    @property
+    def sources(self) -> int:
+        """How many spools report now."""
+        return len(self._sources)
 
     def collect(self) -> Iterator[Metric]:
-        source = self.source
-        if source is None:
+        snaps = [source() for source in list(self._sources)]
+        if not snaps:
             return
-        snap = source()
+        snap = snaps[0] if len(snaps) == 1 else _sum_gauges(snaps)
         per_sink: list[tuple[str, str, Mapping[str, float] | Mapping[str, int]]] = [
             ("evbridge_spool_events", "Events in the spool waiting for delivery.", snap.events),
             ("evbridge_spool_bytes", "Bytes of events waiting for delivery.", snap.bytes),
@@ -166,6 +186,28 @@ class SpoolGaugeCollector(Collector):
             "1 while new events are refused because the spool is full.",
             value=1.0 if snap.full else 0.0,
         )
+
+
+def _sum_gauges(snaps: list[SpoolGauges]) -> SpoolGauges:
+    def per_sink(values: list[Mapping[str, int]]) -> dict[str, int]:
+        total: collections.Counter[str] = collections.Counter()
+        for value in values:
+            total.update(value)
+        return dict(total)
+
+    oldest: dict[str, float] = {}
+    for snap in snaps:
+        for sink, age in snap.oldest_age_s.items():
+            oldest[sink] = max(age, oldest.get(sink, 0.0))
+    return SpoolGauges(
+        events=per_sink([s.events for s in snaps]),
+        bytes=per_sink([s.bytes for s in snaps]),
+        oldest_age_s=oldest,
+        dead_letters=per_sink([s.dead_letters for s in snaps]),
+        disk_bytes=sum(s.disk_bytes for s in snaps),
+        max_bytes=sum(s.max_bytes for s in snaps),
+        full=any(s.full for s in snaps),
+    )
 
 
 class ThreadGauges(NamedTuple):
@@ -370,5 +412,6 @@ class Metrics:
         self.errors.labels(stage, error_type).inc()
 
 
-#: The process-wide metrics; the server exposes ``METRICS.registry``.
+#: The default metrics, for whoever does not bring its own: a `bridge.Bus` built
+#: without ``metrics=`` and the server (which exposes ``METRICS.registry``).
 METRICS: Final = Metrics()

@@ -33,7 +33,7 @@ from itertools import count
 from time import perf_counter
 from typing import Any
 
-from bridge.metrics import METRICS, ThreadGauges
+from bridge.metrics import METRICS, Metrics, ThreadGauges
 
 log = logging.getLogger("bridge.handlers")
 
@@ -90,14 +90,15 @@ class _Generation:
 class HandlerThreads:
     """A bounded pool of daemon threads for plain ``def`` handlers (see the module docstring)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, metrics: Metrics = METRICS) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size!r}")
         self.size = size
         self._generation = _Generation()
         #: Thread id → the job it runs, across generations (a stuck thread outlives `close`).
         self._running: dict[int, Job] = {}
-        METRICS.handler_threads.add(self)
+        self._metrics = metrics
+        metrics.handler_threads.add(self)
 
     def submit(self, handler: str, deadline: float, fn: Callable[..., Any], *args: Any) -> Job:
         """Queue ``fn(*args)`` for a thread; await ``job.future`` for its outcome."""
@@ -170,4 +171,4 @@ class HandlerThreads:
             longest,
             extra={"stuck_threads": len(left), "handlers": sorted(by_handler)},
         )
-        METRICS.error("handler", "thread_left_behind")
+        self._metrics.error("handler", "thread_left_behind")

@@ -19,10 +19,10 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from prometheus_client import Counter
 
 import bridge
-from bridge.durable import Preference, parse_prefer
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
 from bridge.metrics import METRICS
+from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
 from bridge.server.auth import BearerAuth
@@ -108,9 +108,8 @@ class Api:
         self._duration_batch = METRICS.request_duration.labels(transport, "batch")
         self._rejected: dict[str, Counter] = {}
         self._openapi = openapi_document()
-        # `Prefer: respond-async` / `wait=N` count only where durable delivery is on.
-        durable = self.bus.durable
-        self._honour_prefer = durable is not None and durable.allow_override
+        # `Prefer: respond-async` / `wait=N` count where delivery.allow_override is true.
+        self._honour_prefer = self.bus.honours_prefer
 
     # --- helpers -------------------------------------------------------------------
 

@@ -29,8 +29,7 @@ def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> N
     async def replay(request: web.Request) -> web.Response:
         if auth is not None:
             auth.check(request.headers)
-        durable = sidecar.bus.durable
-        if durable is None:
+        if not sidecar.bus.has_spool:
             raise ApiError(404, "not_found", "durable delivery is not configured: no spool")
         await send_continue(request)
         body = await request.read()
@@ -40,7 +39,7 @@ def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> N
         except msgspec.DecodeError as exc:
             raise ApiError(400, "invalid_json", f'expected {{"sink": NAME}}: {exc}') from None
         try:
-            moved = await durable.replay_dead_letters(wanted.sink)
+            moved = await sidecar.bus.replay_dead_letters(wanted.sink)
         except SpoolError as exc:
             raise ApiError(status_for(exc), exc.code, exc.message) from None
         return json_response({"replayed": moved})

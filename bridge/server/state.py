@@ -108,7 +108,7 @@ class Sidecar:
         """
         self.begin_shutdown()
         self.phase = "stopped"
-        if self.bus.durable is not None:
+        if self.bus.has_spool:
             # Background delivery gets shutdown.grace_s of its own to drain the spool
             # (docs/durable-delivery.md): the bound is then 2 x grace_s plus the same margin.
             timeout += self.config.shutdown.grace_s
@@ -227,18 +227,14 @@ class Sidecar:
         """(ready, body) for ``/readyz``; also sets the ``evbridge_ready`` gauge."""
         reasons: list[str] = []
         sinks: dict[str, dict[str, Any]] = {}
-        durable = self.bus.durable
         # A sink reached only through the spool does not hold events up when it is down.
-        behind_spool = durable.sinks_behind_spool() if durable is not None else frozenset()
+        behind_spool = self.bus.sinks_behind_spool()
         if self.phase == "running":
             for name, health in (await self.health()).items():
                 sinks[name] = {"ok": health.ok, "detail": health.detail}
                 if not health.ok and name not in behind_spool:
                     reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
-        if durable is not None and durable.full:
-            reasons.append("the spool is full: new events are refused until delivery frees space")
-        if durable is not None and durable.write_error is not None:
-            reasons.append(f"the spool cannot write: {durable.write_error}")
+        reasons.extend(self.bus.spool_refusals())
         # The phase is read after the health check, which may have awaited a shutdown.
         if self.phase == "starting":
             reasons.append("starting: sinks are not started yet")
@@ -247,8 +243,9 @@ class Sidecar:
         ready = not reasons
         METRICS.ready.set(1 if ready else 0)
         body: dict[str, Any] = {"ready": ready, "phase": self.phase, "sinks": sinks}
-        if durable is not None:
-            body["spool"] = durable.describe()
+        spool = self.bus.spool_status()
+        if spool is not None:
+            body["spool"] = spool
         if not ready:
             body["not_ready"] = reasons
         return ready, body

@@ -514,6 +514,7 @@ class ProbeConfig(SinkConfig, frozen=True, kw_only=True):
     unhealthy_file: str | None = None
     fail_start: bool = False
     start_wait_s: float = 0.0
+    stall_s: float = 2.0
 
 
 class ProbeRoute(RouteOptions, frozen=True, kw_only=True):
@@ -544,6 +545,10 @@ class ProbeSink:
                 out.append(error)
             elif data == "unavailable":
                 out.append(SinkUnavailable("the probe broker is unreachable"))
+            elif data == "stall":
+                await asyncio.sleep(self.config.stall_s)
+                out.append(Delivery(self.name, item.options.topic, 0, self.offset))
+                self.offset += 1
             else:
                 out.append(Delivery(self.name, item.options.topic, 0, self.offset))
                 self.offset += 1
@@ -565,7 +570,8 @@ SINK_TYPE = SinkType("probe", ProbeConfig, ProbeRoute, ProbeSink, coalesce=False
 #: ``files=PROBE_SINK_FILES`` makes sink ``type: probe`` available through the
 #: ``evbridge.sinks`` entry point. Its events are confirmed, except ``data: "reject"``
 #: (a non-retriable `SinkRejected` → 502) and ``data: "unavailable"`` (a retriable
-#: `SinkUnavailable` → 503). Its health check fails while the file ``unhealthy_file``
+#: `SinkUnavailable` → 503); ``data: "stall"`` is confirmed after ``stall_s`` (2 s). Its
+#: health check fails while the file ``unhealthy_file``
 #: exists; ``fail_start: true`` makes it fail to start; ``start_wait_s`` makes it slow to.
 PROBE_SINK_FILES: dict[str, str] = {
     "probe_sink.py": _PROBE_SINK,

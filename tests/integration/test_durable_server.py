@@ -135,3 +135,60 @@ async def test_sigterm_flushes_and_leaves_the_undelivered_for_the_next_start(
     assert any("spooled events pending" in str(r.get("message")) for r in srv.logs())
     again = evbridge_server_factory(config, files=PROBE_SINK_FILES)
     assert recovered_in(again) == 20
+
+
+async def test_prefer_is_the_same_whatever_the_other_routes_do(
+    evbridge_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The rule in docs/durable-delivery.md: ``Prefer`` acts on the event's own route.
+    A sync route answers ``wait=N`` alike beside a durable route and alone; only
+    what needs a spool (respond-async, a wait that runs out) differs by whether one exists."""
+    rest = {"name": "rest", "match": "*", "sink": "probe", "topic": "t"}
+    safe = {"name": "safe", "match": "safe.*", "sink": "probe", "topic": "t", "delivery": "durable"}
+    mixed = evbridge_server_factory(
+        probe_config(tmp_path / "mixed", routes=[safe, rest], mode="sync"), files=PROBE_SINK_FILES
+    )
+    alone = evbridge_server_factory(
+        probe_config(tmp_path / "alone", routes=[rest], mode="sync"), files=PROBE_SINK_FILES
+    )
+    wait = {"Prefer": "wait=5"}
+    for srv in (mixed, alone):
+        status, headers, body = await post(srv, "/v1/events", {"type": "other"})
+        assert (status, body["status"]) == (200, "published")
+        assert "Preference-Applied" not in headers
+        status, headers, body = await post(srv, "/v1/events", {"type": "other"}, wait)
+        assert (status, body["status"]) == (200, "published")
+        assert headers["Preference-Applied"] == "wait=5"
+        status, headers, body = await post(
+            srv, "/v1/events/batch", [{"type": "other"}, {"type": "other"}], wait
+        )
+        assert status == 200
+        assert [r["status"] for r in body["results"]] == ["published", "published"]
+    # A durable route beside them answers wait=N the same way.
+    status, headers, body = await post(mixed, "/v1/events", {"type": "safe.a"}, wait)
+    assert (status, body["status"], headers["Preference-Applied"]) == (200, "published", "wait=5")
+
+    # A wait that runs out: spooled where there is a spool, else a retriable refusal.
+    stall = {"type": "other", "data": "stall"}
+    short = {"Prefer": "wait=0.2"}
+    status, headers, body = await post(mixed, "/v1/events", stall, short)
+    assert (status, body["status"]) == (202, "spooled")
+    status, headers, body = await post(alone, "/v1/events", stall, short)
+    assert (status, body["status"], body["error"]["code"]) == (503, "rejected", "sink_timeout")
+    assert body["error"]["retriable"]
+    assert headers["Retry-After"]
+    status, _, body = await post(alone, "/v1/events/batch", [stall, {"type": "other"}], short)
+    assert status == 200
+    assert [r["error"]["code"] for r in body["results"]] == ["sink_timeout", "sink_timeout"]
+
+    # respond-async needs a spool: without one the event is published, and says so.
+    async_ = {"Prefer": "respond-async"}
+    status, headers, body = await post(mixed, "/v1/events", {"type": "other"}, async_)
+    assert (status, body["status"], headers["Preference-Applied"]) == (
+        202,
+        "spooled",
+        "respond-async",
+    )
+    status, headers, body = await post(alone, "/v1/events", {"type": "other"}, async_)
+    assert (status, body["status"]) == (200, "published")
+    assert "Preference-Applied" not in headers

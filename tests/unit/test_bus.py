@@ -369,7 +369,7 @@ async def test_follow_up_cycles_stop_at_the_depth_limit(registry: HandlerRegistr
     assert node.handlers[0].outcome == "error"
     assert node.handlers[0].error is not None
     assert "max_depth is 3" in node.handlers[0].error
-    ctx = Context(bus, Event(type="x"), depth=3)
+    ctx = Context(Event(type="x"), depth=3, max_depth=3)
     with pytest.raises(MaxDepthExceeded):
         await ctx.emit(Event(type="y"))
 

@@ -1,0 +1,254 @@
+"""One event path: handlers, routing, delivery and follow-ups, for every event.
+
+`EventPath.run` is the one orchestration behind `Bus.emit` (a batch of one),
+`Bus.emit_many` and the follow-ups handlers emit: run each event's handlers
+(up to ``concurrency`` events at once), route the notification events, hand
+them to their route's channel (`bridge.dispatch`: one call per sink and mode),
+publish the results to the subscriptions, then do the same for the follow-ups,
+one level deeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from bridge.dispatch import Channel, Dispatch
+from bridge.durable import Result, Spooled
+from bridge.errors import BridgeError, SinkError, SpoolError
+from bridge.event import Event
+from bridge.handlers import Context, HandlerRegistry
+from bridge.metrics import Metrics
+from bridge.pipeline import Slot, Watchdog, run_handlers
+from bridge.prefer import Preference
+from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
+from bridge.routing import Router
+from bridge.sinks.base import Outgoing
+from bridge.subscriptions import Hub
+from bridge.threads import HandlerThreads
+
+log = logging.getLogger("bridge.bus")
+
+
+def _error_info(exc: BridgeError) -> ErrorInfo:
+    return ErrorInfo(exc.code, exc.message, exc.field, exc.retriable)
+
+
+class _Handled:
+    """An event after its handlers ran: what they did and what they emitted."""
+
+    __slots__ = ("event", "follow_ups", "outcomes")
+
+    def __init__(
+        self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]
+    ) -> None:
+        self.event = event
+        self.outcomes = outcomes
+        self.follow_ups = follow_ups
+
+
+class Lifecycle:
+    """Started/stopped state, shared by a bus and its scopes."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+class EventPath:
+    """The path every event of one bus (and its scopes) takes; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        registry: HandlerRegistry,
+        router: Router,
+        dispatch: Dispatch,
+        life: Lifecycle,
+        watchdog: Watchdog,
+        threads: HandlerThreads,
+        metrics: Metrics,
+        source: str,
+        timeout_s: float,
+        cancel_grace_s: float,
+        max_depth: int,
+    ) -> None:
+        self._registry = registry
+        self._router = router
+        self._dispatch = dispatch
+        self._life = life
+        self._watchdog = watchdog
+        self._threads = threads
+        self._metrics = metrics
+        self._unhandled = metrics.events_unhandled.child()
+        self._source = source
+        self._timeout = timeout_s
+        self._cancel_grace = cancel_grace_s
+        self._max_depth = max_depth
+
+    def _prepare(self, event: Event) -> Event:
+        if not isinstance(event, Event):
+            raise TypeError(f"emit() takes an Event, got {type(event).__name__}")
+        if event.source is None:
+            msgspec.structs.force_setattr(event, "source", self._source)
+        return event
+
+    async def run(
+        self,
+        events: Sequence[Event],
+        depth: int,
+        concurrency: int,
+        delivery: Preference | None,
+        hub: Hub,
+    ) -> list[EmitResult]:
+        """The one orchestration, for single events, batches and follow-ups alike:
+        handlers, then routing and delivery per channel, then the follow-ups."""
+        if not events:
+            return []
+        handled = await self._handle_all(events, depth, concurrency)
+        outcomes = await self._deliver(handled, delivery)
+        # Plain loops: this runs for every event, and comprehensions cost a frame each.
+        results: list[EmitResult] = []
+        parents: list[int] = []
+        for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
+            if outcome is None:
+                results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
+            else:
+                results.append(self._result(h, outcome))
+            if h.follow_ups:
+                parents.extend([i] * len(h.follow_ups))
+        if hub.subscriptions:
+            for h, result in zip(handled, results, strict=True):
+                hub.publish(h.event, result.status)
+        if parents:
+            children = await self.run(
+                [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery, hub
+            )
+            grouped: dict[int, list[EmitResult]] = {}
+            for parent, child in zip(parents, children, strict=True):
+                grouped.setdefault(parent, []).append(child)
+            for parent, follow in grouped.items():
+                results[parent] = msgspec.structs.replace(results[parent], follow_ups=follow)
+        return results
+
+    async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
+        handlers = self._registry.match(event.type)
+        if not handlers:
+            self._unhandled.inc()
+            return _Handled(event, [], [])
+        ctx = Context(event, depth, max_depth=self._max_depth)
+        outcomes = await run_handlers(
+            handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
+        )
+        return _Handled(event, outcomes, ctx.follow_ups)
+
+    async def _handle_all(
+        self, events: Sequence[Event], depth: int, concurrency: int
+    ) -> list[_Handled]:
+        if len(events) == 1:
+            # One event (every `emit`): no worker to spawn, no results to slot in.
+            task = asyncio.current_task()
+            assert task is not None, "emit() must run in a task"
+            slot = Slot(task)
+            self._watchdog.enter(slot)
+            try:
+                return [await self._handle(self._prepare(events[0]), depth, slot)]
+            finally:
+                self._watchdog.leave(slot)
+        handled: list[_Handled | None] = [None] * len(events)
+        indexes = iter(range(len(events)))
+
+        async def worker() -> None:
+            task = asyncio.current_task()
+            assert task is not None, "emit() must run in a task"
+            slot = Slot(task)
+            self._watchdog.enter(slot)
+            try:
+                for i in indexes:
+                    handled[i] = await self._handle(self._prepare(events[i]), depth, slot)
+            finally:
+                self._watchdog.leave(slot)
+
+        workers = min(concurrency, len(events))
+        if workers <= 1:
+            await worker()
+        else:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        return handled  # type: ignore[return-value]  # every slot is filled
+
+    async def _deliver(
+        self, handled: Sequence[_Handled], delivery: Preference | None
+    ) -> list[Result | None]:
+        """Route every notification event and deliver them, one call per channel
+        (sink and mode); None for domain events."""
+        channel_for = self._dispatch.channel
+        if len(handled) == 1:
+            # One event: its channel's single-event call (which coalesces across callers).
+            event = handled[0].event
+            if event.kind == "domain":
+                return [None]
+            try:
+                _, outgoing = self._router.resolve(event)
+            except BridgeError as exc:
+                return [exc]
+            self._require_started()
+            channel = self._dispatch.defaults[outgoing.route] if delivery is None else None
+            if channel is None:
+                channel = channel_for(outgoing, delivery)
+            return [await channel.deliver_one(outgoing)]
+        outcomes: list[Result | None] = [None] * len(handled)
+        groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
+        for i, item in enumerate(handled):
+            if item.event.kind == "domain":
+                continue
+            try:
+                _, outgoing = self._router.resolve(item.event)
+            except BridgeError as exc:
+                outcomes[i] = exc
+                continue
+            groups.setdefault(channel_for(outgoing, delivery), []).append((i, outgoing))
+        if not groups:
+            return outcomes
+        self._require_started()
+
+        async def deliver(channel: Channel, items: list[tuple[int, Outgoing]]) -> None:
+            results = await channel.deliver([o for _, o in items])
+            for (i, _), result in zip(items, results, strict=True):
+                outcomes[i] = result
+
+        if len(groups) == 1:
+            await deliver(*next(iter(groups.items())))
+        else:
+            await asyncio.gather(*(deliver(c, items) for c, items in groups.items()))
+        return outcomes
+
+    def _require_started(self) -> None:
+        if not self._life.started:
+            raise BridgeError(
+                "the bus is not started: use `async with bus:` (or `await bus.start()`) before "
+                "emitting notification events",
+                code="not_started",
+            )
+
+    def _result(self, handled: _Handled, outcome: Result | None) -> EmitResult:
+        event = handled.event
+        if isinstance(outcome, Delivery):
+            return EmitResult(event.id, event.type, "published", handled.outcomes, [outcome])
+        if isinstance(outcome, Spooled):
+            return EmitResult(event.id, event.type, "spooled", handled.outcomes)
+        assert isinstance(outcome, BridgeError)
+        if not isinstance(outcome, SinkError | SpoolError):
+            # Sink failures are logged and counted per batch by the Publisher; spool
+            # failures by the durable delivery, once per interval (a full disk refuses all).
+            self._metrics.error("route", outcome.code)
+            log.warning(
+                "event %s %s rejected: %s (%s)", event.type, event.id, outcome.message, outcome.code
+            )
+        self._metrics.events_rejected.labels(outcome.code).inc()
+        return EmitResult(
+            event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
+        )
