@@ -28,18 +28,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from bridge.errors import SpoolError, SpoolFull
+from bridge.errors import SpoolError
 from bridge.metrics import METRICS
 from bridge.spool.cursor import READ_CHUNK, READ_MAX_BYTES, Cursor
 from bridge.spool.deadletters import drop_dead, pick_dead
 from bridge.spool.framing import HEADER_SIZE
 from bridge.spool.health import PROBE_BYTES, PROBE_INTERVAL_S, PROBE_NAME, WriteHealth
 from bridge.spool.job import ACK_DELAY_S, Committer, Job, JobResult, run_job
-from bridge.spool.layout import DEAD, PENDING, Head, SinkBacklog, segment_ids
-from bridge.spool.records import RecoveryReport, Segment, SpoolItem, SpoolStatus, backlog_of
+from bridge.spool.layout import DEAD, PENDING, Head, segment_ids
+from bridge.spool.ledger import Ledger
+from bridge.spool.records import RecoveryReport, Segment, SpoolItem, SpoolStatus
 from bridge.spool.recovery import lock, recover
 from bridge.spool.tail import TAIL_BYTES, TAIL_COST_PER_BYTE, TAIL_RECORDS, Tail
-from bridge.spool.writer import AreaWriter, WriteFailed, Written, remove_segment
+from bridge.spool.writer import AreaWriter, WriteFailed, remove_segment
 
 __all__ = [
     "ACK_DELAY_S",
@@ -99,12 +100,7 @@ class Spool:
         self.segment_bytes = segment_bytes or default_segment_bytes(max_bytes)
         self._pending_dir = self.directory / PENDING
         self._dead_dir = self.directory / DEAD
-        self._segments: dict[int, Segment] = {}
-        self._pending: dict[str, SinkBacklog] = {}
-        self._dead: dict[str, SinkBacklog] = {}
-        self._used = 0  # bytes in files
-        self._reserved = 0  # bytes accepted for the next write
-        self._refused = False
+        self._ledger = Ledger(self._pending_dir, max_bytes)
         self._commit = Committer(self._write, self._apply, self._fail)
         self._lock_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -157,11 +153,11 @@ class Spool:
         await self._health.stop()
         await self._commit.stop()
         assert self._executor is not None
-        done = [s for s in self._segments.values() if s.unacked <= 0 and not s.deleting]
+        done = [s for s in self._ledger.segments.values() if s.unacked <= 0 and not s.deleting]
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close_files, done)
         for segment in done:
-            del self._segments[segment.id]
-            self._used -= segment.size + segment.ack_bytes
+            del self._ledger.segments[segment.id]
+            self._ledger.used -= segment.size + segment.ack_bytes
         self._release()
 
     async def __aenter__(self) -> Spool:
@@ -207,10 +203,7 @@ class Spool:
         found = recover(
             self.directory, self._pending_dir, self._dead_dir, self.head, self.segment_bytes
         )
-        self._segments.update(found.segments)
-        self._pending.update(found.pending)
-        self._dead.update(found.dead)
-        self._used += found.used
+        self._ledger.take_over(found)
         self._pending_writer = found.pending_writer
         self._dead_writer = found.dead_writer
         return found.report
@@ -235,14 +228,7 @@ class Spool:
         if self._closing or not self._commit.running:
             raise SpoolError("the spool is not open", code="spool_closed")
         size = sum(map(len, payloads)) + HEADER_SIZE * len(payloads)
-        if self._used + self._reserved + size > self.max_bytes:
-            self._refused = True
-            raise SpoolFull(
-                f"the spool is full ({self._used + self._reserved} of {self.max_bytes} bytes "
-                f"used; {size} more needed): retry later"
-            )
-        self._reserved += size
-        self._refused = False
+        self._ledger.reserve(size)
         job = self._commit.job
         job.payloads.extend(payloads)
         job.sinks.extend(sinks)
@@ -276,11 +262,11 @@ class Spool:
         """Mark ``items`` delivered: persisted soon, in the background."""
         job = self._commit.job
         for item in items:
-            segment = self._segments.get(item.segment)
+            segment = self._ledger.segments.get(item.segment)
             if segment is None or segment.deleting:
                 continue
             segment.unacked -= 1
-            backlog = self._pending.get(item.sink)
+            backlog = self._ledger.pending.get(item.sink)
             if backlog is not None:
                 backlog.events -= 1
                 backlog.bytes -= item.size
@@ -310,7 +296,7 @@ class Spool:
         )
 
     def _fail(self, job: Job, error: SpoolError) -> None:
-        self._reserved -= job.reserved
+        self._ledger.reserved -= job.reserved
         for future in (*job.waiters, *job.dead_waiters):
             if not future.done():
                 future.set_exception(error)
@@ -319,7 +305,7 @@ class Spool:
         """Back on the loop: make what the writer did visible."""
         pending = result.pending
         if isinstance(pending, WriteFailed):
-            self._reserved -= job.reserved
+            self._ledger.reserved -= job.reserved
             self._seal(pending.sealed)
             error = SpoolError(f"writing the spool failed: {pending}")
             METRICS.error("spool", "write_failed")
@@ -333,9 +319,9 @@ class Spool:
                 if not future.done():
                     future.set_exception(error)
         elif pending is not None:
-            self._reserved -= job.reserved
+            self._ledger.reserved -= job.reserved
             self._health.succeeded()
-            self._add_written(pending, job.sinks, self._pending, segments=True)
+            self._ledger.add_written(pending, job.sinks, dead=False)
             self._tail.add(pending, job.sinks, job.payloads, job.objects)
             self._seal(pending.sealed)
             for future in job.waiters:
@@ -354,48 +340,12 @@ class Spool:
                 if not future.done():
                     future.set_exception(error)
         elif dead is not None:
-            self._add_written(dead, job.dead_sinks, self._dead, segments=False)
+            self._ledger.add_written(dead, job.dead_sinks, dead=True)
             for future in job.dead_waiters:
                 if not future.done():
                     future.set_result(None)
-        for segment_id, written in result.ack_bytes.items():
-            segment = self._segments.get(segment_id)
-            if segment is not None:
-                segment.ack_bytes += written
-            self._used += written
-        for segment_id in result.deleted:
-            segment = self._segments.pop(segment_id, None)
-            if segment is not None:
-                self._used -= segment.size + segment.ack_bytes
-                self._refused = False
-
-    def _add_written(
-        self,
-        written: Written,
-        sinks: list[str],
-        table: dict[str, SinkBacklog],
-        *,
-        segments: bool,
-    ) -> None:
-        for segment_id, size in written.sizes.items():
-            if segments:
-                segment = self._segments.get(segment_id)
-                if segment is None:
-                    segment = self._segments[segment_id] = Segment(
-                        segment_id, self._pending_dir / written.names[segment_id]
-                    )  # a new segment: records start after its header
-                self._used += size - segment.size
-                segment.size = size
-            else:
-                self._used += size - written.starts[segment_id]
-        for (segment_id, _, size), sink in zip(written.positions, sinks, strict=True):
-            backlog = backlog_of(table, sink)
-            backlog.events += 1
-            backlog.bytes += size
-            if segments:
-                segment = self._segments[segment_id]
-                segment.records += 1
-                segment.unacked += 1
+        self._ledger.acks_written(result.ack_bytes)
+        self._ledger.deleted(result.deleted)
 
     def from_tail(
         self, segment_id: int, offset: int, sink: str, max_items: int, max_bytes: int = 1 << 62
@@ -405,7 +355,7 @@ class Spool:
 
     def _seal(self, segment_ids: Iterable[int]) -> None:
         for segment_id in segment_ids:
-            segment = self._segments.get(segment_id)
+            segment = self._ledger.segments.get(segment_id)
             if segment is None:
                 continue
             segment.sealed = True
@@ -446,12 +396,9 @@ class Spool:
                     old, new = await loop.run_in_executor(
                         executor, drop_dead, self._dead_dir, segment_id, done
                     )
-                    self._used += new - old
-                    for offset, size, record_sink, _ in picked:
-                        if offset in done:
-                            backlog = backlog_of(self._dead, record_sink)
-                            backlog.events -= 1
-                            backlog.bytes -= size
+                    self._ledger.dead_dropped(
+                        ((s, size) for offset, size, s, _ in picked if offset in done), old, new
+                    )
                     moved += len(done)
         if moved:
             log.info("spool: %d dead letters replayed (sink: %s)", moved, sink or "all")
@@ -466,7 +413,7 @@ class Spool:
     @property
     def segments(self) -> Mapping[int, Segment]:
         """The pending segments by ascending id (for cursors: read, never change)."""
-        return self._segments
+        return self._ledger.segments
 
     async def wait_committed(self, seen: int) -> None:
         """Return once `commits` is past ``seen`` (or the spool is closing)."""
@@ -482,12 +429,12 @@ class Spool:
 
     @property
     def disk_bytes(self) -> int:
-        return self._used
+        return self._ledger.used
 
     @property
     def full(self) -> bool:
         """True after an append was refused, until space comes back (for readiness)."""
-        return self._refused
+        return self._ledger.refused
 
     @property
     def write_error(self) -> str | None:
@@ -500,16 +447,10 @@ class Spool:
 
     def sinks(self) -> list[str]:
         """Every sink with records pending (including ones the config may no longer have)."""
-        return [sink for sink, backlog in self._pending.items() if backlog.events > 0]
+        return self._ledger.sinks()
 
     def status(self) -> SpoolStatus:
-        return SpoolStatus(
-            pending={k: SinkBacklog(v.events, v.bytes) for k, v in self._pending.items()},
-            dead={k: SinkBacklog(v.events, v.bytes) for k, v in self._dead.items()},
-            disk_bytes=self._used,
-            max_bytes=self.max_bytes,
-            full=self._refused,
-        )
+        return self._ledger.status()
 
     def pending_events(self) -> int:
-        return sum(b.events for b in self._pending.values())
+        return self._ledger.pending_events()
