@@ -1,21 +1,74 @@
-"""The dead-letter area's file work for replay: pick records, then drop the replayed ones.
+"""Replaying dead letters: pick them, append them to pending, drop them from the area.
 
-Both run in the spool's writer thread; `bridge.spool.store.Spool.replay_dead_letters`
-appends the picked records to the pending area (fsync'd) before it drops them here, so
-a crash in between replays a record twice, never zero times.
+`replay` appends the picked records (fsync'd) before it drops them from the dead-letter
+area, so a crash in between replays a record twice, never zero times. The file work
+(`pick_dead`, `drop_dead`) runs in the spool's writer thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 from bridge.spool.framing import Damage, Keyed, scan_segment
-from bridge.spool.layout import Head, open_regular, safe_head, segment_name
+from bridge.spool.layout import Head, open_regular, safe_head, segment_ids, segment_name
+from bridge.spool.ledger import Ledger
 from bridge.spool.writer import AreaWriter, fsync_dir
+
+log = logging.getLogger("bridge.spool")
 
 #: ``(offset, size, sink, payload)`` of one dead letter.
 Picked = tuple[int, int, str, bytes]
+#: Dead letters appended per spool write.
+CHUNK = 1000
+
+
+async def replay(
+    dead_dir: Path,
+    writer: AreaWriter,
+    head: Head,
+    *,
+    executor: Executor,
+    append: Callable[[Sequence[str], Sequence[bytes]], Awaitable[None]],
+    ledger: Ledger,
+    revive: Callable[[bytes], bytes],
+    sink: str | None,
+) -> int:
+    """Move dead letters (of ``sink``, or all) back to pending with ``append``; how many.
+
+    ``executor`` is the writer thread; ``ledger`` learns what left the area.
+    """
+    loop = asyncio.get_running_loop()
+    moved = 0
+    for segment_id in await loop.run_in_executor(executor, segment_ids, dead_dir):
+        picked = await loop.run_in_executor(
+            executor, pick_dead, dead_dir, writer, head, segment_id, sink
+        )
+        if not picked:
+            continue
+        done: set[int] = set()
+        try:
+            for start in range(0, len(picked), CHUNK):
+                chunk = picked[start : start + CHUNK]
+                payloads = [revive(payload) for _, _, _, payload in chunk]
+                await append([s for _, _, s, _ in chunk], payloads)
+                done.update(offset for offset, _, _, _ in chunk)
+        finally:
+            if done:
+                old, new = await loop.run_in_executor(
+                    executor, drop_dead, dead_dir, segment_id, done
+                )
+                ledger.dead_dropped(
+                    ((s, size) for offset, size, s, _ in picked if offset in done), old, new
+                )
+                moved += len(done)
+    if moved:
+        log.info("spool: %d dead letters replayed (sink: %s)", moved, sink or "all")
+    return moved
 
 
 def pick_dead(

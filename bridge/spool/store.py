@@ -30,28 +30,22 @@ from typing import Final
 
 from bridge.errors import SpoolError
 from bridge.metrics import METRICS
-from bridge.spool.cursor import READ_CHUNK, READ_MAX_BYTES, Cursor
-from bridge.spool.deadletters import drop_dead, pick_dead
+from bridge.spool.cursor import READ_MAX_BYTES, Cursor
+from bridge.spool.deadletters import replay
 from bridge.spool.framing import HEADER_SIZE
-from bridge.spool.health import PROBE_BYTES, PROBE_INTERVAL_S, PROBE_NAME, WriteHealth
-from bridge.spool.job import ACK_DELAY_S, Committer, Job, JobResult, run_job
-from bridge.spool.layout import DEAD, PENDING, Head, segment_ids
+from bridge.spool.health import WriteHealth
+from bridge.spool.job import Committer, Job, JobResult, run_job
+from bridge.spool.layout import DEAD, PENDING, Head
 from bridge.spool.ledger import Ledger
 from bridge.spool.records import RecoveryReport, Segment, SpoolItem, SpoolStatus
 from bridge.spool.recovery import lock, recover
-from bridge.spool.tail import TAIL_BYTES, TAIL_COST_PER_BYTE, TAIL_RECORDS, Tail
+from bridge.spool.tail import TAIL_BYTES, TAIL_COST_PER_BYTE, Tail
 from bridge.spool.writer import AreaWriter, WriteFailed, remove_segment
 
 __all__ = [
-    "ACK_DELAY_S",
-    "PROBE_BYTES",
-    "PROBE_INTERVAL_S",
-    "PROBE_NAME",
-    "READ_CHUNK",
     "READ_MAX_BYTES",
     "TAIL_BYTES",
     "TAIL_COST_PER_BYTE",
-    "TAIL_RECORDS",
     "Cursor",
     "RecoveryReport",
     "Spool",
@@ -373,36 +367,17 @@ class Spool:
         """
         if not self._commit.running or self._executor is None:
             raise SpoolError("the spool is not open", code="spool_closed")
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        dead_writer = self._dead_writer
-        assert dead_writer is not None
-        moved = 0
-        for segment_id in await loop.run_in_executor(executor, segment_ids, self._dead_dir):
-            picked = await loop.run_in_executor(
-                executor, pick_dead, self._dead_dir, dead_writer, self.head, segment_id, sink
-            )
-            if not picked:
-                continue
-            done: set[int] = set()
-            try:
-                for start in range(0, len(picked), 1000):
-                    chunk = picked[start : start + 1000]
-                    payloads = [revive(payload) for _, _, _, payload in chunk]
-                    await self.append([s for _, _, s, _ in chunk], payloads)
-                    done.update(offset for offset, _, _, _ in chunk)
-            finally:
-                if done:
-                    old, new = await loop.run_in_executor(
-                        executor, drop_dead, self._dead_dir, segment_id, done
-                    )
-                    self._ledger.dead_dropped(
-                        ((s, size) for offset, size, s, _ in picked if offset in done), old, new
-                    )
-                    moved += len(done)
-        if moved:
-            log.info("spool: %d dead letters replayed (sink: %s)", moved, sink or "all")
-        return moved
+        assert self._dead_writer is not None
+        return await replay(
+            self._dead_dir,
+            self._dead_writer,
+            self.head,
+            executor=self._executor,
+            append=self.append,
+            ledger=self._ledger,
+            revive=revive,
+            sink=sink,
+        )
 
     # --- reading ------------------------------------------------------------------
 
