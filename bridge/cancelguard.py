@@ -31,13 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from bridge.metrics import METRICS
 
 if TYPE_CHECKING:
     from bridge.event import Event
-    from bridge.pipeline import Slot
 
 log = logging.getLogger("bridge.pipeline")
 
@@ -46,6 +45,20 @@ HandlerCoroutine = Coroutine[Any, Any, object]
 #: Handler tasks that ignored their cancellation, kept alive until they end.
 ABANDONED: Final[set[asyncio.Task[None]]] = set()
 METRICS.handler_threads.abandoned = ABANDONED.__len__
+
+
+class Slot(Protocol):
+    """What the guard reads of the pipeline's running-handler record (`bridge.pipeline.Slot`).
+
+    A protocol, so this module does not import the pipeline that imports it.
+    """
+
+    @property
+    def task(self) -> asyncio.Task[object]: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def fired(self) -> bool: ...
 
 
 class Abandoned(Exception):

@@ -10,8 +10,8 @@ from bridge.errors import SpoolError
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import ApiError, json_response, status_for
 from bridge.server.limits import send_continue
+from bridge.server.paths import REPLAY_PATH
 from bridge.server.state import Sidecar
-from bridge.spool.cli import REPLAY_PATH
 
 
 class _ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):

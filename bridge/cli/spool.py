@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-REPLAY_PATH = "/v1/spool/dead-letters/replay"
 
 
 def add_spool(sub: Any) -> None:
@@ -219,6 +218,7 @@ async def _replay_remote(args: argparse.Namespace) -> int:
     import aiohttp
 
     from bridge.server.client import EmitTarget
+    from bridge.server.paths import REPLAY_PATH
 
     target = EmitTarget.choose(args.socket, args.url, args.token, args.config)
     connector = aiohttp.UnixConnector(path=target.socket) if target.socket else None

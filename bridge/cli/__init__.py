@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 
 import bridge
+from bridge.cli.spool import add_spool
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import LEVELS, setup_logging
-from bridge.spool.cli import add_spool
 
 log = logging.getLogger("bridge.cli")
 
@@ -275,7 +275,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     code: int = args.run(args)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
