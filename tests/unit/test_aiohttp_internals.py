@@ -11,13 +11,18 @@ import asyncio
 import inspect
 
 from aiohttp import web
-from aiohttp.http_exceptions import (
+from bridge.server._aiohttp import (
+    BadHttpMethod,
+    ContentEncodingError,
+    HttpProcessingError,
+    HttpVersion11,
+    LineTooLong,
+)
     BadHttpMethod,
     ContentEncodingError,
     HttpProcessingError,
     LineTooLong,
 )
-from aiohttp.http_writer import HttpVersion11
 
 
 def _handler() -> web.RequestHandler[web.Request]:
