@@ -11,16 +11,12 @@ import asyncio
 import inspect
 
 from aiohttp import web
+
 from bridge.server._aiohttp import (
     BadHttpMethod,
     ContentEncodingError,
     HttpProcessingError,
     HttpVersion11,
-    LineTooLong,
-)
-    BadHttpMethod,
-    ContentEncodingError,
-    HttpProcessingError,
     LineTooLong,
 )
 
