@@ -15,7 +15,6 @@ from typing import Any, Final, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from prometheus_client import Counter
 
 import bridge
@@ -25,6 +24,7 @@ from bridge.metrics import METRICS
 from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
+from bridge.server._aiohttp import ContentEncodingError, HttpProcessingError
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import (
     RETRY_AFTER_S,

@@ -54,12 +54,11 @@ from typing import Any, Final, cast
 
 import msgspec
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
-from aiohttp.http_writer import HttpVersion11
 from multidict import CIMultiDict
 
 from bridge.config import LimitsConfig
 from bridge.metrics import METRICS
+from bridge.server._aiohttp import BadHttpMethod, HttpProcessingError, HttpVersion11, LineTooLong
 from bridge.server.errors import RETRY_AFTER_S, ApiError, error_body, error_response
 
 log = logging.getLogger("bridge.server")
