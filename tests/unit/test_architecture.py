@@ -28,12 +28,7 @@ ROOT = Path(__file__).resolve().parents[2] / "bridge"
 
 #: Edges allowed for now although they close a cycle or point up the layers; each names
 #: the work that removes it. The test fails once an edge here is gone, so the entry goes too.
-KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
-    # Issue 12 item 5, the "path" work: a handler's Context holds the whole Bus to read
-    # one value (bus -> handlers -> bus, and bus -> pipeline / loopwatch -> handlers -> bus).
-    # Goes away when Context gets what it needs instead of the Bus.
-    ("bridge.handlers", "bridge.bus"): "Context holds the Bus",
-}
+KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 #: The one-way flow, drivers first: ingest (server) -> bus -> pipeline (handlers) ->
 #: router -> sink, over the event model. A module may import its own layer and the
