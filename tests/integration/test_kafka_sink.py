@@ -161,7 +161,7 @@ async def test_one_call_is_one_batch_per_partition_with_matching_offsets(
     keys = [f"user-{i % 7}" for i in range(1500)]
     items = [out(topic, event(i), key) for i, key in enumerate(keys)]
     async with running(kafka_broker.bootstrap) as sink:
-        producer = sink._state.producer  # type: ignore[union-attr]
+        producer = sink._supervisor.current().producer  # type: ignore[union-attr]
         sent: list[tuple[str, int]] = []
         original = producer.send_batch
 
@@ -211,7 +211,7 @@ async def test_linger_gathers_calls_spread_in_time(
 ) -> None:
     topic = await create_topic(kafka_broker.bootstrap, unique_name("linger"))
     async with running(kafka_broker.bootstrap, linger_ms=200) as sink:
-        producer = sink._state.producer  # type: ignore[union-attr]
+        producer = sink._supervisor.current().producer  # type: ignore[union-attr]
         calls = 0
         original = producer.send_batch
 
@@ -436,16 +436,16 @@ async def test_rejected_credentials_fail_publishes_as_not_retriable(
 
 async def test_missing_sasl_password_env_fails_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVBRIDGE_TEST_KAFKA_PASSWORD", raising=False)
-    sink = KafkaSink(
-        KafkaConfig(
-            name="k",
-            type="kafka",
-            bootstrap_servers="127.0.0.1:1",
-            security_protocol="SASL_PLAINTEXT",
-            sasl_mechanism="PLAIN",
-            sasl_username="u",
-            sasl_password_env="EVBRIDGE_TEST_KAFKA_PASSWORD",
-        )
+    config = KafkaConfig(
+        name="k",
+        type="kafka",
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password_env="EVBRIDGE_TEST_KAFKA_PASSWORD",
     )
+    # The secret is read when the sink is built (at config load), as for every broker.
     with pytest.raises(ConfigError, match="EVBRIDGE_TEST_KAFKA_PASSWORD is not set"):
+        sink = KafkaSink(config)
         await sink.start()
