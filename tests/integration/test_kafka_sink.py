@@ -447,5 +447,24 @@ async def test_missing_sasl_password_env_fails_start(monkeypatch: pytest.MonkeyP
     )
     # The secret is read when the sink is built (at config load), as for every broker.
     with pytest.raises(ConfigError, match="EVBRIDGE_TEST_KAFKA_PASSWORD is not set"):
-        sink = KafkaSink(config)
-        await sink.start()
+        KafkaSink(config)
+
+
+async def test_noida_accepts_any_sasl_password(
+    noida_broker: NoidaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the failure contract marks "credentials refused" not applicable on noida-db:
+    it takes SASL PLAIN with a wrong password. When it starts checking, this fails, and
+    tests/contract/failure_kafka.py should give it a refused_sink()."""
+    monkeypatch.setenv("EVBRIDGE_TEST_KAFKA_PASSWORD", "surely-the-wrong-password")
+    topic = unique_name("sasl")
+    options = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_username": "nobody",
+        "sasl_password_env": "EVBRIDGE_TEST_KAFKA_PASSWORD",
+        "auto_create_topics": True,
+    }
+    async with running(noida_broker.bootstrap, **options) as sink:
+        [result] = await sink.publish_many([out(topic, event(0))])
+    assert isinstance(result, Delivery), result

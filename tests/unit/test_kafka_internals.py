@@ -42,7 +42,8 @@ def test_only_the_internals_module_reaches_into_aiokafka() -> None:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aiokafka"):
-                assert node.module == "aiokafka" and [a.name for a in node.names] == ["errors"], (
+                imported = (node.module, [a.name for a in node.names])
+                assert imported == ("aiokafka", ["errors"]), (
                     f"{path.name} imports {node.module}: aiokafka internals go in _aiokafka.py"
                 )
             if isinstance(node, ast.Import):
