@@ -25,7 +25,6 @@ from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]
 from aiokafka.cluster import ClusterMetadata  # type: ignore[import-untyped]
 from aiokafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # type: ignore[import-untyped]
 from aiokafka.conn import create_conn  # type: ignore[import-untyped]
-from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from aiokafka.producer.sender import Sender  # type: ignore[import-untyped]
 from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
@@ -43,7 +42,6 @@ _CODECS = {"gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4, "zstd": has_z
 
 __all__ = [
     "AIOKafkaProducer",
-    "create_ssl_context",
     "kafka_errors",
     "murmur2",
 ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -30,7 +29,7 @@ from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing
 from bridge.sinks.kafka import _aiokafka as aio
 from bridge.sinks.kafka.batches import Batch, Lane, Record, drain
-from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig, valid_topic
+from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig
 from bridge.sinks.kafka.errors import (
     DENIED,
     TOO_LARGE,
@@ -40,6 +39,7 @@ from bridge.sinks.kafka.errors import (
     connect_error,
 )
 from bridge.sinks.kafka.message import CE_HEADERS_BOUND, EVENT_HEADER_BOUND, Codec, Headers
+from bridge.sinks.kafka.topics import Topics, keyless_partition
 from bridge.sinks.toolkit import Supervisor, read_secret
 
 log = logging.getLogger("bridge.sinks.kafka")
@@ -114,7 +114,7 @@ class KafkaSink:
         if tls is not None:
             self._ssl = tls.context(f"sinks.{config.name}.ssl_*")
         self._hashes: dict[bytes, int] = {}
-        self._valid_topics: set[str] = set()
+        self._topics = Topics(config.auto_create_topics)
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "kafka", self._servers, self._connect, config.supervision,
             classify=self._connect_error, log=log,
@@ -169,7 +169,6 @@ class KafkaSink:
 
     async def _connect(self) -> _Link:
         c = self.config
-        security = self._security()
         producer = aio.AIOKafkaProducer(
             bootstrap_servers=c.servers,
             acks=c.acks,
@@ -177,17 +176,15 @@ class KafkaSink:
             max_batch_size=c.max_batch_bytes,
             max_request_size=c.max_message_bytes,
             enable_idempotence=c.enable_idempotence,
-            **security,
+            **self._security(),
         )
         try:
             await producer.start()  # the supervisor bounds it (request_timeout_ms)
         except BaseException as exc:
             await aio.close_producer(producer, self.timeout)
             if isinstance(exc, ConnectionFailed):
-                security.pop("client_id")
-                cause = await aio.bootstrap_error(
-                    producer, self.health_timeout, client_id=c.client_id, **security
-                )
+                # aiokafka only says "Unable to bootstrap" (and logs the cause).
+                cause = await aio.bootstrap_error(producer, self.health_timeout, **self._security())
                 if cause is not None:
                     raise cause from None
             raise
@@ -213,11 +210,12 @@ class KafkaSink:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         name = self.name
-        topics = [item.options.destination(name) for item in items]
+        topics = self._topics
+        destinations = [item.options.destination(name) for item in items]
         partitions: dict[str, list[int] | SinkError] = {}
-        for topic in set(topics):
-            partitions[topic] = self._known_partitions(link, topic) or await self._partitions(
-                link, topic, deadline
+        for topic in set(destinations):
+            partitions[topic] = topics.known(link.producer, topic) or await topics.lookup(
+                link.producer, topic, deadline
             )
         if self._supervisor.current() is not link:  # lost or down while we waited
             return await self.publish_many(items)
@@ -235,7 +233,7 @@ class KafkaSink:
         hashes = self._hashes
         limit = self._max_message - CE_HEADERS_BOUND
         for i, item in enumerate(items):
-            topic = topics[i]
+            topic = destinations[i]
             parts = partitions[topic]
             if not isinstance(parts, list):
                 results[i] = parts
@@ -253,7 +251,7 @@ class KafkaSink:
                 size = len(value)
                 partition = sticky.get(topic, -1)
                 if partition < 0:
-                    partition = sticky[topic] = _keyless_partition(link, topic, parts)
+                    partition = sticky[topic] = keyless_partition(link.producer, topic, parts)
             else:
                 key = text_key.encode()
                 size = len(value) + len(key)
@@ -306,13 +304,6 @@ class KafkaSink:
         ):
             self._supervisor.suspect()  # probe now, and mark the sink down if need be
         return results  # type: ignore[return-value]  # every slot is filled
-
-    def _known_partitions(self, link: _Link, topic: str) -> list[int] | None:
-        """The topic's partition ids when the producer's metadata has them (no I/O)."""
-        if topic not in self._valid_topics:
-            return None
-        known = aio.partitions_known(link.producer, topic)
-        return sorted(known) if known else None
 
     async def _watchdog(self, link: _Link) -> None:
         """Bound how long batches wait for the broker, while any are pending.
@@ -411,38 +402,3 @@ class KafkaSink:
         except Exception as exc:
             return classify(exc, topic)
         return Delivery(self.name, topic, partition, None if meta is None else meta.offset)
-
-    async def _partitions(self, link: _Link, topic: str, deadline: float) -> list[int] | SinkError:
-        """The topic's partition ids, from cached metadata or asked for once."""
-        if topic not in self._valid_topics:
-            if not valid_topic(topic):
-                return SinkRejected(
-                    f"{topic!r} is not a valid Kafka topic name (1-249 of [A-Za-z0-9._-])",
-                    code="invalid_topic",
-                    field="topic",
-                )
-            if len(self._valid_topics) >= CACHE_LIMIT:
-                self._valid_topics.clear()
-            self._valid_topics.add(topic)
-        producer = link.producer
-        known = aio.partitions_known(producer, topic)
-        if known:
-            return sorted(known)
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        try:
-            async with asyncio.timeout(remaining):
-                if not self.config.auto_create_topics:
-                    missing = await aio.missing_topic(producer, topic)
-                    if missing is not None:
-                        return classify(missing, topic)
-                found = await producer.partitions_for(topic)
-        except Exception as exc:
-            return classify(exc, topic)
-        return sorted(found)
-
-
-def _keyless_partition(link: _Link, topic: str, parts: list[int]) -> int:
-    """Keyless events of one call stick to one partition (with a leader), so they share a batch."""
-    available = aio.partitions_available(link.producer, topic)
-    choice: int = random.choice(sorted(available)) if available else random.choice(parts)
-    return choice
