@@ -19,6 +19,7 @@ WRONG_ENV = "EVB_FAILURE_NATS_WRONG"
 
 class NatsFailureTarget:
     too_large_bytes = 1024 * 1024  # nats-server's default max_payload
+    not_applicable: dict[str, str] = {}  # noqa: RUF012 - never mutated
 
     def __init__(self, root: Path) -> None:
         password = unique_name("pw")

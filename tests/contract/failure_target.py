@@ -16,9 +16,14 @@ class FailureTarget(Protocol):
     `route()` names a destination that exists once the broker is up and a
     sink connected to it; `missing_route()` one that never exists. An event
     whose ``data`` has more than `too_large_bytes` bytes is refused as too large.
+
+    `not_applicable` maps a case the broker cannot exercise (``"credentials_refused"``
+    when it cannot check credentials) to the precise reason; that test is skipped
+    with the reason, never passed silently.
     """
 
     too_large_bytes: int
+    not_applicable: dict[str, str]
 
     async def start_broker(self) -> None: ...
 

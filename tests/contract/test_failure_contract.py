@@ -10,7 +10,8 @@ passes these against a broker the test owns (see failure_target.py):
 - a message too large for the broker, and a destination that does not
   exist: that event fails alone, not retriably, the others are delivered;
 - credentials refused: health is not ok and says so, publishes fail at once
-  with code ``unauthorized``;
+  with code ``unauthorized`` (a target whose broker cannot check credentials
+  marks the case not applicable, with the reason, and it is skipped);
 - `stop()` with events in flight: every event gets an outcome.
 
 FAILURE_TARGETS lists the sinks that run it; a sink joins with a
@@ -29,12 +30,13 @@ from bridge.event import Event
 from bridge.results import Delivery
 from bridge.sinks.base import Outgoing, RouteOptions, Sink
 from tests.brokers import wait_until
+from tests.contract.failure_kafka import failure_kafka_noida, failure_kafka_tansu
 from tests.contract.failure_nats import failure_nats
 from tests.contract.failure_target import FailureTarget
 
-__all__ = ["failure_nats"]
+__all__ = ["failure_kafka_noida", "failure_kafka_tansu", "failure_nats"]
 
-FAILURE_TARGETS = ["nats"]
+FAILURE_TARGETS = ["nats", "kafka_tansu", "kafka_noida"]
 #: "At once": a publish while the broker is away returns within this, not after a timeout.
 FAST_S = 0.5
 RECOVER_S = 20.0
@@ -139,6 +141,9 @@ async def test_too_large_and_missing_destination_fail_alone_and_finally(
 
 
 async def test_refused_credentials_fail_fast_and_say_so(failure: FailureTarget) -> None:
+    reason = failure.not_applicable.get("credentials_refused")
+    if reason is not None:
+        pytest.skip(f"not applicable: {reason}")
     await failure.start_broker()
     sink = failure.refused_sink()
     await sink.start()

@@ -210,7 +210,7 @@ def test_build_context_holds_what_the_build_copies_and_nothing_local() -> None:
                 continue
             assert not ignored(source, patterns), f"{source} is copied but .dockerignore'd"
             assert (REPO / source).exists(), f"{source} is copied but missing"
-    assert not ignored("bridge/sinks/kafka.py", patterns)
+    assert not ignored("bridge/sinks/kafka/sink.py", patterns)
     for local in (
         ".venv/bin/python",
         ".git/HEAD",

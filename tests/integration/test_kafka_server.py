@@ -347,3 +347,45 @@ async def test_noida_restart_mid_run(
     values = [json.loads(r.value or b"") for r in got]
     assert values[:5] == [0, 1, 2, 3, 4], "records from before the restart are kept"
     assert "after" in values
+
+
+async def test_sink_up_gauge_and_one_log_line_per_state_change(
+    tmp_path: Path, evbridge_server_factory: ServerFactory
+) -> None:
+    """Down at start, up, lost mid-run (no traffic: the periodic probe notices), up again:
+    ``evbridge_sink_up{sink}`` follows, and each change is logged once, not per retry."""
+    from tests.contract.failure_kafka import TansuFailureTarget
+
+    broker = TansuFailureTarget(tmp_path / "tansu")
+    config = kafka_config(
+        broker.bootstrap,
+        [{"name": "all", "match": "*", "topic": broker.topic}],
+        reconnect_max_s=0.05,
+        probe_interval_s=0.2,
+        health_timeout_ms=500,
+    )
+    srv = evbridge_server_factory(config, wait_ready=False)
+
+    async def gauge_is(value: float) -> bool:
+        return await srv.metric("evbridge_sink_up", {"sink": "kafka"}) == value
+
+    try:
+        assert await gauge_is(0.0)
+        # A second of refused connects at up to 20 attempts a second: many retries.
+        await asyncio.sleep(1.0)
+        await broker.start_broker()
+        await wait_until(lambda: gauge_is(1.0), timeout=15, what="evbridge_sink_up 1")
+        status, body = await srv.emit({"type": "x", "data": 1})
+        assert status == 200, body
+        broker.stop_broker()
+        await wait_until(lambda: gauge_is(0.0), timeout=10, what="evbridge_sink_up 0")
+        await asyncio.sleep(1.0)  # probes with backoff fail again and again meanwhile
+        await broker.start_broker()
+        await wait_until(lambda: gauge_is(1.0), timeout=15, what="evbridge_sink_up 1 again")
+    finally:
+        broker.stop_broker()
+    messages = [str(r.get("message", "")) for r in srv.logs()]
+    down = [m for m in messages if m.startswith("kafka sink kafka is down")]
+    up = [m for m in messages if m.startswith("kafka sink kafka is connected to")]
+    assert len(down) == 2, down
+    assert len(up) == 2, up

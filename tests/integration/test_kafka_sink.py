@@ -161,7 +161,7 @@ async def test_one_call_is_one_batch_per_partition_with_matching_offsets(
     keys = [f"user-{i % 7}" for i in range(1500)]
     items = [out(topic, event(i), key) for i, key in enumerate(keys)]
     async with running(kafka_broker.bootstrap) as sink:
-        producer = sink._state.producer  # type: ignore[union-attr]
+        producer = sink._supervisor.current().producer  # type: ignore[union-attr]
         sent: list[tuple[str, int]] = []
         original = producer.send_batch
 
@@ -211,7 +211,7 @@ async def test_linger_gathers_calls_spread_in_time(
 ) -> None:
     topic = await create_topic(kafka_broker.bootstrap, unique_name("linger"))
     async with running(kafka_broker.bootstrap, linger_ms=200) as sink:
-        producer = sink._state.producer  # type: ignore[union-attr]
+        producer = sink._supervisor.current().producer  # type: ignore[union-attr]
         calls = 0
         original = producer.send_batch
 
@@ -436,16 +436,35 @@ async def test_rejected_credentials_fail_publishes_as_not_retriable(
 
 async def test_missing_sasl_password_env_fails_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVBRIDGE_TEST_KAFKA_PASSWORD", raising=False)
-    sink = KafkaSink(
-        KafkaConfig(
-            name="k",
-            type="kafka",
-            bootstrap_servers="127.0.0.1:1",
-            security_protocol="SASL_PLAINTEXT",
-            sasl_mechanism="PLAIN",
-            sasl_username="u",
-            sasl_password_env="EVBRIDGE_TEST_KAFKA_PASSWORD",
-        )
+    config = KafkaConfig(
+        name="k",
+        type="kafka",
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password_env="EVBRIDGE_TEST_KAFKA_PASSWORD",
     )
+    # The secret is read when the sink is built (at config load), as for every broker.
     with pytest.raises(ConfigError, match="EVBRIDGE_TEST_KAFKA_PASSWORD is not set"):
-        await sink.start()
+        KafkaSink(config)
+
+
+async def test_noida_accepts_any_sasl_password(
+    noida_broker: NoidaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the failure contract marks "credentials refused" not applicable on noida-db:
+    it takes SASL PLAIN with a wrong password. When it starts checking, this fails, and
+    tests/contract/failure_kafka.py should give it a refused_sink()."""
+    monkeypatch.setenv("EVBRIDGE_TEST_KAFKA_PASSWORD", "surely-the-wrong-password")
+    topic = unique_name("sasl")
+    options = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_username": "nobody",
+        "sasl_password_env": "EVBRIDGE_TEST_KAFKA_PASSWORD",
+        "auto_create_topics": True,
+    }
+    async with running(noida_broker.bootstrap, **options) as sink:
+        [result] = await sink.publish_many([out(topic, event(0))])
+    assert isinstance(result, Delivery), result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,3 +148,56 @@ async def test_sasl_password_is_read_at_start_and_never_shown(
     assert isinstance(result, SinkUnavailable)
     shown = [repr(sink), repr(config), str(config), health.detail, result.message, caplog.text]
     assert all(secret not in text for text in shown)
+
+
+def test_reconnect_cap_and_probe_interval_are_configurable() -> None:
+    """Kafka's reconnect cap was hard-coded (2 s); it is ``reconnect_max_s`` now, as for
+    RabbitMQ and NATS, and the supervisor gets it with the other knobs in seconds."""
+    config = KafkaConfig(
+        name="k",
+        type="kafka",
+        bootstrap_servers="h:9092",
+        reconnect_max_s=7.5,
+        probe_interval_s=3.0,
+        request_timeout_ms=4000,
+        health_timeout_ms=1500,
+    )
+    policy = config.supervision
+    assert policy.backoff.max_s == 7.5
+    assert policy.backoff.initial_s == 0.1
+    assert (policy.connect_timeout_s, policy.health_timeout_s) == (4.0, 1.5)
+    assert policy.probe_interval_s == 3.0
+    assert policy.max_failed_probes is None  # aiokafka reconnects underneath
+    default = KafkaConfig(name="k", type="kafka", bootstrap_servers="h:9092").supervision
+    assert default.backoff.max_s == 2.0  # the old hard-coded cap stays the default
+    error = error_of(kafka({"reconnect_max_s": 0}))
+    assert error.field == "sinks[0].reconnect_max_s"
+
+
+def test_sasl_password_is_read_when_the_sink_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for every broker: a missing variable stops `serve` and `check` at config load."""
+    monkeypatch.delenv("EVBRIDGE_TEST_KAFKA_MISSING", raising=False)
+    config = KafkaConfig(
+        name="k",
+        type="kafka",
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password_env="EVBRIDGE_TEST_KAFKA_MISSING",
+    )
+    with pytest.raises(ConfigError, match="EVBRIDGE_TEST_KAFKA_MISSING is not set") as info:
+        KafkaSink(config)
+    assert info.value.field == "sasl_password_env"
+
+
+def test_unreadable_tls_files_fail_when_the_sink_is_built(tmp_path: Path) -> None:
+    config = KafkaConfig(
+        name="k",
+        type="kafka",
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SSL",
+        ssl_cafile=str(tmp_path / "missing-ca.pem"),
+    )
+    with pytest.raises(ConfigError, match="cannot load the TLS files"):
+        KafkaSink(config)
