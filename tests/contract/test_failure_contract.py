@@ -30,11 +30,12 @@ from bridge.results import Delivery
 from bridge.sinks.base import Outgoing, RouteOptions, Sink
 from tests.brokers import wait_until
 from tests.contract.failure_nats import failure_nats
+from tests.contract.failure_rabbitmq import failure_rabbitmq, small_message_rabbitmq_node
 from tests.contract.failure_target import FailureTarget
 
-__all__ = ["failure_nats"]
+__all__ = ["failure_nats", "failure_rabbitmq", "small_message_rabbitmq_node"]
 
-FAILURE_TARGETS = ["nats"]
+FAILURE_TARGETS = ["nats", "rabbitmq"]
 #: "At once": a publish while the broker is away returns within this, not after a timeout.
 FAST_S = 0.5
 RECOVER_S = 20.0
