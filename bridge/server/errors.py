@@ -75,7 +75,8 @@ def status_for(error: ErrorInfo | BridgeError) -> int:
     """The HTTP status for a rejected single event.
 
     ``no_route`` → 422; invalid input → 400; a sink error that may succeed
-    later (``retriable``, ``unauthorized`` from a broker included) → 503; one that never will as sent → 502.
+    later (``retriable``, a broker's ``unauthorized`` included) → 503; one
+    that never will as sent → 502.
     """
     if error.code == "unauthorized" and error.retriable:
         # A broker refused the sink's credentials: the sidecar's problem, not the client's

@@ -98,7 +98,7 @@ def small_message_rabbitmq_node() -> Iterator[SmallMessageNode]:
 @pytest.fixture
 def failure_rabbitmq(
     small_message_rabbitmq_node: SmallMessageNode, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RabbitFailureTarget]:
+) -> RabbitFailureTarget:
     node = small_message_rabbitmq_node
     if not node.running:
         node.boot()
@@ -106,4 +106,4 @@ def failure_rabbitmq(
     monkeypatch.setenv(PASSWORD_ENV, "guest")
     monkeypatch.setenv(WRONG_ENV, "not-guest")
     target.stop_broker()  # the contract's broker starts stopped
-    yield target
+    return target

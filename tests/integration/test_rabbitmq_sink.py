@@ -24,11 +24,11 @@ from bridge.errors import SinkError, SinkRejected, SinkUnavailable, Unencodable
 from bridge.event import Event
 from bridge.results import Delivery
 from bridge.sinks import rabbitmq as rabbitmq_sink
+from bridge.sinks.base import Outgoing
+from bridge.sinks.rabbitmq import RabbitConfig, RabbitRoute, RabbitSink
 from bridge.sinks.rabbitmq import _aiormq as rabbitmq_internals
 from bridge.sinks.rabbitmq import link as rabbitmq_link
 from bridge.sinks.rabbitmq import message as rabbitmq_message
-from bridge.sinks.base import Outgoing
-from bridge.sinks.rabbitmq import RabbitConfig, RabbitRoute, RabbitSink
 from tests.brokers import LOCALHOST, RabbitMQ, TcpProxy, unique_name, wait_until
 from tests.contract.target_rabbitmq import get_messages
 
