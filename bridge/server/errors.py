@@ -75,8 +75,13 @@ def status_for(error: ErrorInfo | BridgeError) -> int:
     """The HTTP status for a rejected single event.
 
     ``no_route`` → 422; invalid input → 400; a sink error that may succeed
-    later (``retriable``) → 503; one that never will as sent → 502.
+    later (``retriable``, a broker's ``unauthorized`` included) → 503; one
+    that never will as sent → 502.
     """
+    if error.code == "unauthorized" and error.retriable:
+        # A broker refused the sink's credentials: the sidecar's problem, not the client's
+        # (a 401 would tell the client its own token is wrong).
+        return 503
     status = _STATUS_BY_CODE.get(error.code)
     if status is not None:
         return status

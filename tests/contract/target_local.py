@@ -19,6 +19,7 @@ from tests.contract.target import Received
 
 class MemoryTarget:
     encodes = False  # keeps event objects as they are: nothing to fail on
+    works_stopped = True  # in-process: nothing to lose on stop, it keeps taking events
 
     def __init__(self) -> None:
         self.sink = MemorySink(MemoryConfig(name="mem", type="memory"))

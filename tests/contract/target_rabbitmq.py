@@ -17,6 +17,8 @@ from tests.contract.target import Received
 class RabbitTarget:
     """The sink publishes to ``exchange`` (topic); ``queue`` is bound to it with ``#``."""
 
+    positions = False  # AMQP confirms carry no position in the queue
+
     def __init__(self, broker: RabbitMQ, exchange: str, queue: aio_pika.abc.AbstractQueue) -> None:
         self.exchange = exchange
         self.queue = queue

@@ -32,11 +32,18 @@ from bridge.sinks.base import Outgoing, RouteOptions, Sink
 from tests.brokers import wait_until
 from tests.contract.failure_kafka import failure_kafka_noida, failure_kafka_tansu
 from tests.contract.failure_nats import failure_nats
+from tests.contract.failure_rabbitmq import failure_rabbitmq, small_message_rabbitmq_node
 from tests.contract.failure_target import FailureTarget
 
-__all__ = ["failure_kafka_noida", "failure_kafka_tansu", "failure_nats"]
+__all__ = [
+    "failure_kafka_noida",
+    "failure_kafka_tansu",
+    "failure_nats",
+    "failure_rabbitmq",
+    "small_message_rabbitmq_node",
+]
 
-FAILURE_TARGETS = ["nats", "kafka_tansu", "kafka_noida"]
+FAILURE_TARGETS = ["nats", "kafka_tansu", "kafka_noida", "rabbitmq"]
 #: "At once": a publish while the broker is away returns within this, not after a timeout.
 FAST_S = 0.5
 RECOVER_S = 20.0

@@ -26,6 +26,9 @@ from bridge.results import Delivery
 from bridge.sinks import rabbitmq as rabbitmq_sink
 from bridge.sinks.base import Outgoing
 from bridge.sinks.rabbitmq import RabbitConfig, RabbitRoute, RabbitSink
+from bridge.sinks.rabbitmq import _aiormq as rabbitmq_internals
+from bridge.sinks.rabbitmq import link as rabbitmq_link
+from bridge.sinks.rabbitmq import message as rabbitmq_message
 from tests.brokers import LOCALHOST, RabbitMQ, TcpProxy, unique_name, wait_until
 from tests.contract.target_rabbitmq import get_messages
 
@@ -81,7 +84,7 @@ async def make_sink(
     portable one ``basic_publish`` call per message.
     """
     if request.param == "per-message":
-        monkeypatch.setattr(rabbitmq_sink, "_fast_path", lambda _channel: False)
+        monkeypatch.setattr(rabbitmq_internals, "fast_path", lambda _channel: False)
     sinks: list[RabbitSink] = []
 
     async def make(**fields: Any) -> RabbitSink:
@@ -306,7 +309,7 @@ async def read_ids(
 def broker_refuses_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a ttl_ms beyond RabbitMQ's limit reach the broker, as a message the sink could
     not foresee would: the broker closes the channel (PRECONDITION_FAILED)."""
-    monkeypatch.setattr(rabbitmq_sink, "MAX_EXPIRATION_MS", 2**63 - 1, raising=False)
+    monkeypatch.setattr(rabbitmq_message, "MAX_EXPIRATION_MS", 2**63 - 1)
 
 
 POISON_TTL = 2**63 - 1
@@ -446,13 +449,13 @@ async def test_many_confirms_in_flight_bounded_per_channel(
     make_sink: SinkFactory, dest: Destination, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     peak: dict[int, int] = {}
-    track = rabbitmq_sink._Slot.track
+    track = rabbitmq_link.Slot.track
 
-    def tracking(slot: rabbitmq_sink._Slot, message_id: str, confirm: Any) -> None:
+    def tracking(slot: rabbitmq_link.Slot, message_id: str, confirm: Any) -> None:
         track(slot, message_id, confirm)
         peak[id(slot)] = max(peak.get(id(slot), 0), slot.inflight)
 
-    monkeypatch.setattr(rabbitmq_sink._Slot, "track", tracking)
+    monkeypatch.setattr(rabbitmq_link.Slot, "track", tracking)
     sink = await make_sink(exchange=dest.name, channels=3, max_inflight=16)
     batches = [[item(key=f"b{b}") for _ in range(40)] for b in range(12)]
     results = await asyncio.gather(*(sink.publish_many(batch) for batch in batches))
@@ -579,4 +582,4 @@ async def test_installed_aiormq_takes_the_batched_path(amqp: aio_pika.abc.Abstra
     # fallback); this fails when an aiormq upgrade silently moves us to the slow path.
     channel = await amqp.get_underlay_channel()
     assert isinstance(channel, aiormq.Channel)
-    assert rabbitmq_sink._fast_path(channel)
+    assert rabbitmq_internals.fast_path(channel)

@@ -85,7 +85,7 @@ async def test_no_secret_in_logs_info_or_check(
     )
     for sink in ("inline", "fromenv"):
         await srv.wait_for_log(
-            functools.partial(_mentions, f"rabbitmq sink {sink}: cannot connect"),
+            functools.partial(_mentions, f"rabbitmq sink {sink} is down: cannot connect"),
             what=f"the {sink} sink's connection failure",
         )
     await srv.wait_for_log(

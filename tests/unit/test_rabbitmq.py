@@ -286,3 +286,31 @@ async def test_start_with_no_broker_succeeds_and_fails_fast(
     assert SECRET not in caplog.text
     assert "cannot connect" in caplog.text
     await sink.stop()  # idempotent
+
+
+def test_refused_login_is_unauthorized_retriable_and_a_503() -> None:
+    from bridge.server.errors import status_for
+    from bridge.sinks.rabbitmq import connect_error
+
+    refused = aiormq.exceptions.ProbableAuthenticationError("ACCESS_REFUSED - Login was refused")
+    error = connect_error(refused, "cannot connect to amqp://guest:***@broker/")
+    assert (error.code, error.retriable) == ("unauthorized", True)
+    assert "credentials refused" in error.message
+    # The broker refused the sink, not the client: not the 401 of a wrong bearer token.
+    assert status_for(error) == 503
+    other = connect_error(ConnectionRefusedError(111, "refused"), "cannot connect")
+    assert (other.code, other.retriable) == ("sink_unavailable", True)
+
+
+def test_a_close_over_a_too_large_message_is_message_too_large() -> None:
+    from bridge.sinks.rabbitmq import own_close_error
+
+    close = aiormq.exceptions.ChannelPreconditionFailed(
+        406, "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536"
+    )
+    error = own_close_error(close, "ex", "rk")
+    assert (error.code, error.retriable, error.field) == ("message_too_large", False, "data")
+    ttl = aiormq.exceptions.ChannelPreconditionFailed(
+        406, "PRECONDITION_FAILED - invalid expiration"
+    )
+    assert own_close_error(ttl, "ex", "rk").code == "broker_refused"
