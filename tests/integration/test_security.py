@@ -89,7 +89,7 @@ async def test_no_secret_in_logs_info_or_check(
             what=f"the {sink} sink's connection failure",
         )
     await srv.wait_for_log(
-        lambda r: "kafka sink kafka is not connected" in r.get("message", ""),
+        lambda r: "kafka sink kafka is down" in r.get("message", ""),
         what="the kafka sink's connection failure",
     )
 
