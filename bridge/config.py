@@ -8,7 +8,6 @@ dotted key path and the bad value. With no file at all, the embedded default
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from importlib import resources
@@ -18,10 +17,30 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from bridge.configparse import check_name, convert
 from bridge.errors import ConfigError
-from bridge.redact import shown_config_value
-from bridge.sinks.base import RouteOptions, SinkConfig, get_sink_type
-from bridge.templates import Template
+from bridge.routeconfig import DeadLetterConfig, RouteConfig, parse_route
+from bridge.sinks.base import SinkConfig, get_sink_type
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "DeadLetterConfig",
+    "DeliveryConfig",
+    "HandlersConfig",
+    "LimitsConfig",
+    "ListenConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "ShutdownConfig",
+    "default_config_text",
+    "default_source",
+    "load_config",
+    "load_yaml",
+    "parse_config",
+]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -162,39 +181,6 @@ class DeliveryConfig(_Section, frozen=True, kw_only=True):
     retry: RetryConfig = RetryConfig()
 
 
-class DeadLetterConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a route's undeliverable events go: ``sink`` plus that sink's route fields."""
-
-    sink: str
-    options: RouteOptions
-
-
-class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """One routing rule: events whose type matches ``match`` go to ``sink``.
-
-    ``key`` is a template for the partition / routing key (default: the
-    event's own ``key``). ``options`` holds the sink-specific fields.
-
-    A template option hands the choice of destination to whoever sends the
-    event. ``allow`` and ``deny`` bound that choice: per template option
-    (``topic``, ``routing_key``, ``exchange``), glob patterns the rendered
-    value must match (one of ``allow``, if given) and must not match (any of
-    ``deny``). The broker's internal destinations (the option type's
-    ``internal`` patterns) are refused whatever these say.
-    """
-
-    name: str
-    match: str
-    sink: str
-    options: RouteOptions
-    key: str | None = None
-    #: Overrides ``delivery.mode`` for this route (null: use it).
-    delivery: Literal["sync", "durable"] | None = None
-    dead_letter: DeadLetterConfig | None = None
-    allow: dict[str, tuple[str, ...]] = {}
-    deny: dict[str, tuple[str, ...]] = {}
-
-
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration. Build it with `load_config` or `parse_config`."""
 
@@ -228,11 +214,6 @@ _SECTIONS: dict[str, type[_Section]] = {
     "logging": LoggingConfig,
     "delivery": DeliveryConfig,
 }
-_ROUTE_KEYS = frozenset(
-    {"name", "match", "sink", "key", "delivery", "dead_letter", "allow", "deny"}
-)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-_AT = re.compile(r" - at `\$([^`]*)`")
 
 
 def default_source() -> str:
@@ -240,172 +221,16 @@ def default_source() -> str:
     return f"evbridge://{socket.gethostname()}"
 
 
-def _lookup(raw: object, path: str) -> object:
-    """The raw value at a msgspec path like ``.handlers.timeout_s`` or ``[2].x``."""
-    value = raw
-    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
-        key, index = part
-        try:
-            value = value[int(index)] if index else value[key]  # type: ignore[index]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return value
-
-
-def _convert(raw: object, kind: type[Any], prefix: str) -> Any:
-    try:
-        return msgspec.convert(raw, kind)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _AT.search(message)
-        sub = match.group(1) if match else ""
-        problem = _AT.sub("", message)
-        unknown = re.search(r"unknown field `([^`]*)`", problem)
-        if unknown:
-            sub = f"{sub}.{unknown.group(1)}"
-            where = f"{prefix}{sub}".lstrip(".")
-            raise ConfigError(f"{where}: unknown key", field=where) from None
-        where = f"{prefix}{sub}".lstrip(".") or prefix.lstrip(".") or "(top level)"
-        bad = shown_config_value(sub, _lookup(raw, sub))
-        raise ConfigError(f"{where}: {problem} (got {bad})", field=where) from None
-
-
-def _check_name(value: object, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigError(
-            f"{where}: must be a name of letters, digits, '.', '_' or '-' (got {value!r})",
-            field=where,
-        )
-    return value
-
-
 def _parse_sink(raw: object, where: str) -> SinkConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
-    _check_name(raw.get("name"), f"{where}.name")
+    check_name(raw.get("name"), f"{where}.name")
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise ConfigError(f"{where}.type: is required (got {kind!r})", field=f"{where}.type")
     sink_type = get_sink_type(kind, where=f"{where}.type")
-    parsed: SinkConfig = _convert(dict(raw), sink_type.config, f".{where}")
+    parsed: SinkConfig = convert(dict(raw), sink_type.config, f".{where}")
     return parsed
-
-
-def _parse_route(
-    raw: object, where: str, sinks: Mapping[str, SinkConfig], index: int
-) -> RouteConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
-    common = {k: v for k, v in raw.items() if k in _ROUTE_KEYS}
-    rest = {k: v for k, v in raw.items() if k not in _ROUTE_KEYS}
-    for required in ("match", "sink"):
-        value = common.get(required)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(
-                f"{where}.{required}: is required and must be a non-empty string (got {value!r})",
-                field=f"{where}.{required}",
-            )
-    name = common.get("name", f"route{index}")
-    _check_name(name, f"{where}.name")
-    sink_name = common["sink"]
-    sink = sinks.get(sink_name)
-    if sink is None:
-        raise ConfigError(
-            f"{where}.sink: no sink named {sink_name!r} (sinks: {', '.join(sinks) or 'none'})",
-            field=f"{where}.sink",
-        )
-    sink_type = get_sink_type(sink.type)
-    options: RouteOptions = _convert(rest, sink_type.route, f".{where}")
-    key = common.get("key")
-    if key is not None:
-        if not isinstance(key, str):
-            raise ConfigError(
-                f"{where}.key: must be a template string (got {key!r})", field=f"{where}.key"
-            )
-        Template(key, where=f"{where}.key")
-    _check_templates(options, where)
-    delivery = common.get("delivery")
-    if delivery not in (None, "sync", "durable"):
-        raise ConfigError(
-            f"{where}.delivery: must be 'sync' or 'durable' (got {delivery!r})",
-            field=f"{where}.delivery",
-        )
-    dead_letter = _parse_dead_letter(common.get("dead_letter"), f"{where}.dead_letter", sinks)
-    allow = _parse_patterns(common.get("allow"), f"{where}.allow", options)
-    deny = _parse_patterns(common.get("deny"), f"{where}.deny", options)
-    return RouteConfig(
-        name=name,
-        match=common["match"],
-        sink=sink_name,
-        options=options,
-        key=key,
-        delivery=delivery,
-        dead_letter=dead_letter,
-        allow=allow,
-        deny=deny,
-    )
-
-
-def _parse_patterns(raw: object, where: str, options: RouteOptions) -> dict[str, tuple[str, ...]]:
-    """``allow`` / ``deny``: ``{<template option>: [glob, ...]}`` (null: none)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"{where}: must map template options to lists of glob patterns (got {raw!r})",
-            field=where,
-        )
-    templated = {
-        f.encode_name
-        for f in msgspec.structs.fields(options)
-        if isinstance(value := getattr(options, f.name), str)
-        and not Template(value, where=where).is_literal
-    }
-    found: dict[str, tuple[str, ...]] = {}
-    for option, patterns in raw.items():
-        at = f"{where}.{option}"
-        if option not in templated:
-            raise ConfigError(
-                f"{at}: the route has no template option {option!r} "
-                f"(template options: {', '.join(sorted(templated)) or 'none'})",
-                field=at,
-            )
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
-            raise ConfigError(
-                f"{at}: must be a list of non-empty glob patterns (got {patterns!r})", field=at
-            )
-        found[option] = tuple(patterns)
-    return found
-
-
-def _check_templates(options: RouteOptions, where: str) -> None:
-    for field in msgspec.structs.fields(options):
-        value = getattr(options, field.name)
-        if isinstance(value, str):
-            Template(value, where=f"{where}.{field.encode_name}")
-
-
-def _parse_dead_letter(
-    raw: object, where: str, sinks: Mapping[str, SinkConfig]
-) -> DeadLetterConfig | None:
-    """``dead_letter: {sink: NAME, <that sink's route fields>}`` (null: none)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping with a 'sink' (got {raw!r})", field=where)
-    sink_name = raw.get("sink")
-    sink = sinks.get(sink_name) if isinstance(sink_name, str) else None
-    if sink is None:
-        raise ConfigError(
-            f"{where}.sink: no sink named {sink_name!r} (sinks: {', '.join(sinks) or 'none'})",
-            field=f"{where}.sink",
-        )
-    rest = {k: v for k, v in raw.items() if k != "sink"}
-    options: RouteOptions = _convert(rest, get_sink_type(sink.type).route, f".{where}")
-    _check_templates(options, where)
-    return DeadLetterConfig(sink=sink.name, options=options)
 
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -444,7 +269,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
         raise ConfigError(f"sinks: must be a list (got {raw_sinks!r})", field="sinks")
     if not isinstance(raw_routes, list):
         raise ConfigError(f"routes: must be a list (got {raw_routes!r})", field="routes")
-    config: Config = _convert(data, Config, "")
+    config: Config = convert(data, Config, "")
     limits = config.limits
     if limits.max_inflight_bytes < limits.max_body_bytes:
         # A body the in-flight bound could never admit would be refused forever.
@@ -467,7 +292,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
                 f"sinks[{i}].name: {sink.name!r} is used twice", field=f"sinks[{i}].name"
             )
         sinks[sink.name] = sink
-    routes = tuple(_parse_route(r, f"routes[{i}]", sinks, i) for i, r in enumerate(raw_routes))
+    routes = tuple(parse_route(r, f"routes[{i}]", sinks, i) for i, r in enumerate(raw_routes))
     seen: set[str] = set()
     for i, route in enumerate(routes):
         if route.name in seen:

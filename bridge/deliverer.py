@@ -28,16 +28,15 @@ from typing import Final
 
 import msgspec
 
-from bridge.config import DeadLetterConfig, RetryConfig, RouteConfig
+from bridge.config import RetryConfig, RouteConfig
 from bridge.delivery import Publisher
+from bridge.destinations import Destination
 from bridge.errors import BridgeError, SinkError
 from bridge.metrics import METRICS, Metrics
 from bridge.results import Delivery
-from bridge.routing import DestinationGuard, destination_guards
 from bridge.sinks.base import Outgoing, RouteOptions
 from bridge.spool import codec
 from bridge.spool.store import TAIL_COST_PER_BYTE, Spool, SpoolItem
-from bridge.templates import Template
 
 log = logging.getLogger("bridge.deliverer")
 
@@ -75,11 +74,12 @@ class RetryPolicy:
 @dataclass(frozen=True, eq=False)
 class _DeadLetterRoute:
     publisher: Publisher
-    options: RouteOptions
-    templates: dict[str, Template]
-    guards: dict[str, DestinationGuard]
+    #: Compiled and validated at config load, with the route (`bridge.destinations`).
+    destination: Destination
 
     def outgoing(self, entry: _Entry, reason: str, code: str) -> Outgoing:
+        """The dead letter for ``entry``; raises `BridgeError` if its destination renders
+        to one the sink refuses."""
         event = entry.outgoing.event
         headers = {
             **event.headers,
@@ -90,13 +90,8 @@ class _DeadLetterRoute:
             f"{HEADER_PREFIX}destination": entry.destination,
             f"{HEADER_PREFIX}attempts": str(entry.attempts),
         }
-        options = self.options
-        if self.templates:
-            rendered = {name: t.render(event) for name, t in self.templates.items()}
-            for name, guard in self.guards.items():
-                guard.check(rendered[name])
-            options = msgspec.structs.replace(options, **rendered)
         dead_event = msgspec.structs.replace(event, headers=headers)
+        options = self.destination.options_for(dead_event)
         return Outgoing(dead_event, entry.outgoing.route, options, entry.outgoing.key)
 
 
@@ -154,21 +149,12 @@ class Deliverer:
         self._dead_routes: dict[str, _DeadLetterRoute] = {}
         for route in routes:
             if route.dead_letter is not None:
-                self._dead_routes[route.name] = self._dead_route(route.dead_letter)
+                self._dead_routes[route.name] = _DeadLetterRoute(
+                    publishers[route.dead_letter.sink], route.dead_letter.destination
+                )
         self.lanes: dict[str, _Lane] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._progress = asyncio.Event()
-
-    def _dead_route(self, config: DeadLetterConfig) -> _DeadLetterRoute:
-        templates = {}
-        for field in msgspec.structs.fields(config.options):
-            value = getattr(config.options, field.name)
-            if isinstance(value, str) and "{" in value:
-                templates[field.name] = Template(
-                    value, where=f"dead_letter.{field.name}", option=field.name
-                )
-        guards = destination_guards(config.options, templates)
-        return _DeadLetterRoute(self.publishers[config.sink], config.options, templates, guards)
 
     def dead_letter_route(self, route: str) -> _DeadLetterRoute | None:
         """Where ``route``'s undeliverable events go, if it names a ``dead_letter``."""

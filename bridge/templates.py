@@ -123,6 +123,11 @@ class Template:
         """True when the template has no fields and always renders the same text."""
         return self._literal is not None
 
+    @property
+    def literal(self) -> str | None:
+        """The text a field-less template always renders (``{{``/``}}`` unescaped), else None."""
+        return self._literal
+
     def render(self, event: Event) -> str:
         """Render for ``event``.
 

@@ -1,5 +1,8 @@
 """``evbridge check``: validate the config and run every sink's health check.
 
+Config load validates every route's destinations, dead-letter ones included,
+so an invalid one fails the ``config`` line with its key path.
+
 Each sink is started, checked and stopped on its own (each bounded in time),
 so one broker that is down does not hide the state of the others. No line
 shows a secret: every detail goes through `bridge.redact.scrub`, with the
@@ -13,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from bridge.bus import Bus
-from bridge.config import Config, load_config
+from bridge.config import Config, RouteConfig, load_config
 from bridge.errors import BridgeError, ConfigError
 from bridge.redact import register_config, scrub
 from bridge.server.auth import check_exposure
@@ -99,6 +102,12 @@ async def _check_sink(name: str, kind: str, sink: Sink, timeout: float, report: 
             report.add(what, False, f"did not stop cleanly: {type(exc).__name__}: {exc}")
 
 
+def _describe_route(route: RouteConfig) -> str:
+    # Every destination shown here was validated at load (bridge.destinations).
+    dead = f" (dead letters -> {route.dead_letter.sink})" if route.dead_letter else ""
+    return f"{route.name}: {route.match} -> {route.sink}{dead}"
+
+
 async def run_check(path: str | None, where: str, *, timeout: float) -> Report:  # noqa: ASYNC109
     """Check the config at ``path`` (None: env or embedded default) and its sinks."""
     report = Report()
@@ -123,7 +132,7 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
     report.add(
         "routes",
         True,
-        ", ".join(f"{r.name}: {r.match} -> {r.sink}" for r in config.routes) or "none",
+        ", ".join(map(_describe_route, config.routes)) or "none",
     )
     kinds = {s.name: s.type for s in config.sinks}
     await asyncio.gather(

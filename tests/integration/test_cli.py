@@ -146,6 +146,38 @@ def test_check_reports_config_problems(
     assert "FAIL" in done.stdout
 
 
+BAD_DEAD_LETTER = {
+    "sinks": [
+        {"name": "mem", "type": "memory"},
+        {"name": "k", "type": "kafka", "bootstrap_servers": "127.0.0.1:1"},
+    ],
+    "routes": [
+        {
+            "name": "all",
+            "match": "*",
+            "sink": "mem",
+            "dead_letter": {"sink": "k", "topic": "bad topic!"},
+        }
+    ],
+}
+
+
+def test_check_refuses_an_invalid_dead_letter_destination_with_its_key_path(
+    tmp_path: Path,
+) -> None:
+    done = run("check", "--config", str(write_config(tmp_path, BAD_DEAD_LETTER)))
+    assert done.returncode == 1, done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("config")]
+    assert "FAIL" in line
+    assert "routes[0].dead_letter.topic: topic 'bad topic!' is not a valid Kafka topic" in line
+
+
+def test_serve_refuses_to_start_with_an_invalid_dead_letter_destination(tmp_path: Path) -> None:
+    done = run("serve", "--config", str(write_config(tmp_path, BAD_DEAD_LETTER)))
+    assert done.returncode == 2
+    assert "config error: routes[0].dead_letter.topic: topic 'bad topic!'" in done.stderr
+
+
 def test_check_accepts_exposed_tcp_with_token(tmp_path: Path) -> None:
     config = {**MEMORY, "listen": {"tcp": "0.0.0.0:8787"}}
     done = run(

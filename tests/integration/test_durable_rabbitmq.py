@@ -181,11 +181,22 @@ async def test_a_broker_outage_is_absorbed_and_delivered_in_order(
     assert order == {f"c{n}": list(range(30)) for n in range(4)}
 
 
+# The dead-letter routing key as configured (a literal, or a template rendered from the
+# dead letter: the event plus its evbridge-dead-letter-* headers) and as the broker sees it.
+@pytest.mark.parametrize(
+    ("dead_key", "routed_as"),
+    [
+        ("dead", "dead"),
+        ("dead.{key}.{headers.evbridge-dead-letter-code}", "dead.nowhere.unroutable"),
+    ],
+)
 async def test_an_unroutable_event_is_dead_lettered_with_its_reason(
     rabbitmq: RabbitMQ,
     channel: aio_pika.abc.AbstractChannel,
     evbridge_server_factory: ServerFactory,
     tmp_path: Path,
+    dead_key: str,
+    routed_as: str,
 ) -> None:
     dest = await declare(channel, binding="good.#")
     dlq = await declare(channel)
@@ -199,7 +210,11 @@ async def test_an_unroutable_event_is_dead_lettered_with_its_reason(
                     "match": "*",
                     "sink": "rmq",
                     "routing_key": "{key}",
-                    "dead_letter": {"sink": "rmq", "exchange": dlq.name, "routing_key": "dead"},
+                    "dead_letter": {
+                        "sink": "rmq",
+                        "exchange": dlq.name,
+                        "routing_key": dead_key,
+                    },
                 }
             ],
         )
@@ -219,7 +234,7 @@ async def test_an_unroutable_event_is_dead_lettered_with_its_reason(
     # Where it was headed, as the route names it (the sink's own exchange here).
     assert headers["evbridge-dead-letter-destination"] in (dest.name, "rmq")
     assert headers["evbridge-dead-letter-attempts"] == "1"
-    assert dead.routing_key == "dead"
+    assert dead.routing_key == routed_as
 
 
 async def test_local_dead_letters_are_listed_and_replayed_with_the_cli(

@@ -93,7 +93,7 @@ def test_a_good_kafka_topic_resolves() -> None:
 def test_a_literal_invalid_kafka_topic_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         _router([KAFKA], [{"name": "t", "match": "*", "sink": "k", "topic": "bad topic"}])
-    assert info.value.field == "route t.topic"
+    assert info.value.field == "routes[0].topic"  # refused at load, with its key path
 
 
 def test_rendered_control_characters_name_the_option_and_show_the_value() -> None:
