@@ -93,7 +93,6 @@ TANSU_STOP_GRACE = 2.0
 # noida persists asynchronously (TOOLING.md saw a SIGTERM lose 1 of 149 acked records), so
 # it is stopped the documented way, SIGINT as for Ctrl-C, and given time to save.
 NOIDA_STOP_GRACE = 5.0
-RABBITMQ_BOOT_TIMEOUT = 90.0
 RABBITMQ_READY_TIMEOUT = 30.0
 RABBITMQCTL_TIMEOUT = 60.0
 POLL_INTERVAL = 0.02
