@@ -141,9 +141,12 @@ class EventPath:
             self._unhandled.inc()
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
-        outcomes = await run_handlers(
-            handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
-        )
+        try:
+            outcomes = await run_handlers(
+                handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
+            )
+        finally:
+            ctx.closed = True
         return _Handled(event, outcomes, ctx.follow_ups)
 
     async def _handle_all(

@@ -9,12 +9,15 @@ sync function that should run on the loop).
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Generator
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -23,11 +26,13 @@ from bridge.event import Event
 from bridge.metrics import METRICS
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
+from bridge.threads import handler_loop
 
 HandlerFn = Callable[[Event, "Context"], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _seq = itertools.count()
+log = logging.getLogger("bridge.handlers")
 
 
 class StopChain(Exception):
@@ -181,10 +186,32 @@ def on(
     return decorate
 
 
+class _Queued:
+    """What `Context.emit` returns: already done, so ``await ctx.emit(e)`` keeps working."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once: the await is over
+
+
+_QUEUED: Final = _Queued()
+
+
 class Context:
     """What a handler gets besides the event: typed data and follow-up emission."""
 
-    __slots__ = ("_decoded", "data", "depth", "event", "follow_ups", "max_depth")
+    __slots__ = (
+        "_decoded",
+        "_thread",
+        "closed",
+        "data",
+        "depth",
+        "event",
+        "follow_ups",
+        "max_depth",
+    )
 
     def __init__(self, event: Event, depth: int, *, max_depth: int) -> None:
         self.event = event
@@ -194,7 +221,11 @@ class Context:
         #: ``event.data`` decoded into the running handler's ``data=`` type, else raw.
         self.data: Any = event.data
         self.follow_ups: list[Event] = []
+        #: Set once the event's handlers ran: a later follow-up would be lost, so it raises.
+        self.closed = False
         self._decoded: dict[type[Any], Any] | None = None
+        # The loop's thread: `emit` from any other thread goes through the loop.
+        self._thread = threading.get_ident()
 
     def decode(self, data_type: type[Any]) -> Any:
         """``event.data`` as ``data_type``, decoded once per event and type."""
@@ -208,15 +239,54 @@ class Context:
         self._decoded[data_type] = value
         return value
 
-    async def emit(self, event: Event) -> None:
-        """Queue a follow-up event.
+    def emit(self, event: Event) -> Awaitable[None]:
+        """Queue a follow-up event, from an ``async def`` handler or a plain ``def`` one.
 
         It runs through the same pipeline and routing after this event's own
         handlers and delivery, and its result is part of this event's result.
-        Raises `MaxDepthExceeded` past ``handlers.max_depth``.
+        It is queued when this returns; the awaitable returned is already
+        done, so ``await ctx.emit(e)`` and a plain ``ctx.emit(e)`` are the same.
+        From a handler thread it is queued on the loop (and this waits for
+        that). Raises `MaxDepthExceeded` past ``handlers.max_depth``, and
+        `RuntimeError` once this event's handlers finished (a timed-out
+        ``def`` handler running on) or from a thread that is no handler's.
         """
+        if threading.get_ident() == self._thread:
+            self._queue(event)
+        else:
+            loop = handler_loop()
+            if loop is None:
+                raise RuntimeError(
+                    f"ctx.emit({event.type!r}) from a thread that is not a handler thread: "
+                    "call it from the handler itself"
+                )
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def queue_on_loop() -> None:
+                try:
+                    self._queue(event)
+                except BaseException as exc:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+
+            loop.call_soon_threadsafe(queue_on_loop)
+            done.result()
+        return _QUEUED
+
+    def _queue(self, event: Event) -> None:
         if not isinstance(event, Event):
             raise TypeError(f"ctx.emit() takes an Event, got {type(event).__name__}")
+        if self.closed:
+            # Whoever raised this may have no one left to tell (a timed-out thread): log it.
+            message = (
+                f"ctx.emit({event.type!r}) after the handlers of {self.event.type!r} "
+                f"{self.event.id} finished (a timed-out handler running on?): "
+                "the follow-up is refused"
+            )
+            log.error(message)
+            METRICS.error("handler", "late_follow_up")
+            raise RuntimeError(message)
         limit = self.max_depth
         if self.depth + 1 > limit:
             raise MaxDepthExceeded(

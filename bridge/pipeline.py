@@ -25,9 +25,11 @@ fires up to one tick late.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from bisect import bisect_left
 from time import perf_counter
+from types import CoroutineType
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -138,27 +140,32 @@ async def run_handlers(
                 ctx.data = ctx.decode(handler.data_type)
             elif ctx.data is not event.data:
                 ctx.data = event.data
-            if handler.is_async:
-                coro = handler.fn(event, ctx)
-                # Up to its first suspension, as ``await`` would; most handlers end here.
-                # ``next`` with a default: a coroutine that returns None raises nothing.
-                waiting = next(coro.__await__(), _DONE)  # type: ignore[union-attr]
-                if waiting is not _DONE:
-                    await Resume(
-                        coro,  # type: ignore[arg-type]
-                        waiting,
-                        slot,
-                        name=handler.name,
-                        grace=cancel_grace,
-                        event=event,
-                    )
-            elif handler.inline:
-                handler.fn(event, ctx)
+            if handler.is_async or handler.inline:
+                returned = handler.fn(event, ctx)
             else:
                 job = threads.submit(handler.name, slot.deadline, handler.fn, event, ctx)
                 raised = await job.future
                 if raised is not None:
                     raise raised
+                returned, job.returned = job.returned, None
+            # A sync callable may hand back the work (``lambda e, c: notify(e)``, a partial
+            # of an async function): it is awaited here, never dropped.
+            if returned is not None:
+                if type(returned) is CoroutineType:
+                    # Up to its first suspension, as ``await`` would; most handlers end here.
+                    # ``next`` with a default: a coroutine that returns None raises nothing.
+                    waiting = next(returned.__await__(), _DONE)
+                    if waiting is not _DONE:
+                        await Resume(
+                            returned,
+                            waiting,
+                            slot,
+                            name=handler.name,
+                            grace=cancel_grace,
+                            event=event,
+                        )
+                elif inspect.isawaitable(returned):
+                    await returned
             outcome = OK
         except StopChain as exc:
             outcome, error = STOPPED, str(exc) or None
