@@ -31,6 +31,8 @@ from bridge.handlers import (
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.pipeline import Watchdog
+from bridge.policy import OnError, check_on_error
+from bridge.policy import raise_errors as raise_errors_of
 from bridge.prefer import Preference
 from bridge.results import EmitResult
 from bridge.routing import Router
@@ -313,11 +315,19 @@ class Bus:
         data: type[Any] | None = None,
         name: str | None = None,
         inline: bool = False,
+        on_error: OnError | None = None,
     ) -> Handler:
         """Add a handler to this bus at runtime (same options as ``@on``)."""
         return self.registry.add(
             Handler(
-                fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline
+                fn,
+                pattern,
+                priority=priority,
+                timeout=timeout,
+                data=data,
+                name=name,
+                inline=inline,
+                on_error=on_error,
             )
         )
 
@@ -327,16 +337,36 @@ class Bus:
 
     # --- emitting -----------------------------------------------------------
 
-    async def emit(self, event: Event, *, delivery: Preference | None = None) -> EmitResult:
+    async def emit(
+        self,
+        event: Event,
+        *,
+        delivery: Preference | None = None,
+        on_error: OnError | None = None,
+        raise_errors: bool = False,
+    ) -> EmitResult:
         """Run the handlers for ``event``, then publish it if it is a notification.
 
         Returns its `EmitResult` (with the results of its follow-ups). Failures
         of handlers and sinks are in the result; only misuse raises.
         ``delivery`` (a request's ``Prefer``) chooses sync or durable delivery
         for it and its follow-ups, where ``delivery.allow_override`` permits
-        (the rule is in `bridge.dispatch`).
+        (the rule is in `bridge.dispatch`). ``on_error`` is the error policy
+        (``continue``, ``stop``, ``reject``; `bridge.policy`) of the handlers
+        without their own, for it and its follow-ups. With ``raise_errors``,
+        the handlers' errors (its follow-ups' included) are raised as one
+        `BaseExceptionGroup` once everything ran.
         """
-        return (await self._path.run((event,), 0, self._concurrency, delivery, self._hub))[0]
+        check_on_error(on_error, where="emit()")
+        errors: list[BaseException] | None = [] if raise_errors else None
+        result = (
+            await self._path.run(
+                (event,), 0, self._concurrency, delivery, self._hub, on_error, errors
+            )
+        )[0]
+        if errors:
+            raise_errors_of(result, errors)
+        return result
 
     async def emit_many(
         self,
@@ -344,6 +374,7 @@ class Bus:
         *,
         concurrency: int | None = None,
         delivery: Preference | None = None,
+        on_error: OnError | None = None,
     ) -> list[EmitResult]:
         """Emit a batch; results come back in input order.
 
@@ -351,9 +382,11 @@ class Bus:
         their handlers running at once; each event's handlers stay sequential.
         Notification events are then delivered in input order, one call per
         sink and delivery mode, so events with the same key keep their order.
+        ``on_error`` is as for `emit`.
         """
+        check_on_error(on_error, where="emit_many()")
         return await self._path.run(
-            list(events), 0, concurrency or self._concurrency, delivery, self._hub
+            list(events), 0, concurrency or self._concurrency, delivery, self._hub, on_error
         )
 
     # --- introspection ------------------------------------------------------

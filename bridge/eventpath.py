@@ -23,6 +23,7 @@ from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
 from bridge.metrics import Metrics
 from bridge.pipeline import Slot, Watchdog, run_handlers
+from bridge.policy import OnError
 from bridge.prefer import Preference
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
@@ -38,16 +39,22 @@ def _error_info(exc: BridgeError) -> ErrorInfo:
 
 
 class _Handled:
-    """An event after its handlers ran: what they did and what they emitted."""
+    """An event after its handlers ran: what they did and what they emitted, and
+    why a handler's policy rejected it (then it is neither published nor followed up)."""
 
-    __slots__ = ("event", "follow_ups", "outcomes")
+    __slots__ = ("event", "follow_ups", "outcomes", "rejection")
 
     def __init__(
-        self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]
+        self,
+        event: Event,
+        outcomes: list[HandlerOutcome],
+        follow_ups: list[Event],
+        rejection: ErrorInfo | None = None,
     ) -> None:
         self.event = event
         self.outcomes = outcomes
         self.follow_ups = follow_ups
+        self.rejection = rejection
 
 
 class Lifecycle:
@@ -104,18 +111,25 @@ class EventPath:
         concurrency: int,
         delivery: Preference | None,
         hub: Hub,
+        on_error: OnError | None = None,
+        errors: list[BaseException] | None = None,
     ) -> list[EmitResult]:
         """The one orchestration, for single events, batches and follow-ups alike:
-        handlers, then routing and delivery per channel, then the follow-ups."""
+        handlers, then routing and delivery per channel, then the follow-ups.
+
+        ``on_error`` is the error policy of handlers without their own
+        (`bridge.policy`); ``errors``, when given, collects the handlers' errors."""
         if not events:
             return []
-        handled = await self._handle_all(events, depth, concurrency)
+        handled = await self._handle_all(events, depth, concurrency, on_error, errors)
         outcomes = await self._deliver(handled, delivery)
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []
         for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
-            if outcome is None:
+            if h.rejection is not None:
+                results.append(self._rejected_by_handler(h, h.rejection))
+            elif outcome is None:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
             else:
                 results.append(self._result(h, outcome))
@@ -126,7 +140,13 @@ class EventPath:
                 hub.publish(h.event, result.status)
         if parents:
             children = await self.run(
-                [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery, hub
+                [e for h in handled for e in h.follow_ups],
+                depth + 1,
+                concurrency,
+                delivery,
+                hub,
+                on_error,
+                errors,
             )
             grouped: dict[int, list[EmitResult]] = {}
             for parent, child in zip(parents, children, strict=True):
@@ -135,22 +155,44 @@ class EventPath:
                 results[parent] = msgspec.structs.replace(results[parent], follow_ups=follow)
         return results
 
-    async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
+    async def _handle(
+        self,
+        event: Event,
+        depth: int,
+        slot: Slot,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
+    ) -> _Handled:
         handlers = self._registry.match(event.type)
         if not handlers:
             self._unhandled.inc()
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
         try:
-            outcomes = await run_handlers(
-                handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
+            outcomes, rejection = await run_handlers(
+                handlers,
+                event,
+                ctx,
+                slot,
+                self._timeout,
+                self._threads,
+                self._cancel_grace,
+                on_error,
+                errors,
             )
         finally:
             ctx.closed = True
+        if rejection is not None:
+            return _Handled(event, outcomes, [], rejection)
         return _Handled(event, outcomes, ctx.follow_ups)
 
     async def _handle_all(
-        self, events: Sequence[Event], depth: int, concurrency: int
+        self,
+        events: Sequence[Event],
+        depth: int,
+        concurrency: int,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
     ) -> list[_Handled]:
         if len(events) == 1:
             # One event (every `emit`): no worker to spawn, no results to slot in.
@@ -159,7 +201,7 @@ class EventPath:
             slot = Slot(task)
             self._watchdog.enter(slot)
             try:
-                return [await self._handle(self._prepare(events[0]), depth, slot)]
+                return [await self._handle(self._prepare(events[0]), depth, slot, on_error, errors)]
             finally:
                 self._watchdog.leave(slot)
         handled: list[_Handled | None] = [None] * len(events)
@@ -172,7 +214,9 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await self._handle(self._prepare(events[i]), depth, slot)
+                    handled[i] = await self._handle(
+                        self._prepare(events[i]), depth, slot, on_error, errors
+                    )
             finally:
                 self._watchdog.leave(slot)
 
@@ -192,7 +236,7 @@ class EventPath:
         if len(handled) == 1:
             # One event: its channel's single-event call (which coalesces across callers).
             event = handled[0].event
-            if event.kind == "domain":
+            if event.kind == "domain" or handled[0].rejection is not None:
                 return [None]
             try:
                 _, outgoing = self._router.resolve(event)
@@ -206,7 +250,7 @@ class EventPath:
         outcomes: list[Result | None] = [None] * len(handled)
         groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
         for i, item in enumerate(handled):
-            if item.event.kind == "domain":
+            if item.event.kind == "domain" or item.rejection is not None:
                 continue
             try:
                 _, outgoing = self._router.resolve(item.event)
@@ -236,6 +280,14 @@ class EventPath:
                 "emitting notification events",
                 code="not_started",
             )
+
+    def _rejected_by_handler(self, handled: _Handled, error: ErrorInfo) -> EmitResult:
+        event = handled.event
+        log.warning(
+            "event %s %s rejected: %s (%s)", event.type, event.id, error.message, error.code
+        )
+        self._metrics.events_rejected.labels(error.code).inc()
+        return EmitResult(event.id, event.type, "rejected", handled.outcomes, error=error)
 
     def _result(self, handled: _Handled, outcome: Result | None) -> EmitResult:
         event = handled.event

@@ -24,6 +24,7 @@ import msgspec
 from bridge.errors import ConfigError, MaxDepthExceeded
 from bridge.event import Event
 from bridge.metrics import METRICS
+from bridge.policy import OnError, check_on_error
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
 from bridge.threads import handler_loop
@@ -57,6 +58,7 @@ class Handler:
         "is_async",
         "matches",
         "name",
+        "on_error",
         "pattern",
         "priority",
         "runs",
@@ -74,6 +76,7 @@ class Handler:
         data: type[Any] | None = None,
         name: str | None = None,
         inline: bool = False,
+        on_error: OnError | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {fn!r}")
@@ -90,6 +93,8 @@ class Handler:
             getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.inline = inline
+        #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
+        self.on_error = check_on_error(on_error, where=f"handler {self.name}")
         self.seq = next(_seq)
         self.runs = {o: METRICS.handler_runs.child(self.name, o) for o in OUTCOMES}
         self.durations = METRICS.handler_duration.child(self.name)
@@ -164,6 +169,7 @@ def on(
     data: type[Any] | None = None,
     name: str | None = None,
     inline: bool = False,
+    on_error: OnError | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a handler for events matching ``pattern``.
 
@@ -172,13 +178,22 @@ def on(
     (or any msgspec-convertible type) that ``event.data`` is decoded into once
     per event and offered as ``ctx.data``; a decode failure is this handler's
     error. ``name`` overrides the ``module.qualname`` label used in results
-    and metrics.
+    and metrics. ``on_error`` (``continue``, ``stop`` or ``reject``, see
+    `bridge.policy`) is what this handler's failure does to the rest of the
+    event; unset, the emit's policy applies (default ``continue``).
     """
 
     def decorate(fn: F) -> F:
         registry.add(
             Handler(
-                fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline
+                fn,
+                pattern,
+                priority=priority,
+                timeout=timeout,
+                data=data,
+                name=name,
+                inline=inline,
+                on_error=on_error,
             )
         )
         return fn

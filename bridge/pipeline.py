@@ -11,6 +11,9 @@ Guarantees, for each event:
   after ``handlers.cancel_grace_s`` (`bridge.cancelguard`); a plain ``def`` one
   keeps its thread busy, and the chain goes on (`bridge.threads`);
 - `StopChain` ends the chain, `Skip` records the handler as skipped;
+- after an ``error`` or ``timeout`` the handler's error policy
+  (`bridge.policy`: ``continue``, ``stop`` or ``reject``) decides whether the
+  chain goes on and whether the event is published;
 - ``asyncio.CancelledError`` sent to the task from outside (not by the
   watchdog) is always re-raised, even when a handler caught it; one nobody
   sent (a handler awaited a future cancelled elsewhere) is the handler's error.
@@ -37,7 +40,17 @@ import msgspec
 from bridge.cancelguard import Abandoned, Resume
 from bridge.handlers import Context, Handler, Skip, StopChain
 from bridge.metrics import BUCKETS, METRICS
-from bridge.results import ERROR, OK, SKIPPED, STOPPED, TIMEOUT, HandlerOutcome, Outcome
+from bridge.policy import OnError, rejection
+from bridge.results import (
+    ERROR,
+    OK,
+    SKIPPED,
+    STOPPED,
+    TIMEOUT,
+    ErrorInfo,
+    HandlerOutcome,
+    Outcome,
+)
 
 if TYPE_CHECKING:
     from bridge.event import Event
@@ -118,17 +131,24 @@ async def run_handlers(
     default_timeout: float,
     threads: HandlerThreads,
     cancel_grace: float,
-) -> list[HandlerOutcome]:
+    on_error: OnError | None = None,
+    errors: list[BaseException] | None = None,
+) -> tuple[list[HandlerOutcome], ErrorInfo | None]:
     """Run ``handlers`` for ``event`` under the guarantees in this module's docstring.
 
     Plain ``def`` handlers run in ``threads``; ``cancel_grace`` is how long a
     timed-out ``async def`` handler may take to end once cancelled (`bridge.cancelguard`).
+    A failed run is then handled by its policy (`bridge.policy`): the handler's
+    own ``on_error``, else ``on_error``. Returns the runs and, when a policy
+    rejected the event, why. ``errors`` (when given) collects every failed
+    run's exception (a `TimeoutError` for a timeout).
     """
     outcomes: list[HandlerOutcome] = []
     task = slot.task
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
+        failure: BaseException | None = None
         outcome: Outcome
         job: Job | None = None
         abandoned = False
@@ -181,7 +201,7 @@ async def run_handlers(
             else:
                 # Nobody cancelled the task: the handler raised it (say, it awaited a
                 # future that something else cancelled), so it is the handler's error.
-                outcome, error = ERROR, _describe(exc)
+                outcome, error, failure = ERROR, _describe(exc), exc
                 log.warning(
                     "handler %s failed on %s %s: %s", handler.name, event.type, event.id, error
                 )
@@ -194,12 +214,13 @@ async def run_handlers(
             error = f"timed out after {timeout:g}s and ignored its cancellation: abandoned"
         except msgspec.ValidationError as exc:
             outcome, error = ERROR, f"data does not match {handler.data_type!r}: {exc}"
+            failure = exc
             log.warning(
                 "handler %s could not decode %s %s: %s", handler.name, event.type, event.id, exc
             )
             METRICS.error("handler", "data_decode")
         except Exception as exc:
-            outcome, error = ERROR, _describe(exc)
+            outcome, error, failure = ERROR, _describe(exc), exc
             log.exception("handler %s failed on %s %s", handler.name, event.type, event.id)
             METRICS.error("handler", type(exc).__name__)
         except GeneratorExit:
@@ -207,7 +228,7 @@ async def run_handlers(
         except BaseException as exc:
             # SystemExit, KeyboardInterrupt or a custom BaseException from handler code is
             # that handler's failure, not a request to stop the sidecar.
-            outcome, error = ERROR, _describe(exc)
+            outcome, error, failure = ERROR, _describe(exc), exc
             log.error(
                 "handler %s raised %s on %s %s: recorded as its error",
                 handler.name,
@@ -242,7 +263,16 @@ async def run_handlers(
         histogram = handler.durations
         histogram.buckets[bisect_left(BUCKETS, duration)] += 1
         histogram.sum += duration
-        outcomes.append(HandlerOutcome(handler.name, outcome, error, duration))
+        run = HandlerOutcome(handler.name, outcome, error, duration)
+        outcomes.append(run)
         if outcome == STOPPED:
             break
-    return outcomes
+        if outcome in (ERROR, TIMEOUT):
+            if errors is not None:
+                errors.append(failure or TimeoutError(f"handler {handler.name} {error}"))
+            policy = handler.on_error or on_error
+            if policy == "reject":
+                return outcomes, rejection(run, failure)
+            if policy == "stop":
+                break
+    return outcomes, None

@@ -38,7 +38,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
     ("bus", ("bridge.bus",)),
-    ("pipeline", ("bridge.pipeline", "bridge.handlers", "bridge.loopwatch", "bridge.cancelguard")),
+    (
+        "pipeline",
+        (
+            "bridge.pipeline",
+            "bridge.handlers",
+            "bridge.policy",
+            "bridge.loopwatch",
+            "bridge.cancelguard",
+        ),
+    ),
     ("storage", ("bridge.spool",)),
     ("router", ("bridge.routing",)),
     ("sinks", ("bridge.sinks",)),
