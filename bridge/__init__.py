@@ -2,7 +2,7 @@
 
 The public API for handler authors and embedders::
 
-    from bridge import Bus, Event, Context, on, StopChain, Skip
+    from bridge import Bus, Event, Context, Depends, on, StopChain, Skip
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -21,8 +21,10 @@ from bridge.errors import (
     TemplateError,
 )
 from bridge.event import Event
-from bridge.handlers import Context, Handler, Skip, StopChain, on
+from bridge.handlers import Context, Handler, HandlerRegistry, Skip, StopChain, on
+from bridge.inject import Depends
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
+from bridge.signature import HandlerSignatureError
 
 try:
     __version__ = version("evbridge")
@@ -36,11 +38,14 @@ __all__ = [
     "ConfigError",
     "Context",
     "Delivery",
+    "Depends",
     "EmitResult",
     "ErrorInfo",
     "Event",
     "Handler",
     "HandlerOutcome",
+    "HandlerRegistry",
+    "HandlerSignatureError",
     "InvalidEvent",
     "MaxDepthExceeded",
     "NoRoute",

@@ -21,6 +21,7 @@ from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
+from bridge.inject import close as close_scope
 from bridge.metrics import Metrics
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.policy import OnError
@@ -182,6 +183,9 @@ class EventPath:
             )
         finally:
             ctx.closed = True
+            if ctx.scope is not None and ctx.scope.open:
+                # Generator dependencies: their code after ``yield``, also when a handler raised.
+                await close_scope(ctx.scope, event)
         if rejection is not None:
             return _Handled(event, outcomes, [], rejection)
         return _Handled(event, outcomes, ctx.follow_ups)

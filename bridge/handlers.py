@@ -1,5 +1,8 @@
 """Handler registration: ``@on("invite.*", priority=10)`` and runtime subscribe.
 
+`Context` lives in `bridge.context`, call plans in `bridge.signature`, dependency
+injection in `bridge.inject`, error policies in `bridge.policy`.
+
 Handlers run in priority order (higher first), then in registration order.
 A handler is ``async def`` (awaited on the loop) or plain ``def`` (run in one
 of the bus's ``handlers.threads`` handler threads, `bridge.threads`, so a
@@ -9,31 +12,40 @@ sync function that should run on the loop).
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib
 import inspect
 import itertools
-import logging
-import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
-import msgspec
-
-from bridge.errors import ConfigError, MaxDepthExceeded
+from bridge.context import Context
+from bridge.errors import ConfigError
 from bridge.event import Event
 from bridge.metrics import METRICS
 from bridge.policy import OnError, check_on_error
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
-from bridge.threads import handler_loop
+from bridge.signature import HandlerSignatureError, build_class
+from bridge.signature import plan as make_plan
 
-HandlerFn = Callable[[Event, "Context"], Awaitable[None] | None]
+HandlerFn = Callable[[Event, Context], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _seq = itertools.count()
-log = logging.getLogger("bridge.handlers")
+
+__all__ = [
+    "Context",
+    "Handler",
+    "HandlerFn",
+    "HandlerRegistry",
+    "HandlerSignatureError",
+    "Skip",
+    "StopChain",
+    "import_modules",
+    "on",
+    "registry",
+]
 
 
 class StopChain(Exception):
@@ -48,27 +60,38 @@ class Skip(Exception):
 
 
 class Handler:
-    """A registered handler and how to run it."""
+    """A registered handler and how to run it.
+
+    ``fn`` is what was registered (a function, a callable, or a handler
+    class, built once here); its signature is read once into a plan
+    (`bridge.signature`): ``call(event, ctx)``, or ``params`` to inject per
+    event and then ``target(**kwargs)``. A signature that cannot be satisfied
+    raises `HandlerSignatureError` here, naming the handler and the parameter.
+    """
 
     __slots__ = (
+        "call",
         "data_type",
         "durations",
         "fn",
+        "inject_async",
         "inline",
         "is_async",
         "matches",
         "name",
         "on_error",
+        "params",
         "pattern",
         "priority",
         "runs",
         "seq",
+        "target",
         "timeout",
     )
 
     def __init__(
         self,
-        fn: HandlerFn,
+        fn: Callable[..., Any],
         pattern: str,
         *,
         priority: int = 0,
@@ -87,14 +110,27 @@ class Handler:
         self.matches = compile_glob(pattern)
         self.priority = priority
         self.timeout = timeout
-        self.data_type = data
         self.name = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        target: Callable[..., Any] = fn
+        owner = f"handler {self.name}"
+        if inspect.isclass(fn):
+            handle = getattr(build_class(fn, owner), "handle", None)
+            if not callable(handle):
+                raise HandlerSignatureError(f"{owner}: a handler class needs a handle() method")
+            target = handle
+        plan = make_plan(target, owner, data)
+        self.target = plan.target
+        self.call = plan.call
+        #: Parameters injected per event (None: ``call`` needs nothing resolved).
+        self.params = plan.params
+        self.inject_async = plan.is_async
+        self.data_type = plan.data_type
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.inline = inline
         #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
-        self.on_error = check_on_error(on_error, where=f"handler {self.name}")
+        self.on_error = check_on_error(on_error, where=owner)
         self.seq = next(_seq)
         self.runs = {o: METRICS.handler_runs.child(self.name, o) for o in OUTCOMES}
         self.durations = METRICS.handler_duration.child(self.name)
@@ -171,7 +207,12 @@ def on(
     inline: bool = False,
     on_error: OnError | None = None,
 ) -> Callable[[F], F]:
-    """Register the decorated function as a handler for events matching ``pattern``.
+    """Register the decorated function (or handler class) for events matching ``pattern``.
+
+    A function's parameters are given by type, name or ``Depends`` (`bridge.signature`,
+    `bridge.inject`); a class is built once, here, and its ``handle`` method is the
+    handler, named ``module.Class``. A signature that cannot be satisfied raises
+    `HandlerSignatureError` here, naming the handler and the parameter.
 
     ``pattern`` is an exact type or a glob (``"invite.*"``, ``"*"``).
     ``timeout`` overrides ``handlers.timeout_s``. ``data`` is a msgspec Struct
@@ -199,116 +240,6 @@ def on(
         return fn
 
     return decorate
-
-
-class _Queued:
-    """What `Context.emit` returns: already done, so ``await ctx.emit(e)`` keeps working."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # a generator that ends at once: the await is over
-
-
-_QUEUED: Final = _Queued()
-
-
-class Context:
-    """What a handler gets besides the event: typed data and follow-up emission."""
-
-    __slots__ = (
-        "_decoded",
-        "_thread",
-        "closed",
-        "data",
-        "depth",
-        "event",
-        "follow_ups",
-        "max_depth",
-    )
-
-    def __init__(self, event: Event, depth: int, *, max_depth: int) -> None:
-        self.event = event
-        self.depth = depth
-        #: ``handlers.max_depth``: how deep follow-ups may nest.
-        self.max_depth = max_depth
-        #: ``event.data`` decoded into the running handler's ``data=`` type, else raw.
-        self.data: Any = event.data
-        self.follow_ups: list[Event] = []
-        #: Set once the event's handlers ran: a later follow-up would be lost, so it raises.
-        self.closed = False
-        self._decoded: dict[type[Any], Any] | None = None
-        # The loop's thread: `emit` from any other thread goes through the loop.
-        self._thread = threading.get_ident()
-
-    def decode(self, data_type: type[Any]) -> Any:
-        """``event.data`` as ``data_type``, decoded once per event and type."""
-        if self._decoded is None:
-            self._decoded = {}
-        try:
-            return self._decoded[data_type]
-        except KeyError:
-            pass
-        value = msgspec.convert(self.event.data, data_type)
-        self._decoded[data_type] = value
-        return value
-
-    def emit(self, event: Event) -> Awaitable[None]:
-        """Queue a follow-up event, from an ``async def`` handler or a plain ``def`` one.
-
-        It runs through the same pipeline and routing after this event's own
-        handlers and delivery, and its result is part of this event's result.
-        It is queued when this returns; the awaitable returned is already
-        done, so ``await ctx.emit(e)`` and a plain ``ctx.emit(e)`` are the same.
-        From a handler thread it is queued on the loop (and this waits for
-        that). Raises `MaxDepthExceeded` past ``handlers.max_depth``, and
-        `RuntimeError` once this event's handlers finished (a timed-out
-        ``def`` handler running on) or from a thread that is no handler's.
-        """
-        if threading.get_ident() == self._thread:
-            self._queue(event)
-        else:
-            loop = handler_loop()
-            if loop is None:
-                raise RuntimeError(
-                    f"ctx.emit({event.type!r}) from a thread that is not a handler thread: "
-                    "call it from the handler itself"
-                )
-            done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-            def queue_on_loop() -> None:
-                try:
-                    self._queue(event)
-                except BaseException as exc:
-                    done.set_exception(exc)
-                else:
-                    done.set_result(None)
-
-            loop.call_soon_threadsafe(queue_on_loop)
-            done.result()
-        return _QUEUED
-
-    def _queue(self, event: Event) -> None:
-        if not isinstance(event, Event):
-            raise TypeError(f"ctx.emit() takes an Event, got {type(event).__name__}")
-        if self.closed:
-            # Whoever raised this may have no one left to tell (a timed-out thread): log it.
-            message = (
-                f"ctx.emit({event.type!r}) after the handlers of {self.event.type!r} "
-                f"{self.event.id} finished (a timed-out handler running on?): "
-                "the follow-up is refused"
-            )
-            log.error(message)
-            METRICS.error("handler", "late_follow_up")
-            raise RuntimeError(message)
-        limit = self.max_depth
-        if self.depth + 1 > limit:
-            raise MaxDepthExceeded(
-                f"follow-up {event.type!r} of {self.event.type!r} would be nested "
-                f"{self.depth + 1} deep; handlers.max_depth is {limit} (a cycle of follow-ups?)"
-            )
-        self.follow_ups.append(event)
 
 
 def import_modules(modules: tuple[str, ...], *, entry_point_group: str | None) -> None:

@@ -31,6 +31,8 @@ import asyncio
 import inspect
 import logging
 from bisect import bisect_left
+from collections.abc import Awaitable
+from functools import partial
 from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING, Final
@@ -38,7 +40,9 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from bridge.cancelguard import Abandoned, Resume
+from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
+from bridge.inject import Unset, resolve, resolve_now
 from bridge.metrics import BUCKETS, METRICS
 from bridge.policy import OnError, rejection
 from bridge.results import (
@@ -53,7 +57,6 @@ from bridge.results import (
 )
 
 if TYPE_CHECKING:
-    from bridge.event import Event
     from bridge.threads import HandlerThreads, Job
 
 log = logging.getLogger("bridge.pipeline")
@@ -109,6 +112,18 @@ class Watchdog:
             self._timer = None
 
 
+def _awaitable(returned: object) -> object:
+    """What a sync handler returned, as a coroutine to await when it is awaitable (a future,
+    an object with ``__await__``), else None: it is not the handler's work."""
+    if inspect.isawaitable(returned):
+        return _wait(returned)
+    return None
+
+
+async def _wait(awaitable: Awaitable[object]) -> None:
+    await awaitable
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -160,36 +175,62 @@ async def run_handlers(
                 ctx.data = ctx.decode(handler.data_type)
             elif ctx.data is not event.data:
                 ctx.data = event.data
-            if handler.is_async or handler.inline:
-                returned = handler.fn(event, ctx)
+            call = handler.call
+            returned: object
+            if call is not None:
+                if handler.is_async:
+                    # Most handlers: the coroutine is stepped below with no other check.
+                    returned = call(event, ctx)
+                elif handler.inline:
+                    returned = call(event, ctx)
+                    if type(returned) is not CoroutineType:
+                        returned = None if returned is None else _awaitable(returned)
+                else:
+                    job = threads.submit(handler.name, slot.deadline, call, event, ctx)
             else:
-                job = threads.submit(handler.name, slot.deadline, handler.fn, event, ctx)
+                # Parameters to inject (`bridge.inject`): resolved on the loop, also for a
+                # handler that then runs in a thread.
+                params = handler.params
+                assert params is not None, "a plan without call has params"
+                kwargs = (
+                    await resolve(params, event, ctx)
+                    if handler.inject_async
+                    else resolve_now(params, event, ctx)
+                )
+                if handler.is_async or handler.inline:
+                    returned = handler.target(**kwargs)
+                    if type(returned) is not CoroutineType:
+                        returned = None if returned is None else _awaitable(returned)
+                else:
+                    job = threads.submit(
+                        handler.name, slot.deadline, partial(handler.target, **kwargs)
+                    )
+            if job is not None:
                 raised = await job.future
                 if raised is not None:
                     raise raised
                 returned, job.returned = job.returned, None
+                if type(returned) is not CoroutineType:
+                    returned = None if returned is None else _awaitable(returned)
             # A sync callable may hand back the work (``lambda e, c: notify(e)``, a partial
-            # of an async function): it is awaited here, never dropped.
+            # of an async function): it is a coroutine awaited here, never dropped.
             if returned is not None:
-                if type(returned) is CoroutineType:
-                    # Up to its first suspension, as ``await`` would; most handlers end here.
-                    # ``next`` with a default: a coroutine that returns None raises nothing.
-                    waiting = next(returned.__await__(), _DONE)
-                    if waiting is not _DONE:
-                        await Resume(
-                            returned,
-                            waiting,
-                            slot,
-                            name=handler.name,
-                            grace=cancel_grace,
-                            event=event,
-                        )
-                elif inspect.isawaitable(returned):
-                    await returned
+                # Up to its first suspension, as ``await`` would; most handlers end here.
+                # ``next`` with a default: a coroutine that returns None raises nothing.
+                waiting = next(returned.__await__(), _DONE)  # type: ignore[attr-defined]
+                if waiting is not _DONE:
+                    await Resume(
+                        returned,  # type: ignore[arg-type]
+                        waiting,
+                        slot,
+                        name=handler.name,
+                        grace=cancel_grace,
+                        event=event,
+                    )
             outcome = OK
         except StopChain as exc:
             outcome, error = STOPPED, str(exc) or None
-        except Skip as exc:
+        except (Skip, Unset) as exc:
             outcome, error = SKIPPED, str(exc) or None
         except asyncio.CancelledError as exc:
             if slot.fired:
@@ -265,6 +306,8 @@ async def run_handlers(
         histogram.sum += duration
         run = HandlerOutcome(handler.name, outcome, error, duration)
         outcomes.append(run)
+        if outcome == OK:
+            continue
         if outcome == STOPPED:
             break
         if outcome in (ERROR, TIMEOUT):

@@ -1,5 +1,6 @@
-"""Handler error policies through the real server (``evbridge serve``) and a real RabbitMQ:
-a handler with ``on_error="reject"`` answers 422 and nothing reaches the broker.
+"""Handlers through the real server (``evbridge serve``) and a real RabbitMQ: a handler
+with ``on_error="reject"`` answers 422 and nothing reaches the broker; handler classes and
+``Depends`` load from ``handlers.modules``.
 
 Each test declares its own exchange and bound queue on the machine's broker.
 """
@@ -17,7 +18,25 @@ from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
 
 POLICY_HANDLERS = """
-from bridge import on
+from bridge import Depends, Event, on
+
+
+def prefix():
+    return "audited"
+
+
+def opened(event: Event, label: str = Depends(prefix)):
+    yield f"{label}:{event.type}"
+
+
+@on("audit.*")
+class Audit:
+    def __init__(self, label: str = Depends(prefix)):
+        self.label = label
+
+    async def handle(self, event: Event, entry: str = Depends(opened)):
+        if entry != f"{self.label}:{event.type}":
+            raise AssertionError(entry)
 
 
 class Refused(Exception):
@@ -83,6 +102,13 @@ async def test_a_rejecting_handler_answers_422_and_nothing_is_published(
     assert status == 200, batch
     assert (batch["accepted"], batch["rejected"]) == (1, 1)
     assert batch["results"][0]["error"]["code"] == "handler_failed"
+
+    # Handler classes with dependencies load from handlers.modules like functions.
+    status, body = await srv.emit({"type": "audit.x", "kind": "domain"})
+    assert status == 200, body
+    assert [(h["name"], h["outcome"]) for h in body["handlers"]] == [
+        ("policy_handlers.Audit", "ok")
+    ]
 
     # The queue's first message is the accepted event, sent after both refused ones: they
     # never reached the broker.

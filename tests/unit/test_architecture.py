@@ -43,6 +43,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "bridge.pipeline",
             "bridge.handlers",
+            "bridge.context",
+            "bridge.signature",
+            "bridge.inject",
             "bridge.policy",
             "bridge.loopwatch",
             "bridge.cancelguard",
