@@ -30,6 +30,9 @@ from bridge.handlers import (
 )
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
+from bridge.middleware import Middleware
+from bridge.middleware import check as check_middleware
+from bridge.middleware import load as load_middleware
 from bridge.pipeline import Watchdog
 from bridge.policy import OnError, check_on_error
 from bridge.policy import raise_errors as raise_errors_of
@@ -104,6 +107,8 @@ class Bus:
             else None
         )
         self._life = Lifecycle()
+        #: Wrapped around every handler call, in order (`use`, ``handlers.middleware``).
+        self._middleware: list[Middleware] = load_middleware(handlers.middleware)
         self._path = EventPath(
             registry=self.registry,
             router=self.router,
@@ -116,6 +121,7 @@ class Bus:
             timeout_s=handlers.timeout_s,
             cancel_grace_s=handlers.cancel_grace_s,
             max_depth=handlers.max_depth,
+            middleware=self._middleware,
         )
         limits = self.config.limits
         self._hub = Hub(
@@ -330,6 +336,12 @@ class Bus:
                 on_error=on_error,
             )
         )
+
+    def use(self, middleware: Middleware) -> None:
+        """Wrap every handler call of this bus (and its scopes) in ``middleware``, an
+        ``async def mw(call, handler, event, ctx)``; added last, it runs innermost.
+        See `bridge.middleware`."""
+        self._middleware.append(check_middleware(middleware))
 
     def unsubscribe(self, pattern: str, fn: Callable[..., Any]) -> None:
         """Remove a handler added with `subscribe`; a no-op if it never was."""

@@ -142,6 +142,9 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     loop_warn_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    #: ``module:callable`` async middleware wrapped around every handler call, in order
+    #: (`bridge.middleware`).
+    middleware: tuple[str, ...] = ()
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):

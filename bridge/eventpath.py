@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from time import monotonic
+from typing import Final
 
 import msgspec
 
@@ -23,6 +25,7 @@ from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
 from bridge.inject import close as close_scope
 from bridge.metrics import Metrics
+from bridge.middleware import Middleware
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.policy import OnError
 from bridge.prefer import Preference
@@ -58,6 +61,34 @@ class _Handled:
         self.rejection = rejection
 
 
+class UnhandledLog:
+    """Logs, at info level, that an event type has no handler: once per type, then at
+    most once per `INTERVAL_S` per type (types come from clients: the table is bounded)."""
+
+    INTERVAL_S: Final = 60.0
+    MAX_TYPES: Final = 1024
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def note(self, type_: str) -> None:
+        now = monotonic()
+        last = self._last.get(type_)
+        if last is not None and now - last < self.INTERVAL_S:
+            return
+        if last is None and len(self._last) >= self.MAX_TYPES:
+            self._last.clear()
+        self._last[type_] = now
+        log.info(
+            "no handler for events of type %s (counted in evbridge_events_unhandled_total; "
+            "logged at most once a minute per type)",
+            type_,
+            extra={"event_type": type_},
+        )
+
+
 class Lifecycle:
     """Started/stopped state, shared by a bus and its scopes."""
 
@@ -84,6 +115,7 @@ class EventPath:
         timeout_s: float,
         cancel_grace_s: float,
         max_depth: int,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self._registry = registry
         self._router = router
@@ -97,6 +129,9 @@ class EventPath:
         self._timeout = timeout_s
         self._cancel_grace = cancel_grace_s
         self._max_depth = max_depth
+        #: The bus's middleware list (`Bus.use` appends to it), shared with its scopes.
+        self._middleware = middleware
+        self._unhandled_log = UnhandledLog()
 
     def _prepare(self, event: Event) -> Event:
         if not isinstance(event, Event):
@@ -167,6 +202,7 @@ class EventPath:
         handlers = self._registry.match(event.type)
         if not handlers:
             self._unhandled.inc()
+            self._unhandled_log.note(event.type)
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
         try:
@@ -180,6 +216,7 @@ class EventPath:
                 self._cancel_grace,
                 on_error,
                 errors,
+                self._middleware,
             )
         finally:
             ctx.closed = True

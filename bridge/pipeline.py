@@ -31,11 +31,11 @@ import asyncio
 import inspect
 import logging
 from bisect import bisect_left
-from collections.abc import Awaitable
+from collections.abc import Callable, Sequence
 from functools import partial
 from time import perf_counter
 from types import CoroutineType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -44,6 +44,7 @@ from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
 from bridge.inject import Unset, resolve, resolve_now
 from bridge.metrics import BUCKETS, METRICS
+from bridge.middleware import Middleware, through
 from bridge.policy import OnError, rejection
 from bridge.results import (
     ERROR,
@@ -67,7 +68,7 @@ _DONE: Final = object()
 class Slot:
     """One worker task's running-handler record, watched for deadlines."""
 
-    __slots__ = ("base", "deadline", "fired", "handler", "task")
+    __slots__ = ("base", "deadline", "fired", "handler", "job", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
         self.task = task
@@ -76,6 +77,8 @@ class Slot:
         self.base = task.cancelling()
         self.deadline = _INF
         self.handler: Handler | None = None
+        #: The running handler's thread job, when it runs in one (for the timeout message).
+        self.job: Job | None = None
         self.fired = False
 
 
@@ -112,16 +115,61 @@ class Watchdog:
             self._timer = None
 
 
-def _awaitable(returned: object) -> object:
-    """What a sync handler returned, as a coroutine to await when it is awaitable (a future,
-    an object with ``__await__``), else None: it is not the handler's work."""
-    if inspect.isawaitable(returned):
-        return _wait(returned)
-    return None
+async def _invoke(
+    handler: Handler,
+    event: Event,
+    ctx: Context,
+    slot: Slot,
+    threads: HandlerThreads,
+    cancel_grace: float,
+) -> None:
+    """One call of ``handler``, whatever its shape (`bridge.signature`): injected
+    parameters resolved on the loop, plain ``def`` in a handler thread, and an awaitable
+    it returns (``lambda e, c: notify(e)``) awaited, never dropped."""
+    call = handler.call
+    returned: object
+    if call is not None:
+        if handler.is_async or handler.inline:
+            returned = call(event, ctx)
+        else:
+            returned = await _in_thread(handler, slot, threads, call, event, ctx)
+    else:
+        params = handler.params
+        assert params is not None, "a plan without call has params"
+        kwargs = (
+            await resolve(params, event, ctx)
+            if handler.inject_async
+            else resolve_now(params, event, ctx)
+        )
+        if handler.is_async or handler.inline:
+            returned = handler.target(**kwargs)
+        else:
+            returned = await _in_thread(handler, slot, threads, partial(handler.target, **kwargs))
+    if type(returned) is not CoroutineType:
+        if returned is not None and inspect.isawaitable(returned):
+            await returned
+        return
+    waiting = next(returned.__await__(), _DONE)
+    if waiting is not _DONE:
+        await Resume(
+            returned,
+            waiting,
+            slot,
+            name=handler.name,
+            grace=cancel_grace,
+            event=event,
+        )
 
 
-async def _wait(awaitable: Awaitable[object]) -> None:
-    await awaitable
+async def _in_thread(
+    handler: Handler, slot: Slot, threads: HandlerThreads, fn: Callable[..., Any], *args: Any
+) -> object:
+    job = slot.job = threads.submit(handler.name, slot.deadline, fn, *args)
+    raised = await job.future
+    if raised is not None:
+        raise raised
+    returned, job.returned = job.returned, None
+    return returned
 
 
 def _describe(exc: BaseException) -> str:
@@ -148,6 +196,7 @@ async def run_handlers(
     cancel_grace: float,
     on_error: OnError | None = None,
     errors: list[BaseException] | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> tuple[list[HandlerOutcome], ErrorInfo | None]:
     """Run ``handlers`` for ``event`` under the guarantees in this module's docstring.
 
@@ -156,7 +205,8 @@ async def run_handlers(
     A failed run is then handled by its policy (`bridge.policy`): the handler's
     own ``on_error``, else ``on_error``. Returns the runs and, when a policy
     rejected the event, why. ``errors`` (when given) collects every failed
-    run's exception (a `TimeoutError` for a timeout).
+    run's exception (a `TimeoutError` for a timeout). ``middleware`` wraps
+    every call (`bridge.middleware`).
     """
     outcomes: list[HandlerOutcome] = []
     task = slot.task
@@ -165,7 +215,7 @@ async def run_handlers(
         error: str | None = None
         failure: BaseException | None = None
         outcome: Outcome
-        job: Job | None = None
+        slot.job = None
         abandoned = False
         start = perf_counter()
         slot.deadline = start + timeout
@@ -176,57 +226,21 @@ async def run_handlers(
             elif ctx.data is not event.data:
                 ctx.data = event.data
             call = handler.call
-            returned: object
-            if call is not None:
-                if handler.is_async:
-                    # Most handlers: the coroutine is stepped below with no other check.
-                    returned = call(event, ctx)
-                elif handler.inline:
-                    returned = call(event, ctx)
-                    if type(returned) is not CoroutineType:
-                        returned = None if returned is None else _awaitable(returned)
-                else:
-                    job = threads.submit(handler.name, slot.deadline, call, event, ctx)
-            else:
-                # Parameters to inject (`bridge.inject`): resolved on the loop, also for a
-                # handler that then runs in a thread.
-                params = handler.params
-                assert params is not None, "a plan without call has params"
-                kwargs = (
-                    await resolve(params, event, ctx)
-                    if handler.inject_async
-                    else resolve_now(params, event, ctx)
-                )
-                if handler.is_async or handler.inline:
-                    returned = handler.target(**kwargs)
-                    if type(returned) is not CoroutineType:
-                        returned = None if returned is None else _awaitable(returned)
-                else:
-                    job = threads.submit(
-                        handler.name, slot.deadline, partial(handler.target, **kwargs)
-                    )
-            if job is not None:
-                raised = await job.future
-                if raised is not None:
-                    raise raised
-                returned, job.returned = job.returned, None
-                if type(returned) is not CoroutineType:
-                    returned = None if returned is None else _awaitable(returned)
-            # A sync callable may hand back the work (``lambda e, c: notify(e)``, a partial
-            # of an async function): it is a coroutine awaited here, never dropped.
-            if returned is not None:
-                # Up to its first suspension, as ``await`` would; most handlers end here.
-                # ``next`` with a default: a coroutine that returns None raises nothing.
-                waiting = next(returned.__await__(), _DONE)  # type: ignore[attr-defined]
+            if call is not None and handler.is_async and not middleware:
+                # Most handlers: stepped here, up to its first suspension, as ``await``
+                # would; most end there. ``next`` with a default: a coroutine that returns
+                # None raises nothing.
+                coro = call(event, ctx)
+                waiting = next(coro.__await__(), _DONE)
                 if waiting is not _DONE:
                     await Resume(
-                        returned,  # type: ignore[arg-type]
-                        waiting,
-                        slot,
-                        name=handler.name,
-                        grace=cancel_grace,
-                        event=event,
+                        coro, waiting, slot, name=handler.name, grace=cancel_grace, event=event
                     )
+            elif middleware:
+                invoke = partial(_invoke, handler, event, ctx, slot, threads, cancel_grace)
+                await through(middleware, invoke, handler, event, ctx)
+            else:
+                await _invoke(handler, event, ctx, slot, threads, cancel_grace)
             outcome = OK
         except StopChain as exc:
             outcome, error = STOPPED, str(exc) or None
@@ -236,7 +250,7 @@ async def run_handlers(
             if slot.fired:
                 if task.uncancel() > slot.base:
                     raise
-                outcome, error = TIMEOUT, _timed_out(timeout, job, threads)
+                outcome, error = TIMEOUT, _timed_out(timeout, slot.job, threads)
             elif task.cancelling() > slot.base:
                 raise
             else:

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.signature",
             "bridge.inject",
             "bridge.policy",
+            "bridge.middleware",
             "bridge.loopwatch",
             "bridge.cancelguard",
         ),
