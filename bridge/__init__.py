@@ -25,6 +25,7 @@ from bridge.handlers import Context, Handler, HandlerRegistry, Skip, StopChain, 
 from bridge.inject import Depends
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.signature import HandlerSignatureError
+from bridge.typed import EventData
 
 try:
     __version__ = version("evbridge")
@@ -42,6 +43,7 @@ __all__ = [
     "EmitResult",
     "ErrorInfo",
     "Event",
+    "EventData",
     "Handler",
     "HandlerOutcome",
     "HandlerRegistry",

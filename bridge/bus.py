@@ -42,6 +42,7 @@ from bridge.routing import Router
 from bridge.sinks.base import Health, Sink, get_sink_type
 from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
 from bridge.threads import HandlerThreads
+from bridge.typed import EventData, pattern_of
 
 log = logging.getLogger("bridge.bus")
 
@@ -268,7 +269,7 @@ class Bus:
 
     def subscription(
         self,
-        *patterns: str,
+        *patterns: str | type[EventData],
         max_queue: int = 1000,
         overflow: Overflow = "drop_oldest",
         max_queue_bytes: int | None = None,
@@ -282,7 +283,7 @@ class Bus:
         """
         return Subscription(
             self._hub,
-            patterns,
+            tuple(pattern_of(p)[0] for p in patterns),
             max_queue=max_queue,
             overflow=overflow,
             max_queue_bytes=max_queue_bytes,
@@ -313,7 +314,7 @@ class Bus:
 
     def subscribe(
         self,
-        pattern: str,
+        pattern: str | type[EventData],
         fn: Callable[..., Any],
         *,
         priority: int = 0,
@@ -343,7 +344,7 @@ class Bus:
         See `bridge.middleware`."""
         self._middleware.append(check_middleware(middleware))
 
-    def unsubscribe(self, pattern: str, fn: Callable[..., Any]) -> None:
+    def unsubscribe(self, pattern: str | type[EventData], fn: Callable[..., Any]) -> None:
         """Remove a handler added with `subscribe`; a no-op if it never was."""
         self.registry.remove(pattern, fn)
 
@@ -351,7 +352,7 @@ class Bus:
 
     async def emit(
         self,
-        event: Event,
+        event: Event | EventData,
         *,
         delivery: Preference | None = None,
         on_error: OnError | None = None,
@@ -382,7 +383,7 @@ class Bus:
 
     async def emit_many(
         self,
-        events: Iterable[Event],
+        events: Iterable[Event | EventData],
         *,
         concurrency: int | None = None,
         delivery: Preference | None = None,

@@ -14,6 +14,7 @@ from bridge.errors import MaxDepthExceeded
 from bridge.event import Event
 from bridge.metrics import METRICS
 from bridge.threads import handler_loop
+from bridge.typed import EventData, to_event
 
 log = logging.getLogger("bridge.handlers")
 
@@ -74,7 +75,7 @@ class Context:
         self._decoded[data_type] = value
         return value
 
-    def emit(self, event: Event) -> Awaitable[None]:
+    def emit(self, event: Event | EventData) -> Awaitable[None]:
         """Queue a follow-up event, from an ``async def`` handler or a plain ``def`` one.
 
         It runs through the same pipeline and routing after this event's own
@@ -92,7 +93,8 @@ class Context:
             loop = handler_loop()
             if loop is None:
                 raise RuntimeError(
-                    f"ctx.emit({event.type!r}) from a thread that is not a handler thread: "
+                    f"ctx.emit({type(event).__name__}) from a thread that is not a handler "
+                    "thread: "
                     "call it from the handler itself"
                 )
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -109,9 +111,13 @@ class Context:
             done.result()
         return _QUEUED
 
-    def _queue(self, event: Event) -> None:
+    def _queue(self, event: Event | EventData) -> None:
         if not isinstance(event, Event):
-            raise TypeError(f"ctx.emit() takes an Event, got {type(event).__name__}")
+            if not isinstance(event, EventData):
+                raise TypeError(
+                    f"ctx.emit() takes an Event or an EventData, got {type(event).__name__}"
+                )
+            event = to_event(event)
         if self.closed:
             # Whoever raised this may have no one left to tell (a timed-out thread): log it.
             message = (

@@ -34,6 +34,7 @@ from bridge.routing import Router
 from bridge.sinks.base import Outgoing
 from bridge.subscriptions import Hub
 from bridge.threads import HandlerThreads
+from bridge.typed import EventData, to_event
 
 log = logging.getLogger("bridge.bus")
 
@@ -133,16 +134,20 @@ class EventPath:
         self._middleware = middleware
         self._unhandled_log = UnhandledLog()
 
-    def _prepare(self, event: Event) -> Event:
+    def _prepare(self, event: Event | EventData) -> Event:
         if not isinstance(event, Event):
-            raise TypeError(f"emit() takes an Event, got {type(event).__name__}")
+            if not isinstance(event, EventData):
+                raise TypeError(
+                    f"emit() takes an Event or an EventData, got {type(event).__name__}"
+                )
+            event = to_event(event)
         if event.source is None:
             msgspec.structs.force_setattr(event, "source", self._source)
         return event
 
     async def run(
         self,
-        events: Sequence[Event],
+        events: Sequence[Event | EventData],
         depth: int,
         concurrency: int,
         delivery: Preference | None,
@@ -229,7 +234,7 @@ class EventPath:
 
     async def _handle_all(
         self,
-        events: Sequence[Event],
+        events: Sequence[Event | EventData],
         depth: int,
         concurrency: int,
         on_error: OnError | None,

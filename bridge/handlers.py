@@ -28,6 +28,7 @@ from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
 from bridge.signature import HandlerSignatureError, build_class
 from bridge.signature import plan as make_plan
+from bridge.typed import EventData, pattern_of
 
 HandlerFn = Callable[[Event, Context], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +93,7 @@ class Handler:
     def __init__(
         self,
         fn: Callable[..., Any],
-        pattern: str,
+        pattern: str | type[EventData],
         *,
         priority: int = 0,
         timeout: float | None = None,
@@ -106,6 +107,9 @@ class Handler:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.fn = fn
+        # A typed event class: its declared type, and its instances as the data.
+        pattern, implied = pattern_of(pattern)
+        data = data or implied
         self.pattern = pattern
         self.matches = compile_glob(pattern)
         self.priority = priority
@@ -163,8 +167,9 @@ class HandlerRegistry:
         self._version += 1
         return handler
 
-    def remove(self, pattern: str, fn: Callable[..., Any]) -> None:
+    def remove(self, pattern: str | type[EventData], fn: Callable[..., Any]) -> None:
         """Remove ``fn`` registered for ``pattern`` here; a no-op if it never was."""
+        pattern, _ = pattern_of(pattern)
         kept = [h for h in self._own if not (h.pattern == pattern and h.fn == fn)]
         if len(kept) != len(self._own):
             self._own = kept
@@ -198,7 +203,7 @@ registry = HandlerRegistry()
 
 
 def on(
-    pattern: str,
+    pattern: str | type[EventData],
     *,
     priority: int = 0,
     timeout: float | None = None,

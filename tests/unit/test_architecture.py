@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.inject",
             "bridge.policy",
             "bridge.middleware",
+            "bridge.typed",
             "bridge.loopwatch",
             "bridge.cancelguard",
         ),
