@@ -35,6 +35,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ShutdownConfig",
+    "TracingConfig",
     "default_config_text",
     "default_source",
     "load_config",
@@ -184,6 +185,20 @@ class DeliveryConfig(_Section, frozen=True, kw_only=True):
     retry: RetryConfig = RetryConfig()
 
 
+class TracingConfig(_Section, frozen=True, kw_only=True):
+    """OpenTelemetry traces (`bridge.tracing`, extra ``evbridge[otel]``), exported over
+    OTLP/HTTP. Off unless ``enabled`` or an ``OTEL_*`` variable asks for it (see
+    docs/observability.md). ``endpoint``: the collector's base URL (``/v1/traces`` is
+    added), else ``OTEL_EXPORTER_OTLP_ENDPOINT``; ``service_name``, else
+    ``OTEL_SERVICE_NAME``, else ``evbridge``; ``sampler_ratio``: the share of new
+    traces sampled (a sampled parent is always followed)."""
+
+    enabled: bool = False
+    service_name: str | None = None
+    endpoint: str | None = None
+    sampler_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration. Build it with `load_config` or `parse_config`."""
 
@@ -198,6 +213,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    tracing: TracingConfig = TracingConfig()
 
     def sink(self, name: str) -> SinkConfig:
         """The sink config called ``name``."""
@@ -216,6 +232,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "shutdown": ShutdownConfig,
     "logging": LoggingConfig,
     "delivery": DeliveryConfig,
+    "tracing": TracingConfig,
 }
 
 

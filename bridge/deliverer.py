@@ -28,6 +28,7 @@ from typing import Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.config import RetryConfig, RouteConfig
 from bridge.delivery import Publisher
 from bridge.destinations import Destination
@@ -361,7 +362,14 @@ class _Lane:
 
     async def _publish(self, batch: list[_Entry]) -> None:
         assert self.publisher is not None
-        results = await self.publisher.publish_many([entry.outgoing for entry in batch])
+        items = [entry.outgoing for entry in batch]
+        spans = None
+        if tracing.TRACER is not None:
+            attempts = [entry.attempts + 1 for entry in batch]
+            items, spans = tracing.start_attempts(self.sink, items, attempts)
+        results = await self.publisher.publish_many(items)
+        if spans is not None:
+            tracing.end_attempts(spans, results)
         delivered: list[SpoolItem] = []
         dead: list[tuple[_Entry, str, str]] = []
         now = asyncio.get_running_loop().time()

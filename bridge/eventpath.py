@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from time import monotonic
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.dispatch import Channel, Dispatch
 from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
@@ -47,7 +49,7 @@ class _Handled:
     """An event after its handlers ran: what they did and what they emitted, and
     why a handler's policy rejected it (then it is neither published nor followed up)."""
 
-    __slots__ = ("event", "follow_ups", "outcomes", "rejection")
+    __slots__ = ("event", "follow_ups", "outcomes", "rejection", "span")
 
     def __init__(
         self,
@@ -60,6 +62,8 @@ class _Handled:
         self.outcomes = outcomes
         self.follow_ups = follow_ups
         self.rejection = rejection
+        #: The event's span while tracing is on (`bridge.tracing`), ended once delivered.
+        self.span: Any = None
 
 
 class UnhandledLog:
@@ -176,6 +180,10 @@ class EventPath:
                 results.append(self._result(h, outcome))
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
+        if tracing.TRACER is not None:
+            for h, result in zip(handled, results, strict=True):
+                if h.span is not None:
+                    tracing.end_event(h.span, result.status)
         if hub.subscriptions:
             for h, result in zip(handled, results, strict=True):
                 hub.publish(h.event, result.status)
@@ -232,6 +240,25 @@ class EventPath:
             return _Handled(event, outcomes, [], rejection)
         return _Handled(event, outcomes, ctx.follow_ups)
 
+    async def _handle_traced(
+        self,
+        event: Event,
+        depth: int,
+        slot: Slot,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
+        batch: bool = False,
+    ) -> _Handled:
+        """`_handle` in the event's span, current while its handlers run."""
+        span, event = tracing.start_event(event, batch)
+        token = tracing.attach(span)
+        try:
+            handled = await self._handle(event, depth, slot, on_error, errors)
+        finally:
+            tracing.detach(token)
+        handled.span = span
+        return handled
+
     async def _handle_all(
         self,
         events: Sequence[Event | EventData],
@@ -246,12 +273,17 @@ class EventPath:
             assert task is not None, "emit() must run in a task"
             slot = Slot(task)
             self._watchdog.enter(slot)
+            handle = self._handle if tracing.TRACER is None else self._handle_traced
             try:
-                return [await self._handle(self._prepare(events[0]), depth, slot, on_error, errors)]
+                return [await handle(self._prepare(events[0]), depth, slot, on_error, errors)]
             finally:
                 self._watchdog.leave(slot)
         handled: list[_Handled | None] = [None] * len(events)
         indexes = iter(range(len(events)))
+
+        handle = (
+            self._handle if tracing.TRACER is None else partial(self._handle_traced, batch=True)
+        )
 
         async def worker() -> None:
             task = asyncio.current_task()
@@ -260,7 +292,7 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await self._handle(
+                    handled[i] = await handle(
                         self._prepare(events[i]), depth, slot, on_error, errors
                     )
             finally:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.cancelguard import Abandoned, Resume
 from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
@@ -217,6 +218,7 @@ async def run_handlers(
         outcome: Outcome
         slot.job = None
         abandoned = False
+        traced = tracing.start_handler(handler.name) if tracing.TRACER is not None else None
         start = perf_counter()
         slot.deadline = start + timeout
         slot.handler = handler
@@ -318,6 +320,8 @@ async def run_handlers(
         histogram = handler.durations
         histogram.buckets[bisect_left(BUCKETS, duration)] += 1
         histogram.sum += duration
+        if traced is not None:
+            tracing.end_handler(traced, outcome, error, failure, histogram, duration)
         run = HandlerOutcome(handler.name, outcome, error, duration)
         outcomes.append(run)
         if outcome == OK:

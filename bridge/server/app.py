@@ -39,6 +39,7 @@ from bridge.server.requestid import request_ids
 from bridge.server.spool_admin import add_spool_routes
 from bridge.server.state import Sidecar
 from bridge.server.subscribe import add_subscribe_routes
+from bridge.server.tracemw import traced
 
 log = logging.getLogger("bridge.server")
 
@@ -113,7 +114,7 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     """The aiohttp application for one listener."""
     limits = sidecar.config.limits
     app = web.Application(
-        middlewares=[request_ids, connection_limits, json_errors],
+        middlewares=[request_ids, connection_limits, *traced(), json_errors],
         client_max_size=limits.max_body_bytes,
     )
     install_request_ids(app)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from bridge.metrics import METRICS
 from bridge.server.errors import RETRY_AFTER_S, json_response
 from bridge.server.state import Sidecar
 
 _ALIVE = b'{"status":"ok"}'
+OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
 
 
 class Probes:
@@ -30,7 +32,12 @@ class Probes:
         return json_response(body, 503, {"Retry-After": RETRY_AFTER_S})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Every collector in Prometheus text format."""
-        response = web.Response(body=generate_latest(METRICS.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        """Every collector in Prometheus text format, or OpenMetrics (with the exemplars
+        tracing leaves on the duration histograms) when the scrape asks for it."""
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body, content_type = openmetrics.generate_latest(METRICS.registry), OPENMETRICS  # type: ignore[no-untyped-call]
+        else:
+            body, content_type = generate_latest(METRICS.registry), CONTENT_TYPE_LATEST
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
         return response
