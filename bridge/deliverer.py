@@ -362,7 +362,7 @@ class _Lane:
 
     async def _publish(self, batch: list[_Entry]) -> None:
         assert self.publisher is not None
-        items = [entry.outgoing for entry in batch]
+        items: Sequence[Outgoing] = [entry.outgoing for entry in batch]
         spans = None
         if tracing.TRACER is not None:
             attempts = [entry.attempts + 1 for entry in batch]

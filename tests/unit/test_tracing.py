@@ -380,3 +380,40 @@ assert not any(name.startswith("opentelemetry") for name in sys.modules)
     assert done.returncode == 0, done.stderr
     assert "refused: tracing.enabled: tracing was asked for" in done.stdout
     assert "evbridge[otel]" in done.stdout
+
+
+async def test_sampled_out_events_record_nothing_and_still_propagate(
+    registry: HandlerRegistry,
+) -> None:
+    exporter = InMemorySpanExporter()
+    assert tracing.setup(
+        TracingConfig(enabled=True, sampler_ratio=0.0), {}, processor=SimpleSpanProcessor(exporter)
+    )
+    try:
+        bus = Bus(config(), registry=registry)
+
+        async def handler(event: Event, ctx: Context) -> None:
+            pass
+
+        bus.subscribe("s.*", handler, name="h")
+        unsampled = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+        async with bus:
+            await bus.emit(Event(type="s.new"))
+            await bus.emit(Event(type="s.cont", headers={"traceparent": unsampled}))
+            # A sampled parent is followed whatever the ratio (parent-based sampler).
+            await bus.emit(Event(type="s.sampled", headers={"traceparent": TRACEPARENT}))
+    finally:
+        tracing.shutdown()
+    sink = bus.sinks["mem"]
+    assert isinstance(sink, MemorySink)
+    fresh, continued, sampled = (item.event.headers["traceparent"] for item in sink.items)
+    assert not int(fresh[-2:], 16) & 1  # not sampled
+    assert continued.startswith(f"00-{CLIENT_TRACE}-")
+    assert not int(continued[-2:], 16) & 1
+    assert continued != unsampled  # the bridge's own (unrecorded) span id
+    assert {s.name for s in exporter.get_finished_spans()} == {
+        "process s.sampled",
+        "handler h",
+        "send mem",
+    }
+    assert sampled == traceparent_of(one(exporter, "send mem"))
