@@ -167,7 +167,13 @@ class EventPath:
         if not events:
             return []
         handled = await self._handle_all(events, depth, concurrency, on_error, errors)
-        outcomes = await self._deliver(handled, delivery)
+        try:
+            outcomes = await self._deliver(handled, delivery)
+        except BaseException as exc:
+            if tracing.TRACER is not None:
+                for h in handled:
+                    tracing.end_span(h.span, exc)
+            raise
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []

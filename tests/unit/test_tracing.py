@@ -417,3 +417,13 @@ async def test_sampled_out_events_record_nothing_and_still_propagate(
         "send mem",
     }
     assert sampled == traceparent_of(one(exporter, "send mem"))
+
+
+async def test_event_spans_end_when_delivery_raises(
+    spans: InMemorySpanExporter, registry: HandlerRegistry
+) -> None:
+    bus = Bus(config(), registry=registry)  # never started: notification events raise
+    with pytest.raises(Exception, match="not started"):
+        await bus.emit(Event(type="t.early"))
+    event = one(spans, "process t.early")
+    assert event.status.status_code == StatusCode.ERROR
