@@ -256,13 +256,15 @@ class EventPath:
         batch: bool = False,
     ) -> _Handled:
         """`_handle` in the event's span, current while its handlers run."""
-        span, event = tracing.start_event(event, batch)
+        span, event = tracing.start_event(event, batch, depth > 0)
         token = tracing.attach(span)
         try:
             handled = await self._handle(event, depth, slot, on_error, errors)
         finally:
             tracing.detach(token)
         handled.span = span
+        if handled.follow_ups:
+            handled.follow_ups = tracing.stamp(handled.follow_ups, span)
         return handled
 
     async def _handle_all(

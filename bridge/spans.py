@@ -49,6 +49,7 @@ __all__ = [
     "end_handler",
     "end_publish",
     "end_span",
+    "stamp",
     "start_attempts",
     "start_event",
     "start_handler",
@@ -97,12 +98,17 @@ def _with_context(event: Event, context: SpanContext) -> Event:
     return copied
 
 
-def start_event(event: Event, batch: bool) -> tuple[Span, Event]:
-    """The span of one event, and the event carrying it as its ``traceparent``."""
+def start_event(event: Event, batch: bool, follow_up: bool = False) -> tuple[Span, Event]:
+    """The span of one event, and the event carrying it as its ``traceparent``.
+
+    A follow-up (emitted by a handler) continues from its ``traceparent``, which
+    `stamp` set to the span of the event whose handler emitted it."""
     current = get_current_span().get_span_context()
     links: tuple[Link, ...] = ()
     parent = None
-    if batch or not current.is_valid:
+    if follow_up:
+        parent = _parent(event.headers)
+    elif batch or not current.is_valid:
         parent = _parent(event.headers)
         if batch and current.is_valid:
             links = (Link(current),)
@@ -118,6 +124,13 @@ def start_event(event: Event, batch: bool) -> tuple[Span, Event]:
             }
         )
     return span, _with_context(event, span.get_span_context())
+
+
+def stamp(events: list[Event], span: Span) -> list[Event]:
+    """``events`` (follow-ups) carrying ``span`` as their ``traceparent``, except those
+    that carry their own."""
+    context = span.get_span_context()
+    return [e if "traceparent" in e.headers else _with_context(e, context) for e in events]
 
 
 def end_event(span: Span, status: str) -> None:

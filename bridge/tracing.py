@@ -12,7 +12,8 @@ The spans, named and attributed after the OpenTelemetry messaging conventions:
 - ``POST /v1/events`` (SERVER, `bridge.server.tracemw`): child of the request's
   ``traceparent``;
 - ``process <type>`` per event: child of the request span, or for a batch child of
-  the event's own ``traceparent`` and linked to the request span. The event's
+  the event's own ``traceparent`` and linked to the request span, or for a follow-up
+  child of the span of the event whose handler emitted it. The event's
   ``traceparent`` header is then this span's, so the spool keeps it for later;
 - ``handler <name>`` per handler call, current while the handler runs (its own spans
   nest under it; plain ``def`` handlers get it through their copy of the contextvars);
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         end_handler,
         end_publish,
         end_span,
+        stamp,
         start_attempts,
         start_event,
         start_handler,
@@ -64,6 +66,7 @@ __all__ = [
     "end_span",
     "setup",
     "shutdown",
+    "stamp",
     "start_attempts",
     "start_event",
     "start_handler",

@@ -427,3 +427,25 @@ async def test_event_spans_end_when_delivery_raises(
         await bus.emit(Event(type="t.early"))
     event = one(spans, "process t.early")
     assert event.status.status_code == StatusCode.ERROR
+
+
+async def test_follow_ups_continue_from_the_event_that_emitted_them(
+    spans: InMemorySpanExporter, registry: HandlerRegistry
+) -> None:
+    bus = Bus(config(), registry=registry)
+
+    async def ship(event: Event, ctx: Context) -> None:
+        await ctx.emit(Event(type="order.shipped"))
+        await ctx.emit(Event(type="order.billed"))
+
+    bus.subscribe("order.paid", ship, name="ship")
+    async with bus:
+        result = await bus.emit(Event(type="order.paid", headers={"traceparent": TRACEPARENT}))
+    assert [f.type for f in result.follow_ups] == ["order.shipped", "order.billed"]
+    paid = one(spans, "process order.paid")
+    assert paid.parent is not None
+    assert paid.parent.span_id == int(CLIENT_SPAN, 16)
+    for name in ("process order.shipped", "process order.billed"):
+        follow = one(spans, name)
+        assert child_of(follow, paid)
+        assert follow.links == ()
