@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import subprocess
@@ -449,3 +450,29 @@ async def test_follow_ups_continue_from_the_event_that_emitted_them(
         follow = one(spans, name)
         assert child_of(follow, paid)
         assert follow.links == ()
+
+
+def test_only_bridge_spans_imports_opentelemetry_at_module_level() -> None:
+    # What keeps tracing free when off: nothing else loads OpenTelemetry at import time,
+    # and bridge.spans (which does) is imported by bridge.tracing's setup alone.
+    root = Path(__file__).resolve().parents[2] / "bridge"
+    offenders: list[str] = []
+    importers: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root.parent).with_suffix("").as_posix().replace("/", ".")
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            otel = any(m.startswith("opentelemetry") for m in modules)
+            if otel and id(node) in top_level and name != "bridge.spans":
+                offenders.append(f"{name}:{node.lineno}")
+            if "bridge.spans" in modules:
+                importers.append(name)
+    assert offenders == []
+    assert set(importers) == {"bridge.tracing"}
