@@ -33,7 +33,8 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 #: The one-way flow, drivers first: ingest (server) -> bus -> pipeline (handlers) ->
 #: router -> sink, over the event model. A module may import its own layer and the
 #: layers after it, never one before it. Storage sits under the bus that drives it.
-#: Modules not listed (config, errors, metrics, durable delivery, ...) are not layered.
+#: Modules not listed (config, errors, metrics, tracing and spans, durable delivery, ...) are
+#: not layered.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
