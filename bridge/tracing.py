@@ -113,6 +113,8 @@ def setup(
     env = os.environ if env is None else env
     if not wanted(config, env):
         return False
+    if _provider is not None:
+        shutdown()  # set up again (a new config): the old provider flushes and goes
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource

@@ -476,3 +476,17 @@ def test_only_bridge_spans_imports_opentelemetry_at_module_level() -> None:
                 importers.append(name)
     assert offenders == []
     assert set(importers) == {"bridge.tracing"}
+
+
+def test_setting_up_again_replaces_the_provider() -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    try:
+        assert tracing.setup(TracingConfig(enabled=True), {}, processor=SimpleSpanProcessor(first))
+        assert tracing.setup(TracingConfig(enabled=True), {}, processor=SimpleSpanProcessor(second))
+        assert tracing.TRACER is not None
+        tracing.TRACER.start_span("after").end()
+    finally:
+        tracing.shutdown()
+    assert tracing.TRACER is None
+    assert [s.name for s in second.get_finished_spans()] == ["after"]
+    assert first.get_finished_spans() == ()
