@@ -490,3 +490,15 @@ def test_setting_up_again_replaces_the_provider() -> None:
     assert tracing.TRACER is None
     assert [s.name for s in second.get_finished_spans()] == ["after"]
     assert first.get_finished_spans() == ()
+
+
+async def test_scrapes_stay_prometheus_text_while_tracing_is_off() -> None:
+    assert tracing.TRACER is None
+    app = standalone_app(config())
+    async with TestClient(TestServer(app)) as client:
+        scrape = await client.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        text = await scrape.text()
+    assert scrape.headers["Content-Type"].startswith("text/plain")
+    assert "# EOF" not in text
