@@ -38,7 +38,6 @@ from bridge.sinks.rabbitmq._aiormq import Confirm
 from bridge.sinks.rabbitmq.config import RabbitConfig, RabbitRoute
 from bridge.sinks.rabbitmq.errors import (
     channel_gone,
-    closed_by_broker,
     connect_error,
     not_found,
     publish_error,
@@ -329,7 +328,7 @@ class RabbitSink:
             elif (exc := confirm.exception()) is not None:
                 if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                     link.forget_exchanges()  # an exchange was deleted under us
-                if closed_by_broker(exc) and not link.connection.is_closed:
+                if channel_gone(exc) and not link.connection.is_closed:
                     closed.append(message)
                     continue
                 results[message.index] = publish_error(exc, message.exchange, message.routing_key)
