@@ -412,11 +412,11 @@ async def test_idempotence_on_a_broker_that_refuses_it_reports_unhealthy(
         assert isinstance(result, SinkUnavailable)
 
 
-async def test_rejected_credentials_fail_publishes_as_not_retriable(
+async def test_rejected_credentials_fail_publishes_as_unauthorized_and_retriable(
     kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Tansu has no SASL: the handshake fails, which the sink reports as a refusal
-    # (sink_rejected, 502 through the API) rather than as an outage.
+    # Tansu has no SASL: the handshake fails, which the sink reports as a refused login
+    # (unauthorized, retriable: 503 through the API), as every broker sink does.
     monkeypatch.setenv("EVBRIDGE_TEST_KAFKA_PASSWORD", "secret")
     options = {
         "security_protocol": "SASL_PLAINTEXT",
@@ -429,9 +429,9 @@ async def test_rejected_credentials_fail_publishes_as_not_retriable(
         [result] = await sink.publish_many([out("t", event(0))])
     assert not health.ok
     assert "UnsupportedSaslMechanism" in health.detail
-    assert isinstance(result, SinkRejected)
-    assert result.code == "sink_rejected"
-    assert not result.retriable
+    assert isinstance(result, SinkUnavailable)
+    assert result.code == "unauthorized"
+    assert result.retriable
 
 
 async def test_missing_sasl_password_env_fails_start(monkeypatch: pytest.MonkeyPatch) -> None:
