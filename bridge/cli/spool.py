@@ -13,7 +13,8 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -81,21 +82,36 @@ def _age(oldest_ns: int | None) -> str:
     return "-" if not oldest_ns else f"{(time.time_ns() - oldest_ns) / 1e9:.1f}s"
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A command step failed (why is printed); ``status`` is the exit status."""
+
+    status: int
+
+
+def _attempt(step: Callable[[], T], *, os_error: str = "cannot read the spool") -> T | _Failed:
+    """``step()``, or why it failed printed as one line: a config error is a usage error
+    (exit 2); any other evbridge error (a hostile entry, a refusing bridge) or an OS
+    error (``os_error`` says what could not be done) fails the command (exit 1)."""
+    try:
+        return step()
+    except ConfigError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return _Failed(EXIT_USAGE)
+    except BridgeError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return _Failed(EXIT_FAIL)
+    except OSError as exc:
+        print(f"evbridge spool: {os_error}: {exc}", file=sys.stderr)
+        return _Failed(EXIT_FAIL)
+
+
 def _inspect(args: argparse.Namespace) -> Inspection | int:
     """The spool's inspection, or the exit status after printing why there is none."""
     from bridge.spool.inspect import inspect
 
-    try:
-        return inspect(_directory(args))
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except BridgeError as exc:  # a hostile entry: one line naming it
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    found = _attempt(lambda: inspect(_directory(args)))
+    return found.status if isinstance(found, _Failed) else found
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -148,19 +164,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import dead_letters
 
-    try:
-        directory = _directory(args)
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        views = list(_limited(dead_letters(directory, args.sink), args.limit))
-    except BridgeError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    views = _attempt(lambda: list(_limited(dead_letters(_directory(args), args.sink), args.limit)))
+    if isinstance(views, _Failed):
+        return views.status
     for view in views:
         if args.json:
             print(msgspec.json.encode(view).decode())
@@ -182,22 +188,18 @@ def _limited(items: Iterator[T], limit: int) -> Iterator[T]:
 def _replay(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import owner_pid
 
-    try:
-        directory = _directory(args)
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
+    directory = _attempt(lambda: _directory(args))
+    if isinstance(directory, _Failed):
+        return directory.status
+
+    def replay() -> int:
         if owner_pid(directory) is not None or args.socket or args.url:
-            moved = asyncio.run(_replay_remote(args))
-        else:
-            moved = asyncio.run(_replay_local(directory, args.sink))
-    except BridgeError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot reach the running bridge: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+            return asyncio.run(_replay_remote(args))
+        return asyncio.run(_replay_local(directory, args.sink))
+
+    moved = _attempt(replay, os_error="cannot reach the running bridge")
+    if isinstance(moved, _Failed):
+        return moved.status
     print(f"{moved} dead letters moved back to the spool")
     return EXIT_OK
 

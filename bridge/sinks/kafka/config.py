@@ -18,15 +18,13 @@ import msgspec
 from bridge.errors import TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Millis, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit import EnvName, Millis, Seconds, Supervision, TlsFiles
 
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 #: Bound of the caches of checked topic names and key hashes (cleared when full).
 CACHE_LIMIT: Final = 65_536
-#: The first pause between reconnection attempts.
-RECONNECT_FIRST_S: Final = 0.1
 
 
 def valid_topic(topic: str) -> bool:
@@ -102,13 +100,11 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
     def supervision(self) -> Supervision:
         """The supervisor's knobs. aiokafka reconnects to brokers underneath a started
         producer, so failed probes mark the sink down but keep the producer."""
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.request_timeout_ms / 1000,
             health_timeout_s=self.health_timeout_ms / 1000,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(
-                initial_s=min(RECONNECT_FIRST_S, self.reconnect_max_s), max_s=self.reconnect_max_s
-            ),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=None,
         )
 

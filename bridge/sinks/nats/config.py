@@ -11,7 +11,7 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
 
 #: A subject to publish to: dot-separated tokens, no wildcards, no whitespace.
 _SUBJECT: Final = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*\Z")
@@ -72,11 +72,11 @@ class NatsConfig(SinkConfig, frozen=True, kw_only=True):
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.connect_timeout_s,
             health_timeout_s=self.health_timeout_s,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=MAX_FAILED_PROBES,
         )
 

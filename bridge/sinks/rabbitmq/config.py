@@ -11,7 +11,7 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision
 
 ExchangeName = Annotated[str, msgspec.Meta(max_length=255)]
 
@@ -50,11 +50,11 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.connect_timeout_s,
             health_timeout_s=self.health_timeout_s,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=MAX_FAILED_PROBES,
         )
 
