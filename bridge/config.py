@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import yaml
@@ -47,7 +47,9 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    #: One line of meaning per key: docs/configuration.md is generated from these
+    #: (`bridge.configdoc`), which refuses a key without one.
+    field_docs: ClassVar[Mapping[str, str]] = {}
 
 
 class ListenConfig(_Section, frozen=True, kw_only=True):
@@ -58,17 +60,33 @@ class ListenConfig(_Section, frozen=True, kw_only=True):
     unix_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
     unix_group: str | None = None
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "tcp": "`host:port` of the TCP API listener (loopback by default); null turns it off.",
+        "unix": "Path of the Unix-socket API listener; null turns it off.",
+        "unix_mode": "Permissions of the socket file, as octal text.",
+        "unix_group": "Group (name) given the socket file; null keeps the process's group.",
+    }
+
 
 class MetricsConfig(_Section, frozen=True, kw_only=True):
     """The separate listener for /metrics, /healthz and /readyz (null: off)."""
 
     tcp: str | None = "127.0.0.1:9464"
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "tcp": "`host:port` of the listener for /metrics, /healthz and /readyz; null turns it off.",
+    }
+
 
 class AuthConfig(_Section, frozen=True, kw_only=True):
     """``token`` (or env ``EVBRIDGE_TOKEN``): a bearer token every API request must carry."""
 
     token: str | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "token": "Bearer token every API request must carry (or env `EVBRIDGE_TOKEN`); "
+        "null: none needed.",
+    }
 
 
 class LimitsConfig(_Section, frozen=True, kw_only=True):
@@ -115,11 +133,41 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     unix_reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
     max_nesting_depth: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "max_body_bytes": "Largest request body; above it 413 `body_too_large`.",
+        "max_batch": "Most events in one batch request; above it 413 `batch_too_large`.",
+        "max_inflight": "Events being processed at once; beyond it 429 `overloaded`.",
+        "max_inflight_bytes": "Request bodies being processed, all listeners together; "
+        "beyond it 429 (at least `max_body_bytes`).",
+        "max_connections": "Open connections on the TCP and Unix listeners together; "
+        "beyond it 503 and the connection closes.",
+        "max_subscribers": "Open `/v1/subscribe` streams; beyond it 429 `too_many_subscribers`.",
+        "max_subscriber_bytes": "One subscriber's queue (and the most `?max_queue_bytes=` "
+        "may ask for).",
+        "max_total_subscriber_bytes": "All subscribers' queues together.",
+        "header_timeout_s": "From a request's first byte to the end of its headers; "
+        "over it 408 and the connection closes.",
+        "body_timeout_s": "From the end of the headers to the end of the body; "
+        "over it 408 and the connection closes.",
+        "keepalive_timeout_s": "An idle keep-alive connection is closed after it "
+        "(keep it above your client's pool idle timeout).",
+        "first_request_timeout_s": "From accepting a connection to the end of its "
+        "first request's headers.",
+        "unix_reserved_connections": "Slots of `max_connections` only the Unix socket may "
+        "take (below `max_connections`).",
+        "max_nesting_depth": "Arrays/objects nested deeper than this in an event are "
+        "refused with 400.",
+    }
+
 
 class ShutdownConfig(_Section, frozen=True, kw_only=True):
     """``grace_s``: how long in-flight work may take to finish after SIGTERM."""
 
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "grace_s": "How long in-flight work may take to finish after SIGTERM.",
+    }
 
 
 class HandlersConfig(_Section, frozen=True, kw_only=True):
@@ -143,10 +191,32 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "modules": "Python modules to import for their `@on` handlers, in this order.",
+        "timeout_s": "Default time limit of one handler run; past it the run's outcome "
+        "is `timeout`.",
+        "max_depth": "How deep follow-up events may nest before one is refused with `max_depth`.",
+        "concurrency": "Events of one batch processed at once (the handlers of one "
+        "event never run concurrently).",
+        "entry_points": "Also load the handlers registered in the `evbridge.handlers` "
+        "entry-point group.",
+        "loop_warn_s": "Warn (naming the handler) when the event loop is blocked this "
+        "long; 0 turns it off.",
+        "threads": "Threads that run plain `def` handlers; waiting for one counts "
+        "against the handler's timeout.",
+        "cancel_grace_s": "How long a cancelled `async def` handler may take to end "
+        "before it is abandoned.",
+    }
+
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "format": "`text` (one sentence per line) or `json` (one object per line).",
+        "level": "The lowest level logged.",
+    }
 
 
 class RetryConfig(_Section, frozen=True, kw_only=True):
@@ -159,6 +229,14 @@ class RetryConfig(_Section, frozen=True, kw_only=True):
     max_s: PositiveFloat = 30.0
     max_attempts: PositiveInt | None = None
     max_age_s: PositiveFloat | None = 86400.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "initial_s": "First pause before retrying a spooled event.",
+        "max_s": "Longest pause between retries (the pause doubles, with jitter).",
+        "max_attempts": "Attempts after which an event is dead-lettered; null: no limit.",
+        "max_age_s": "Seconds after acceptance after which an event is dead-lettered; "
+        "null: no limit.",
+    }
 
 
 class DeliveryConfig(_Section, frozen=True, kw_only=True):
@@ -180,6 +258,17 @@ class DeliveryConfig(_Section, frozen=True, kw_only=True):
     allow_override: bool = True
     retry: RetryConfig = RetryConfig()
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "mode": "`sync` answers after the broker confirmed; `durable` after the event is "
+        "fsync'd to the spool.",
+        "spool_dir": "Directory of the durable spool.",
+        "max_spool_bytes": "Spool size at which new durable events are refused with `spool_full`.",
+        "window_bytes": "Spooled events one sink's deliverer holds in memory.",
+        "tail_bytes": "Newest spooled records kept in memory for a caught-up deliverer.",
+        "allow_override": "Let a request choose the mode with `Prefer: respond-async` or `wait=N`.",
+        "retry": "Retries of spooled events after a retriable failure (see `delivery.retry`).",
+    }
+
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration. Build it with `load_config` or `parse_config`."""
@@ -195,6 +284,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "source": "The CloudEvents `source` of events that set none (or env `EVBRIDGE_SOURCE`).",
+        "handlers": "Handler modules and how handlers run.",
+        "sinks": "The brokers and files events are delivered to; each has a `name` and a `type`.",
+        "routes": "Ordered rules, first match wins: event type pattern to sink and destination.",
+        "listen": "The API listeners.",
+        "metrics": "The metrics and probes listener.",
+        "auth": "API authentication.",
+        "limits": "Bounds on what clients can make the bridge hold.",
+        "shutdown": "Graceful shutdown.",
+        "logging": "Log format and level.",
+        "delivery": "Sync or durable delivery, the spool and retries.",
+    }
 
     def sink(self, name: str) -> SinkConfig:
         """The sink config called ``name``."""
