@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from bridge.errors import BridgeError
+from bridge.redact import scrub
 from bridge.results import ErrorInfo
 
 #: Seconds a client should wait before retrying a 429 or 503.
@@ -98,7 +99,8 @@ def json_response(
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+    """The JSON error body; the message is scrubbed like a log line (`bridge.redact`)."""
+    return {"error": {"code": code, "message": scrub(message), "field": field}}
 
 
 def error_response(
