@@ -7,12 +7,13 @@ dotted key path and the bad value. With no file at all, the embedded default
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 import yaml
@@ -336,8 +337,48 @@ def _parse_sink(raw: object, where: str) -> SinkConfig:
     return parsed
 
 
+#: ``EVBRIDGE_*`` names that are not config overrides: the config file's path, the
+#: socket path the Helm chart gives the app container (a shell running both may have
+#: it), and the fuzz suite's example count (``make fuzz``).
+_NOT_OVERRIDES: Final = frozenset({"EVBRIDGE_CONFIG", "EVBRIDGE_SOCKET", "EVBRIDGE_FUZZ_EXAMPLES"})
+_SPECIAL: Final = ("EVBRIDGE_TOKEN", "EVBRIDGE_SOURCE")
+
+
+def env_names() -> list[str]:
+    """Every ``EVBRIDGE_*`` name the config reads."""
+    return [
+        *_SPECIAL,
+        "EVBRIDGE_CONFIG",
+        *(f"EVBRIDGE_{s.upper()}_{k.upper()}" for s, kind in _SECTIONS.items() for k in
+          kind.__struct_fields__),
+    ]  # fmt: skip
+
+
+def _named_by_sinks(raw: dict[str, Any]) -> set[str]:
+    """Variables the raw sinks' ``*_env`` keys name (a secret may be called ``EVBRIDGE_*``)."""
+    sinks = raw.get("sinks")
+    return {
+        value
+        for sink in (sinks if isinstance(sinks, list) else [])
+        if isinstance(sink, Mapping)
+        for key, value in sink.items()
+        if isinstance(key, str) and key.endswith("_env") and isinstance(value, str)
+    }
+
+
+def _unknown_env(var: str) -> ConfigError:
+    close = difflib.get_close_matches(var, env_names(), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md#environment"
+    return ConfigError(f"{var}: no such setting; {hint}", field=var)
+
+
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``."""
+    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``.
+
+    Any other ``EVBRIDGE_*`` name is refused (a typo would otherwise be ignored
+    silently), with the closest real name, except `_NOT_OVERRIDES` and the
+    variables the sinks' ``*_env`` keys name.
+    """
     if env.get("EVBRIDGE_TOKEN"):
         raw.setdefault("auth", {})
         if not isinstance(raw["auth"], dict):
@@ -345,14 +386,15 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         raw["auth"]["token"] = env["EVBRIDGE_TOKEN"]
     if env.get("EVBRIDGE_SOURCE"):
         raw["source"] = env["EVBRIDGE_SOURCE"]
+    named = _named_by_sinks(raw)
     for var, text in env.items():
-        if not var.startswith("EVBRIDGE_"):
+        if not var.startswith("EVBRIDGE_") or var in _SPECIAL or var in _NOT_OVERRIDES:
+            continue
+        if var in named:
             continue
         section, _, key = var[len("EVBRIDGE_") :].lower().partition("_")
-        if section not in _SECTIONS or not key:
-            continue
-        if key not in _SECTIONS[section].__struct_fields__:
-            raise ConfigError(f"{var}: {section} has no key {key!r}", field=var)
+        if section not in _SECTIONS or key not in _SECTIONS[section].__struct_fields__:
+            raise _unknown_env(var)
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{section}: must be a mapping", field=section)
@@ -411,12 +453,31 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     )
 
 
+def _yaml_problem(exc: yaml.YAMLError, text: str, where: str) -> str:
+    """A YAML error as lines: the file, then line and column, the problem and the line
+    itself with a caret under the column (PyYAML's own text quotes ``<unicode string>``)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{where}: not valid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark
+    lines = [
+        f"{where}: not valid YAML",
+        f"  line {mark.line + 1}, column {mark.column + 1}: {exc.problem}",
+    ]
+    source = text.splitlines()
+    if mark.line < len(source):
+        lines += [f"    {source[mark.line]}", f"    {' ' * mark.column}^"]
+    if exc.context and exc.context_mark is not None:
+        context = exc.context_mark
+        lines.append(f"  ({exc.context} at line {context.line + 1}, column {context.column + 1})")
+    return "\n".join(lines)
+
+
 def load_yaml(text: str, where: str) -> dict[str, Any]:
     """Parse YAML text that must hold a mapping at the top."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(exc, text, where)) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

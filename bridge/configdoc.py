@@ -222,6 +222,11 @@ def _env_section() -> str:
         "- `EVBRIDGE_TOKEN`: sets `auth.token`; `EVBRIDGE_SOURCE`: sets `source`.\n"
         "- `EVBRIDGE_<SECTION>_<KEY>` sets one key of a section; the value is read as YAML "
         "(`null`, `2.5`, `[a, b]`). The names: " + ", ".join(names) + ".\n"
+        "- Any other `EVBRIDGE_*` name is refused at load, with the closest real name "
+        "(`EVBRIDGE_HANDLER_TIMEOUT_S: no such setting; did you mean "
+        "EVBRIDGE_HANDLERS_TIMEOUT_S?`), except `EVBRIDGE_SOCKET` (the app container's "
+        "socket path), `EVBRIDGE_FUZZ_EXAMPLES` (the fuzz suite's) and a variable a sink's "
+        "`*_env` key names.\n"
     )
 
 

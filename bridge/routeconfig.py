@@ -115,7 +115,7 @@ def parse_route(
     name = common.get("name", f"route{index}")
     check_name(name, f"{where}.name")
     sink = _sink_named(common["sink"], f"{where}.sink", sinks)
-    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}")
+    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}", raw)
     key = common.get("key")
     if key is not None and not isinstance(key, str):
         raise ConfigError(
@@ -188,6 +188,6 @@ def _parse_dead_letter(
         raise ConfigError(f"{where}: must be a mapping with a 'sink' (got {raw!r})", field=where)
     sink = _sink_named(raw.get("sink"), f"{where}.sink", sinks)
     rest = {k: v for k, v in raw.items() if k != "sink"}
-    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}")
+    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}", raw)
     compiled = Destination.compile(options, where)
     return DeadLetterConfig(sink=sink.name, options=options, compiled=compiled)
