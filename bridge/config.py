@@ -346,12 +346,12 @@ _SPECIAL: Final = ("EVBRIDGE_TOKEN", "EVBRIDGE_SOURCE")
 
 def env_names() -> list[str]:
     """Every ``EVBRIDGE_*`` name the config reads."""
-    return [
-        *_SPECIAL,
-        "EVBRIDGE_CONFIG",
-        *(f"EVBRIDGE_{s.upper()}_{k.upper()}" for s, kind in _SECTIONS.items() for k in
-          kind.__struct_fields__),
-    ]  # fmt: skip
+    overrides = [
+        f"EVBRIDGE_{section.upper()}_{key.upper()}"
+        for section, kind in _SECTIONS.items()
+        for key in kind.__struct_fields__
+    ]
+    return [*_SPECIAL, "EVBRIDGE_CONFIG", *overrides]
 
 
 def _named_by_sinks(raw: dict[str, Any]) -> set[str]:

@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import msgspec
 import pytest
 
 from bridge import configdoc
@@ -32,31 +35,39 @@ def page_keys(text: str) -> set[tuple[str, str]]:
     return found
 
 
-def type_keys() -> set[tuple[str, str]]:
-    """(section heading, key) for every key the config types declare, read independently
-    of the generator's walk: each section of `Config`, the route keys, each sink type."""
-    keys = {("Top level", name) for name in Config.__struct_fields__}
-    for name in Config.__struct_fields__:
-        kind = Config.__annotations__[name]
-        section = getattr(sys.modules["bridge.config"], str(kind), None)
-        if section is None:
+def _struct_keys(kind: type[Any]) -> list[tuple[str, type[Any]]]:
+    """(key, Struct type) of each key of ``kind`` whose value is a Struct (or null);
+    lists of Structs (``sinks``, ``routes``) have sections of their own."""
+    found = []
+    for key, hint in get_type_hints(kind).items():
+        if key not in kind.__struct_fields__:
             continue
-        keys |= {(f"`{name}`", key) for key in section.__struct_fields__}
-    keys |= {
-        ("`delivery.retry`", key) for key in ("initial_s", "max_s", "max_attempts", "max_age_s")
-    }
+        union = get_origin(hint) in (Union, UnionType)
+        for arg in get_args(hint) if union else (hint,):
+            if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+                found.append((key, arg))
+    return found
+
+
+def _section_keys(path: str, kind: type[Any], suffix: str = "") -> set[tuple[str, str]]:
+    keys = {(f"`{path}`{suffix}", key) for key in kind.__struct_fields__}
+    for key, sub in _struct_keys(kind):
+        keys |= _section_keys(f"{path}.{key}", sub, suffix)
+    return keys
+
+
+def type_keys() -> set[tuple[str, str]]:
+    """(section heading, key) for every key the config types declare, read through
+    `typing` rather than the generator's `msgspec.inspect` walk."""
+    keys = {("Top level", name) for name in Config.__struct_fields__}
+    for name, section in _struct_keys(Config):
+        keys |= _section_keys(name, section)
     keys |= {("`routes[]`", key) for key in RouteConfig.field_docs}
     for kind_name in builtin_sink_types():
         sink_type = get_sink_type(kind_name)
-        title = f"`sinks[]` with `type: {kind_name}`"
-        keys |= {(title, key) for key in sink_type.config.__struct_fields__}
+        keys |= _section_keys("sinks[]", sink_type.config, f" with `type: {kind_name}`")
         route = f"`routes[]` to a `{kind_name}` sink"
         keys |= {(route, key) for key in sink_type.route.__struct_fields__}
-    keys |= {("`sinks[].tls` with `type: nats`", k) for k in ("cafile", "certfile", "keyfile")}
-    keys |= {
-        ("`sinks[].create_stream` with `type: nats`", k)
-        for k in ("name", "subjects", "storage", "duplicate_window_s")
-    }
     return keys
 
 
