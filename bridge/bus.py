@@ -151,6 +151,13 @@ class Bus:
         self._life.started = True
         if self._loopwatch is not None:
             self._loopwatch.start()
+        if not self.sinks and not self.config.routes:
+            # Most often a config file that was not the one meant (empty, or the wrong path).
+            log.warning(
+                "the config has no sinks and no routes: handlers run, but every "
+                "notification event is refused with no_route (docs/configuration.md)",
+                extra={"sinks": 0, "routes": 0},
+            )
 
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink.

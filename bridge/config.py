@@ -7,12 +7,13 @@ dotted key path and the bad value. With no file at all, the embedded default
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 import yaml
@@ -47,7 +48,9 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    #: One line of meaning per key: docs/configuration.md is generated from these
+    #: (`bridge.configdoc`), which refuses a key without one.
+    field_docs: ClassVar[Mapping[str, str]] = {}
 
 
 class ListenConfig(_Section, frozen=True, kw_only=True):
@@ -58,17 +61,33 @@ class ListenConfig(_Section, frozen=True, kw_only=True):
     unix_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
     unix_group: str | None = None
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "tcp": "`host:port` of the TCP API listener (loopback by default); null turns it off.",
+        "unix": "Path of the Unix-socket API listener; null turns it off.",
+        "unix_mode": "Permissions of the socket file, as octal text.",
+        "unix_group": "Group (name) given the socket file; null keeps the process's group.",
+    }
+
 
 class MetricsConfig(_Section, frozen=True, kw_only=True):
     """The separate listener for /metrics, /healthz and /readyz (null: off)."""
 
     tcp: str | None = "127.0.0.1:9464"
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "tcp": "`host:port` of the listener for /metrics, /healthz and /readyz; null turns it off.",
+    }
+
 
 class AuthConfig(_Section, frozen=True, kw_only=True):
     """``token`` (or env ``EVBRIDGE_TOKEN``): a bearer token every API request must carry."""
 
     token: str | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "token": "Bearer token every API request must carry (or env `EVBRIDGE_TOKEN`); "
+        "null: none needed.",
+    }
 
 
 class LimitsConfig(_Section, frozen=True, kw_only=True):
@@ -115,11 +134,41 @@ class LimitsConfig(_Section, frozen=True, kw_only=True):
     unix_reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
     max_nesting_depth: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "max_body_bytes": "Largest request body; above it 413 `body_too_large`.",
+        "max_batch": "Most events in one batch request; above it 413 `batch_too_large`.",
+        "max_inflight": "Events being processed at once; beyond it 429 `overloaded`.",
+        "max_inflight_bytes": "Request bodies being processed, all listeners together; "
+        "beyond it 429 (at least `max_body_bytes`).",
+        "max_connections": "Open connections on the TCP and Unix listeners together; "
+        "beyond it 503 and the connection closes.",
+        "max_subscribers": "Open `/v1/subscribe` streams; beyond it 429 `too_many_subscribers`.",
+        "max_subscriber_bytes": "One subscriber's queue (and the most `?max_queue_bytes=` "
+        "may ask for).",
+        "max_total_subscriber_bytes": "All subscribers' queues together.",
+        "header_timeout_s": "From a request's first byte to the end of its headers; "
+        "over it 408 and the connection closes.",
+        "body_timeout_s": "From the end of the headers to the end of the body; "
+        "over it 408 and the connection closes.",
+        "keepalive_timeout_s": "An idle keep-alive connection is closed after it "
+        "(keep it above your client's pool idle timeout).",
+        "first_request_timeout_s": "From accepting a connection to the end of its "
+        "first request's headers.",
+        "unix_reserved_connections": "Slots of `max_connections` only the Unix socket may "
+        "take (below `max_connections`).",
+        "max_nesting_depth": "Arrays/objects nested deeper than this in an event are "
+        "refused with 400.",
+    }
+
 
 class ShutdownConfig(_Section, frozen=True, kw_only=True):
     """``grace_s``: how long in-flight work may take to finish after SIGTERM."""
 
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "grace_s": "How long in-flight work may take to finish after SIGTERM.",
+    }
 
 
 class HandlersConfig(_Section, frozen=True, kw_only=True):
@@ -143,10 +192,32 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "modules": "Python modules to import for their `@on` handlers, in this order.",
+        "timeout_s": "Default time limit of one handler run; past it the run's outcome "
+        "is `timeout`.",
+        "max_depth": "How deep follow-up events may nest before one is refused with `max_depth`.",
+        "concurrency": "Events of one batch processed at once (the handlers of one "
+        "event never run concurrently).",
+        "entry_points": "Also load the handlers registered in the `evbridge.handlers` "
+        "entry-point group.",
+        "loop_warn_s": "Warn (naming the handler) when the event loop is blocked this "
+        "long; 0 turns it off.",
+        "threads": "Threads that run plain `def` handlers; waiting for one counts "
+        "against the handler's timeout.",
+        "cancel_grace_s": "How long a cancelled `async def` handler may take to end "
+        "before it is abandoned.",
+    }
+
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "format": "`text` (one sentence per line) or `json` (one object per line).",
+        "level": "The lowest level logged.",
+    }
 
 
 class RetryConfig(_Section, frozen=True, kw_only=True):
@@ -159,6 +230,14 @@ class RetryConfig(_Section, frozen=True, kw_only=True):
     max_s: PositiveFloat = 30.0
     max_attempts: PositiveInt | None = None
     max_age_s: PositiveFloat | None = 86400.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "initial_s": "First pause before retrying a spooled event.",
+        "max_s": "Longest pause between retries (the pause doubles, with jitter).",
+        "max_attempts": "Attempts after which an event is dead-lettered; null: no limit.",
+        "max_age_s": "Seconds after acceptance after which an event is dead-lettered; "
+        "null: no limit.",
+    }
 
 
 class DeliveryConfig(_Section, frozen=True, kw_only=True):
@@ -180,6 +259,17 @@ class DeliveryConfig(_Section, frozen=True, kw_only=True):
     allow_override: bool = True
     retry: RetryConfig = RetryConfig()
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "mode": "`sync` answers after the broker confirmed; `durable` after the event is "
+        "fsync'd to the spool.",
+        "spool_dir": "Directory of the durable spool.",
+        "max_spool_bytes": "Spool size at which new durable events are refused with `spool_full`.",
+        "window_bytes": "Spooled events one sink's deliverer holds in memory.",
+        "tail_bytes": "Newest spooled records kept in memory for a caught-up deliverer.",
+        "allow_override": "Let a request choose the mode with `Prefer: respond-async` or `wait=N`.",
+        "retry": "Retries of spooled events after a retriable failure (see `delivery.retry`).",
+    }
+
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration. Build it with `load_config` or `parse_config`."""
@@ -195,6 +285,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "source": "The CloudEvents `source` of events that set none (or env `EVBRIDGE_SOURCE`).",
+        "handlers": "Handler modules and how handlers run.",
+        "sinks": "The brokers and files events are delivered to; each has a `name` and a `type`.",
+        "routes": "Ordered rules, first match wins: event type pattern to sink and destination.",
+        "listen": "The API listeners.",
+        "metrics": "The metrics and probes listener.",
+        "auth": "API authentication.",
+        "limits": "Bounds on what clients can make the bridge hold.",
+        "shutdown": "Graceful shutdown.",
+        "logging": "Log format and level.",
+        "delivery": "Sync or durable delivery, the spool and retries.",
+    }
 
     def sink(self, name: str) -> SinkConfig:
         """The sink config called ``name``."""
@@ -233,8 +337,48 @@ def _parse_sink(raw: object, where: str) -> SinkConfig:
     return parsed
 
 
+#: ``EVBRIDGE_*`` names that are not config overrides: the config file's path, the
+#: socket path the Helm chart gives the app container (a shell running both may have
+#: it), and the fuzz suite's example count (``make fuzz``).
+_NOT_OVERRIDES: Final = frozenset({"EVBRIDGE_CONFIG", "EVBRIDGE_SOCKET", "EVBRIDGE_FUZZ_EXAMPLES"})
+_SPECIAL: Final = ("EVBRIDGE_TOKEN", "EVBRIDGE_SOURCE")
+
+
+def env_names() -> list[str]:
+    """Every ``EVBRIDGE_*`` name the config reads."""
+    overrides = [
+        f"EVBRIDGE_{section.upper()}_{key.upper()}"
+        for section, kind in _SECTIONS.items()
+        for key in kind.__struct_fields__
+    ]
+    return [*_SPECIAL, "EVBRIDGE_CONFIG", *overrides]
+
+
+def _named_by_sinks(raw: dict[str, Any]) -> set[str]:
+    """Variables the raw sinks' ``*_env`` keys name (a secret may be called ``EVBRIDGE_*``)."""
+    sinks = raw.get("sinks")
+    return {
+        value
+        for sink in (sinks if isinstance(sinks, list) else [])
+        if isinstance(sink, Mapping)
+        for key, value in sink.items()
+        if isinstance(key, str) and key.endswith("_env") and isinstance(value, str)
+    }
+
+
+def _unknown_env(var: str) -> ConfigError:
+    close = difflib.get_close_matches(var, env_names(), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md#environment"
+    return ConfigError(f"{var}: no such setting; {hint}", field=var)
+
+
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``."""
+    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``.
+
+    Any other ``EVBRIDGE_*`` name is refused (a typo would otherwise be ignored
+    silently), with the closest real name, except `_NOT_OVERRIDES` and the
+    variables the sinks' ``*_env`` keys name.
+    """
     if env.get("EVBRIDGE_TOKEN"):
         raw.setdefault("auth", {})
         if not isinstance(raw["auth"], dict):
@@ -242,14 +386,15 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         raw["auth"]["token"] = env["EVBRIDGE_TOKEN"]
     if env.get("EVBRIDGE_SOURCE"):
         raw["source"] = env["EVBRIDGE_SOURCE"]
+    named = _named_by_sinks(raw)
     for var, text in env.items():
-        if not var.startswith("EVBRIDGE_"):
+        if not var.startswith("EVBRIDGE_") or var in _SPECIAL or var in _NOT_OVERRIDES:
+            continue
+        if var in named:
             continue
         section, _, key = var[len("EVBRIDGE_") :].lower().partition("_")
-        if section not in _SECTIONS or not key:
-            continue
-        if key not in _SECTIONS[section].__struct_fields__:
-            raise ConfigError(f"{var}: {section} has no key {key!r}", field=var)
+        if section not in _SECTIONS or key not in _SECTIONS[section].__struct_fields__:
+            raise _unknown_env(var)
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{section}: must be a mapping", field=section)
@@ -308,12 +453,31 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
     )
 
 
+def _yaml_problem(exc: yaml.YAMLError, text: str, where: str) -> str:
+    """A YAML error as lines: the file, then line and column, the problem and the line
+    itself with a caret under the column (PyYAML's own text quotes ``<unicode string>``)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{where}: not valid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark
+    lines = [
+        f"{where}: not valid YAML",
+        f"  line {mark.line + 1}, column {mark.column + 1}: {exc.problem}",
+    ]
+    source = text.splitlines()
+    if mark.line < len(source):
+        lines += [f"    {source[mark.line]}", f"    {' ' * mark.column}^"]
+    if exc.context and exc.context_mark is not None:
+        context = exc.context_mark
+        lines.append(f"  ({exc.context} at line {context.line + 1}, column {context.column + 1})")
+    return "\n".join(lines)
+
+
 def load_yaml(text: str, where: str) -> dict[str, Any]:
     """Parse YAML text that must hold a mapping at the top."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(exc, text, where)) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

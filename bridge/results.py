@@ -6,6 +6,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from bridge.errors import help_for
+
 Outcome = Literal["ok", "error", "timeout", "skipped", "stopped"]
 Status = Literal["handled", "published", "spooled", "rejected"]
 
@@ -90,7 +92,14 @@ class EmitResult(msgspec.Struct, frozen=True):
             "follow_ups": [f.to_api() for f in self.follow_ups] if self.follow_ups else [],
         }
         if self.error is not None:
-            out["error"] = msgspec.to_builtins(self.error)
+            error = self.error
+            out["error"] = {
+                "code": error.code,
+                "message": error.message,
+                "field": error.field,
+                "retriable": error.retriable,
+                "help": help_for(error.code),
+            }
         return out
 
 

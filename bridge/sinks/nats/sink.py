@@ -29,6 +29,7 @@ from nats.js.api import PubAck, StorageType
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.redact import mask_url
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing
 from bridge.sinks.nats.config import NatsConfig, NatsRoute, StreamSpec
@@ -95,7 +96,7 @@ class NatsSink:
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sinks.{config.name}.tls") if config.tls else None
         self._calls: set[asyncio.Future[list[Delivery | SinkError | _NoStream]]] = set()
-        target = ",".join(_redacted(url) for url in config.server_list)
+        target = ",".join(mask_url(url) for url in config.server_list)
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "nats", target, self._connect, config.supervision,
             classify=connect_error, log=log,
@@ -265,9 +266,3 @@ def _auth(config: NatsConfig) -> dict[str, Any]:
     if config.creds_file is not None:
         return {"user_credentials": config.creds_file}
     return {}
-
-
-def _redacted(url: str) -> str:
-    """A server URL as logs show it: no ``user:password@``."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -31,6 +31,7 @@ from yarl import URL
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.redact import mask_url
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing
 from bridge.sinks.rabbitmq import _aiormq
@@ -72,12 +73,6 @@ def broker_url(config: RabbitConfig, env: Mapping[str, str] | None = None) -> UR
     return url.with_query(query)
 
 
-def redacted(url: URL) -> str:
-    """The URL as logs and health details show it: no password, no query."""
-    shown = url.with_query(None)
-    return str(shown.with_password("***") if shown.password else shown)
-
-
 class RabbitSink:
     """Publishes events to RabbitMQ with confirms; see the module docstring."""
 
@@ -91,7 +86,7 @@ class RabbitSink:
         self._isolation = Isolation(config.name, config.mandatory, config.max_inflight)
         self._calls: set[asyncio.Task[list[Delivery | SinkError]]] = set()
         self._supervisor: Supervisor[RabbitLink] = Supervisor(
-            config.name, "rabbitmq", redacted(self.url), self._connect, config.supervision,
+            config.name, "rabbitmq", mask_url(str(self.url)), self._connect, config.supervision,
             classify=connect_error, log=log,
         )  # fmt: skip
 
@@ -135,7 +130,7 @@ class RabbitSink:
         health = await self._supervisor.health()
         link = self._supervisor.current()
         if health.ok and isinstance(link, RabbitLink) and self.exchange:
-            where = f"exchange {self.exchange!r} on {redacted(self.url)}"
+            where = f"exchange {self.exchange!r} on {mask_url(str(self.url))}"
             if not link.exchange_found:
                 return Health(ok=False, detail=f"{where} does not exist")
             return Health(ok=True, detail=where)
