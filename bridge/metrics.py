@@ -366,7 +366,7 @@ class Metrics:
             registry=r,
         )
 
-        # Durable delivery (bridge/spool, bridge/deliverer.py).
+        # Durable delivery (bridge/spool, bridge/lane.py, bridge/deadletter.py).
         self.spool_recovered = Counter(
             "evbridge_spool_recovered",
             "Records found pending in the spool at startup and sent again "
