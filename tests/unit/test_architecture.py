@@ -32,13 +32,26 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 #: The one-way flow, drivers first: ingest (server) -> bus -> pipeline (handlers) ->
 #: router -> sink, over the event model. A module may import its own layer and the
-#: layers after it, never one before it. Storage sits under the bus that drives it.
-#: Modules not listed (config, errors, metrics, durable delivery, ...) are not layered.
+#: layers after it, never one before it. Dispatch (sync and durable delivery: the
+#: deliverer, its lanes, retries and dead letters) drives storage, which sits under it.
+#: Modules not listed (config, errors, metrics, ...) are not layered.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
     ("bus", ("bridge.bus",)),
     ("pipeline", ("bridge.pipeline", "bridge.handlers", "bridge.loopwatch", "bridge.cancelguard")),
+    (
+        "dispatch",
+        (
+            "bridge.dispatch",
+            "bridge.delivery",
+            "bridge.durable",
+            "bridge.deliverer",
+            "bridge.lane",
+            "bridge.retry",
+            "bridge.deadletter",
+        ),
+    ),
     ("storage", ("bridge.spool",)),
     ("router", ("bridge.routing",)),
     ("sinks", ("bridge.sinks",)),
