@@ -117,7 +117,8 @@ class Bus:
         )
         limits = self.config.limits
         self._hub = Hub(
-            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
+            self.metrics,
+            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes),
         )
         self.name = "root"
 
@@ -255,7 +256,7 @@ class Bus:
         child = copy.copy(self)
         child.name = f"{self.name}/{name}"
         # Scopes share one bound in bytes: memory is the process's, not a scope's.
-        child._hub = self._hub if shared else Hub(self._hub.budget)
+        child._hub = self._hub if shared else Hub(self.metrics, self._hub.budget)
         return child
 
     def subscription(

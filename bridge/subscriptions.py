@@ -32,8 +32,9 @@ import msgspec
 
 from bridge.errors import BridgeError
 from bridge.event import Event
+from bridge.fastmetrics import CounterChild
 from bridge.memory import ByteBudget, event_cost
-from bridge.metrics import METRICS
+from bridge.metrics import Metrics
 from bridge.results import Status
 from bridge.routing import compile_glob
 
@@ -41,6 +42,7 @@ Overflow = Literal["drop_oldest", "disconnect"]
 OVERFLOW_POLICIES: Final = ("drop_oldest", "disconnect")
 #: Which bound made a subscriber lose events: the label of the overflow metrics.
 Bound = Literal["max_queue", "max_queue_bytes", "max_total_subscriber_bytes"]
+BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
 #: Defaults of `bridge.config.LimitsConfig` (for a `Hub` built without a config).
 DEFAULT_QUEUE_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_TOTAL_BYTES: Final = 64 * 1024 * 1024
@@ -78,6 +80,7 @@ class Subscription:
         "_drops_oldest",
         "_hub",
         "_max",
+        "_max_queue_drops",
         "_overflow",
         "_queue",
         "_read_seq",
@@ -119,6 +122,8 @@ class Subscription:
         )
         self._hub = hub
         self._budget = budget
+        # The hot path's counter, looked up once: the hub's (its bus's metrics).
+        self._max_queue_drops = hub.dropped["max_queue"]
         self._max = max_queue
         self.max_bytes = max_bytes
         self._overflow = overflow
@@ -154,7 +159,7 @@ class Subscription:
             self.queued_bytes -= freed
             budget.used -= freed
             self.dropped += 1
-            _DROPPED_MAX_QUEUE.value += 1
+            self._max_queue_drops.value += 1
         if (
             self.queued_bytes + cost > self.max_bytes
             or budget.used + cost > budget.limit
@@ -202,12 +207,12 @@ class Subscription:
 
     def _count_drop(self, bound: Bound) -> None:
         self.dropped += 1
-        _DROPPED[bound].value += 1
+        self._hub.dropped[bound].value += 1
 
     def _disconnect(self, bound: Bound) -> None:
         self.overflowed = True
         self.overflow_bound = bound
-        _DISCONNECTED[bound].value += 1
+        self._hub.disconnected[bound].value += 1
         self._wake()
 
     def shed(self) -> None:
@@ -333,20 +338,36 @@ def _queued_bytes(subscription: Subscription) -> int:
 
 
 class Hub:
-    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes."""
+    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes.
 
-    def __init__(self, budget: SubscriberBudget | None = None) -> None:
+    ``metrics`` are the bus's: the subscription series (``evbridge_subscribers``,
+    ``evbridge_subscription_*``) are counted there, so each bus keeps its own.
+    """
+
+    def __init__(self, metrics: Metrics, budget: SubscriberBudget | None = None) -> None:
         self.budget = budget if budget is not None else SubscriberBudget()
+        self.metrics = metrics
         self.subscriptions: list[Subscription] = []
         # Which subscriptions want a type: matching globs per event would cost
         # more than the queueing itself.
         self._by_type: dict[str, tuple[Subscription, ...]] = {}
+        self._subscribers = metrics.subscribers
+        #: Per bound, events dropped (``drop_oldest``) and subscribers disconnected.
+        self.dropped: Final[dict[Bound, CounterChild]] = {
+            bound: metrics.subscription_dropped.child(bound) for bound in BOUNDS
+        }
+        self.disconnected: Final[dict[Bound, CounterChild]] = {
+            bound: metrics.subscription_disconnected.child(bound) for bound in BOUNDS
+        }
+        # Scopes sharing the budget set the same reading again.
+        budget = self.budget
+        metrics.subscription_queued_bytes.set_function(lambda: float(budget.used))
 
     def add(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
         self.budget.members.append(subscription)
         self._by_type.clear()
-        _SUBSCRIBERS.inc()
+        self._subscribers.inc()
 
     def remove(self, subscription: Subscription) -> None:
         try:
@@ -355,7 +376,7 @@ class Hub:
             return
         self.budget.members.remove(subscription)
         self._by_type.clear()
-        _SUBSCRIBERS.dec()
+        self._subscribers.dec()
 
     def _for_type(self, type_: str) -> tuple[Subscription, ...]:
         found = self._by_type.get(type_)
@@ -372,10 +393,3 @@ class Hub:
             cost = event_cost(event)
             for subscription in subscriptions:
                 subscription.offer(event, status, cost)
-
-
-_SUBSCRIBERS = METRICS.subscribers
-_BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
-_DROPPED: Final = {bound: METRICS.subscription_dropped.child(bound) for bound in _BOUNDS}
-_DISCONNECTED: Final = {bound: METRICS.subscription_disconnected.child(bound) for bound in _BOUNDS}
-_DROPPED_MAX_QUEUE: Final = _DROPPED["max_queue"]
