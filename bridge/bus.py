@@ -28,6 +28,7 @@ from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.hub import Hub, SubscriberBudget
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.pipeline import Watchdog
@@ -35,7 +36,7 @@ from bridge.prefer import Preference
 from bridge.results import EmitResult
 from bridge.routing import Router
 from bridge.sinks.base import Health, Sink, get_sink_type
-from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
+from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
 
 log = logging.getLogger("bridge.bus")

@@ -6,7 +6,7 @@ Guarantees:
 - each subscriber has its own queue, bounded in events (``max_queue``) and in
   bytes (``max_queue_bytes``, as `bridge.memory.event_cost` estimates them),
   and all subscribers of a bus (its scopes included) share one bound in bytes
-  (`SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
+  (`bridge.hub.SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
   subscriber never slows the pipeline and memory stays bounded however many
   never read. On overflow a subscriber either loses its oldest queued events
   (``drop_oldest``; the next item it reads carries ``dropped``) or is
@@ -32,20 +32,13 @@ import msgspec
 
 from bridge.errors import BridgeError
 from bridge.event import Event
-from bridge.fastmetrics import CounterChild
-from bridge.memory import ByteBudget, event_cost
-from bridge.metrics import Metrics
+from bridge.hub import Bound, Hub
+from bridge.memory import event_cost
 from bridge.results import Status
 from bridge.routing import compile_glob
 
 Overflow = Literal["drop_oldest", "disconnect"]
 OVERFLOW_POLICIES: Final = ("drop_oldest", "disconnect")
-#: Which bound made a subscriber lose events: the label of the overflow metrics.
-Bound = Literal["max_queue", "max_queue_bytes", "max_total_subscriber_bytes"]
-BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
-#: Defaults of `bridge.config.LimitsConfig` (for a `Hub` built without a config).
-DEFAULT_QUEUE_BYTES: Final = 16 * 1024 * 1024
-DEFAULT_TOTAL_BYTES: Final = 64 * 1024 * 1024
 
 
 class SubscriptionOverflow(BridgeError):
@@ -307,89 +300,3 @@ class Subscription:
             self.queued_bytes = 0
             self._queue.clear()
             self._wake()
-
-
-class SubscriberBudget(ByteBudget):
-    """The bound in bytes that all subscriptions of a bus and its scopes share
-    (``limits.max_total_subscriber_bytes``), and each one's default
-    (``limits.max_subscriber_bytes``)."""
-
-    __slots__ = ("members", "queue_bytes")
-
-    def __init__(
-        self, limit: int = DEFAULT_TOTAL_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES
-    ) -> None:
-        super().__init__(limit)
-        self.queue_bytes = queue_bytes
-        self.members: list[Subscription] = []
-
-    def make_room(self, size: int) -> bool:
-        """Shed from the subscription holding the most bytes until ``size`` fits."""
-        while self.used + size > self.limit:
-            victim = max(self.members, key=_queued_bytes, default=None)
-            if victim is None or not victim.queued_bytes:
-                return False
-            victim.shed()
-        return True
-
-
-def _queued_bytes(subscription: Subscription) -> int:
-    return subscription.queued_bytes
-
-
-class Hub:
-    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes.
-
-    ``metrics`` are the bus's: the subscription series (``evbridge_subscribers``,
-    ``evbridge_subscription_*``) are counted there, so each bus keeps its own.
-    """
-
-    def __init__(self, metrics: Metrics, budget: SubscriberBudget | None = None) -> None:
-        self.budget = budget if budget is not None else SubscriberBudget()
-        self.metrics = metrics
-        self.subscriptions: list[Subscription] = []
-        # Which subscriptions want a type: matching globs per event would cost
-        # more than the queueing itself.
-        self._by_type: dict[str, tuple[Subscription, ...]] = {}
-        self._subscribers = metrics.subscribers
-        #: Per bound, events dropped (``drop_oldest``) and subscribers disconnected.
-        self.dropped: Final[dict[Bound, CounterChild]] = {
-            bound: metrics.subscription_dropped.child(bound) for bound in BOUNDS
-        }
-        self.disconnected: Final[dict[Bound, CounterChild]] = {
-            bound: metrics.subscription_disconnected.child(bound) for bound in BOUNDS
-        }
-        # Scopes sharing the budget set the same reading again.
-        budget = self.budget
-        metrics.subscription_queued_bytes.set_function(lambda: float(budget.used))
-
-    def add(self, subscription: Subscription) -> None:
-        self.subscriptions.append(subscription)
-        self.budget.members.append(subscription)
-        self._by_type.clear()
-        self._subscribers.inc()
-
-    def remove(self, subscription: Subscription) -> None:
-        try:
-            self.subscriptions.remove(subscription)
-        except ValueError:
-            return
-        self.budget.members.remove(subscription)
-        self._by_type.clear()
-        self._subscribers.dec()
-
-    def _for_type(self, type_: str) -> tuple[Subscription, ...]:
-        found = self._by_type.get(type_)
-        if found is None:
-            if len(self._by_type) >= 4096:
-                self._by_type.clear()
-            found = self._by_type[type_] = tuple(s for s in self.subscriptions if s.matches(type_))
-        return found
-
-    def publish(self, event: Event, status: Status) -> None:
-        """Offer an event to every matching subscription (never waits)."""
-        subscriptions = self._for_type(event.type)
-        if subscriptions:
-            cost = event_cost(event)
-            for subscription in subscriptions:
-                subscription.offer(event, status, cost)

@@ -31,15 +31,27 @@ ROOT = Path(__file__).resolve().parents[2] / "bridge"
 KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 #: The one-way flow, drivers first: ingest (server) -> bus -> pipeline (handlers) ->
-#: router -> sink, over the event model. A module may import its own layer and the
-#: layers after it, never one before it. Dispatch (sync and durable delivery: the
-#: deliverer, its lanes, retries and dead letters) drives storage, which sits under it.
+#: dispatch -> storage -> router -> sink, over the event model. A module may import its
+#: own layer and the layers after it, never one before it. The bus's layer holds the
+#: event path and what it hands events to after their handlers: the subscriptions (which
+#: match types with the router's globs). Dispatch (sync and durable delivery: the
+#: deliverer, its lanes, retries and dead letters) drives storage, which sits under it and
+#: over the router (a spooled record's destination is resolved again when it is read back).
 #: Modules not listed (config, errors, metrics, ...) are not layered.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
-    ("bus", ("bridge.bus",)),
-    ("pipeline", ("bridge.pipeline", "bridge.handlers", "bridge.loopwatch", "bridge.cancelguard")),
+    ("bus", ("bridge.bus", "bridge.eventpath", "bridge.subscriptions", "bridge.hub")),
+    (
+        "pipeline",
+        (
+            "bridge.pipeline",
+            "bridge.handlers",
+            "bridge.threads",
+            "bridge.loopwatch",
+            "bridge.cancelguard",
+        ),
+    ),
     (
         "dispatch",
         (

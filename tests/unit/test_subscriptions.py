@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
+from bridge.hub import Hub, SubscriberBudget
 from bridge.metrics import METRICS, Metrics
 from bridge.subscriptions import (
     OVERFLOW_POLICIES,
-    Hub,
     Notice,
-    SubscriberBudget,
     Subscription,
     SubscriptionOverflow,
 )
