@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "bridge"
+PAGE = ROOT.parent / "docs" / "architecture.md"
 
 #: Edges allowed for now although they close a cycle or point up the layers; each names
 #: the work that removes it. The test fails once an edge here is gone, so the entry goes too.
@@ -332,6 +334,14 @@ def test_the_flow_only_imports_downstream() -> None:
                 f"{_where(imp.source, imp.target)}"
             )
     assert not wrong, "imports against the one-way flow:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_the_architecture_page_draws_the_layers_in_order() -> None:
+    """docs/architecture.md's picture has one row per layer of `LAYERS`, in its order."""
+    picture = PAGE.read_text().split("```")[1]
+    rows = re.findall(r"^ ([a-z]+) {2,}\S", picture, flags=re.MULTILINE)
+    assert rows[0] == "layer"  # the header
+    assert rows[1:] == [name for name, _ in LAYERS]
 
 
 def test_known_back_edges_still_exist() -> None:
