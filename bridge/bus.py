@@ -28,6 +28,7 @@ from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.hub import Hub, SubscriberBudget
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.pipeline import Watchdog
@@ -35,7 +36,7 @@ from bridge.prefer import Preference
 from bridge.results import EmitResult
 from bridge.routing import Router
 from bridge.sinks.base import Health, Sink, get_sink_type
-from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
+from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
 
 log = logging.getLogger("bridge.bus")
@@ -117,7 +118,8 @@ class Bus:
         )
         limits = self.config.limits
         self._hub = Hub(
-            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
+            self.metrics,
+            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes),
         )
         self.name = "root"
 
@@ -262,7 +264,7 @@ class Bus:
         child = copy.copy(self)
         child.name = f"{self.name}/{name}"
         # Scopes share one bound in bytes: memory is the process's, not a scope's.
-        child._hub = self._hub if shared else Hub(self._hub.budget)
+        child._hub = self._hub if shared else Hub(self.metrics, self._hub.budget)
         return child
 
     def subscription(

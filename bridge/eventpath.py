@@ -21,13 +21,13 @@ from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
+from bridge.hub import Hub
 from bridge.metrics import Metrics
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.prefer import Preference
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing
-from bridge.subscriptions import Hub
 from bridge.threads import HandlerThreads
 
 log = logging.getLogger("bridge.bus")

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from bridge.config import RetryConfig
-from bridge.deliverer import RetryPolicy
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
+from bridge.retry import RetryPolicy
 from bridge.sinks.toolkit import Backoff, Supervision, TaskGroup, TlsFiles, describe, read_secret
 
 
