@@ -14,7 +14,6 @@ from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
 from aiohttp import hdrs, web
-from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from prometheus_client import Counter
 
 import bridge
@@ -24,7 +23,13 @@ from bridge.metrics import METRICS
 from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
-from bridge.server._aiohttp import ContentEncodingError, HttpProcessingError
+from bridge.server._aiohttp import (
+    HAS_BROTLI,
+    HAS_ZSTD,
+    ContentEncodingError,
+    HttpProcessingError,
+    send_continue,
+)
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import (
     RETRY_AFTER_S,
@@ -34,7 +39,6 @@ from bridge.server.errors import (
     status_for,
 )
 from bridge.server.ingest import decode_batch, decode_event
-from bridge.server.limits import send_continue
 from bridge.server.state import Sidecar
 
 log = logging.getLogger("bridge.server")

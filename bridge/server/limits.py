@@ -6,7 +6,7 @@ it likes; nor does it bound the number of open connections. `ConnectionGuard`
 adds both, per listener, without touching the event path:
 
 - **max_connections**: the protocol factory (`ConnectionGuard.protocol_factory`,
-  given to ``loop.create_server`` by `bridge.server.listeners.GuardedSite`)
+  given to ``loop.create_server`` by `bridge.server._aiohttp.GuardedSite`)
   takes a slot from a `ConnectionBudget` for every accepted connection and
   gives it back when the connection is lost. Over the limit, the connection
   gets a ``503`` JSON error with ``Retry-After`` and is closed
@@ -34,10 +34,10 @@ the end, as if it were there to read the answer; one that closes before its
 body ended has nothing processed (``400 incomplete_body``).
 
 Protocol-level errors (bad request line, header line over the size limit) get
-the same JSON error body as every other error (`GuardedHandler.handle_error`).
+the same JSON error body as every other error (`ConnectionGuard.protocol_error`).
 
 ``Expect: 100-continue`` is answered lazily: ``100 Continue`` goes out only
-when a handler starts reading the body (`send_continue`), so a request the
+when a handler starts reading the body (``_aiohttp.send_continue``), so a request the
 headers already decide (401, 413, 415, 429, 503) gets its final status at
 once and the client never sends the body. Any other expectation gets ``417``
 JSON (``expectation_failed``).
@@ -47,18 +47,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any, Final, cast
 
 import msgspec
-from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from aiohttp import web
 
 from bridge.config import LimitsConfig
 from bridge.metrics import METRICS
-from bridge.server._aiohttp import BadHttpMethod, HttpProcessingError, HttpVersion11, LineTooLong
+from bridge.server._aiohttp import (
+    GuardedHandler,
+    HttpProcessingError,
+    LineTooLong,
+    unknown_method,
+)
 from bridge.server.errors import RETRY_AFTER_S, ApiError, error_body, error_response
 
 log = logging.getLogger("bridge.server")
@@ -74,15 +77,6 @@ MAX_LINGERING_REFUSALS: Final = 64
 LOG_INTERVAL_S: Final = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: A well-formed request line whose method llhttp does not know (it refuses those itself).
-_UNKNOWN_METHOD: Final = re.compile(
-    r"""b(['"])([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]\1"""
-)
-BaseHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-#: Request state: True while the client waits for ``100 Continue`` (see `send_continue`).
-EXPECTS_CONTINUE: Final = "evbridge.expects_continue"
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class BodyTimeout(ApiError):
@@ -239,9 +233,51 @@ class ConnectionGuard:
 
         return make
 
+    # --- what each connection's `GuardedHandler` asks (`ConnectionPolicy`) -------------
+
+    def release(self) -> None:
+        self.budget.give_back()
+
     def header_timed_out(self) -> None:
         self._header_counter.inc()
         self.log_header_timeout(listener=self.listener)
+
+    def body_timed_out(self) -> BaseException:
+        return BodyTimeout(self.body_timeout)
+
+    def protocol_error(
+        self, status: int, exc: BaseException | None, message: str | None
+    ) -> web.StreamResponse:
+        """Malformed requests (and unexpected failures) as the standard JSON error body."""
+        method = unknown_method(exc)
+        if method is not None:
+            # A method this server does not know is 501 (RFC 9110 §9.1), not a malformed request.
+            status, code = 501, "not_implemented"
+            text = f"method {method!r} is not implemented by this server"
+        elif isinstance(exc, LineTooLong):
+            status, code = 431, "header_too_large"
+            text = f"the request line or a header line is over {MAX_LINE_BYTES} bytes"
+        elif isinstance(exc, HttpProcessingError):
+            code = "bad_request"
+            text = f"malformed HTTP request: {exc.message}"
+        elif status == 500:
+            code, text = "internal_error", "evbridge failed to answer; see its log"
+            log.error("unexpected error answering a request", exc_info=exc)
+        else:
+            code, text = "http_error", message or "the request failed"
+        METRICS.error("ingest", code)
+        if status != 500:
+            log.info(
+                "%s: malformed HTTP request answered with %d %s: %s",
+                self.listener,
+                status,
+                code,
+                text,
+                extra={"status": status, "code": code, "listener": self.listener},
+            )
+        response = error_response(status, code, text)
+        response.force_close()
+        return response
 
     def expectation_failed(self, expect: str) -> web.Response:
         self._expect_counter.inc()
@@ -300,235 +336,6 @@ class _Refusal(asyncio.Protocol):
             self.lingering = False
 
 
-class GuardedHandler(web.RequestHandler):
-    """aiohttp's HTTP protocol plus header/body deadlines, half-close handling,
-    the connection budget, and JSON bodies for protocol-level errors."""
-
-    __slots__ = (
-        "_active",
-        "_body_timer",
-        "_client_eof",
-        "_first_request",
-        "_guard",
-        "_guard_loop",
-        "_header_timer",
-        "_slot_held",
-        "_undispatched",
-    )
-
-    def __init__(
-        self,
-        manager: web.Server,
-        guard: ConnectionGuard,
-        *,
-        loop: asyncio.AbstractEventLoop,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(manager, loop=loop, **kwargs)
-        self._guard = guard
-        self._guard_loop = loop
-        self._slot_held = True
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        #: The request whose handler is running (between `request_started` and `request_done`).
-        self._active: web.BaseRequest | None = None
-        #: The client closed its side; answer what was fully received, then close.
-        self._client_eof = False
-        #: Requests parsed whose handler has not started yet.
-        self._undispatched = 0
-        #: No request has started on this connection yet (its deadline runs from accept).
-        self._first_request = True
-        handler = self._request_handler
-        assert handler is not None
-        self._request_handler = self._with_expectations(handler)
-
-    # --- asyncio.Protocol -----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        # From accept, not from the first byte: a connection that never sends must not
-        # hold its slot until the keep-alive timeout.
-        self._header_timer = self._guard_loop.call_later(
-            self._guard.first_request_timeout, self._headers_too_slow
-        )
-
-    def data_received(self, data: bytes) -> None:
-        if data and self._active is None and self._header_timer is None:
-            self._header_timer = self._guard_loop.call_later(
-                self._guard.header_timeout, self._headers_too_slow
-            )
-        # aiohttp parses synchronously into its queue of requests (``_messages``), and
-        # only its own task takes them out, never during this call: the growth is
-        # what this data completed.
-        queued = len(self._messages)
-        super().data_received(data)
-        self._undispatched += max(0, len(self._messages) - queued)
-
-    # asyncio's signature: True keeps the transport open (aiohttp's always closes).
-    def eof_received(self) -> bool | None:  # type: ignore[override]
-        active = self._active
-        if active is not None:
-            if active.body_exists and active.content.is_eof():
-                self._client_eof = True
-                return True  # the request is complete: keep the write side for its answer
-            # Mid-body: aiohttp's disconnect path (400 incomplete_body). Without a body
-            # (say, an event stream), EOF means the client left: close as aiohttp does.
-            return super().eof_received()
-        if self._undispatched:
-            # A request was parsed and its handler has not started: `request_started`
-            # decides (answer it if its body is complete, 400 incomplete_body if not).
-            self._client_eof = True
-            return True
-        # No request is waiting: whatever head arrived can never be completed now.
-        return super().eof_received()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_timers()
-        if self._slot_held:
-            self._slot_held = False
-            self._guard.budget.give_back()
-        super().connection_lost(exc)
-
-    # --- request boundaries (from `connection_limits`) --------------------------------
-
-    def request_started(self, request: web.BaseRequest) -> None:
-        """The headers of ``request`` are in and its handler starts."""
-        self._undispatched = max(0, self._undispatched - 1)
-        self._first_request = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        self._active = request
-        payload = request.content
-        if payload.is_eof():
-            return
-        if self._client_eof:
-            # The client closed before the body ended: it never will. Fail the read now
-            # (400 incomplete_body) rather than waiting out the body timeout.
-            payload.set_exception(
-                ConnectionResetError("the client closed the connection before the body ended")
-            )
-            payload.feed_eof()  # nothing left to drain after the answer
-            return
-        self._body_timer = self._guard_loop.call_later(
-            self._guard.body_timeout, self._body_too_slow
-        )
-
-    def request_done(self) -> bool:
-        """The handler returned; True if the connection must close after its answer."""
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-        self._active = None
-        return self._client_eof
-
-    # --- deadlines --------------------------------------------------------------------
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._body_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        transport = self.transport
-        if self._active is not None or transport is None:
-            return
-        guard = self._guard
-        guard.header_timed_out()
-        if not self._client_eof:
-            transport.write(
-                guard.first_request_timeout_answer
-                if self._first_request
-                else guard.header_timeout_answer
-            )
-        self.force_close()
-
-    def _body_too_slow(self) -> None:
-        self._body_timer = None
-        request = self._active
-        if request is None or request.content.is_eof():
-            return
-        # Stop parsing this connection (what still arrives is dropped), fail the body
-        # read so the handler answers 408, and mark the body ended so aiohttp does not
-        # wait to drain it: the connection closes after the answer.
-        self.close()
-        payload = request.content
-        payload.set_exception(BodyTimeout(self._guard.body_timeout))
-        payload.feed_eof()
-
-    # --- Expect -------------------------------------------------------------------------
-
-    def _with_expectations(self, handler: BaseHandler) -> BaseHandler:
-        """``handler`` with the ``Expect`` header taken over from aiohttp, whose routes send
-        ``100 Continue`` before any handler could refuse the request."""
-        guard = self._guard
-
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            expect = request.headers.get(hdrs.EXPECT)
-            # HTTP/1.0 has no expectations: RFC 9110 §10.1.1 says to ignore the header.
-            if expect is None or request.version < HttpVersion11:
-                return await handler(request)
-            if expect.strip().lower() != "100-continue":
-                return guard.expectation_failed(expect)
-            headers = CIMultiDict(request.headers)
-            del headers[hdrs.EXPECT]
-            request = request.clone(headers=headers)
-            request[EXPECTS_CONTINUE] = True
-            response = await handler(request)
-            if request.get(EXPECTS_CONTINUE) and request.body_exists:
-                # The client holds its body back until 100 Continue, which now never
-                # comes: the connection cannot be reused (RFC 9110 §10.1.1).
-                response.force_close()
-            return response
-
-        return handle
-
-    # --- protocol-level errors ------------------------------------------------------------
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """Malformed requests (and unexpected failures) as the standard JSON error body."""
-        if request.writer.output_size > 0:
-            # Part of an answer is out: nothing valid can follow. aiohttp closes the connection.
-            raise ConnectionError("the response was already started; cannot send the error")
-        unknown = _UNKNOWN_METHOD.search(str(exc)) if isinstance(exc, BadHttpMethod) else None
-        if unknown is not None:
-            # A method this server does not know is 501 (RFC 9110 §9.1), not a malformed request.
-            status, code = 501, "not_implemented"
-            text = f"method {unknown.group(2)!r} is not implemented by this server"
-        elif isinstance(exc, LineTooLong):
-            status, code = 431, "header_too_large"
-            text = f"the request line or a header line is over {MAX_LINE_BYTES} bytes"
-        elif isinstance(exc, HttpProcessingError):
-            code = "bad_request"
-            text = f"malformed HTTP request: {exc.message}"
-        elif status == 500:
-            code, text = "internal_error", "evbridge failed to answer; see its log"
-            log.error("unexpected error answering a request", exc_info=exc)
-        else:
-            code, text = "http_error", message or "the request failed"
-        METRICS.error("ingest", code)
-        if status != 500:
-            log.info(
-                "%s: malformed HTTP request answered with %d %s: %s",
-                self._guard.listener,
-                status,
-                code,
-                text,
-                extra={"status": status, "code": code, "listener": self._guard.listener},
-            )
-        response = error_response(status, code, text)
-        response.force_close()
-        return response
-
-
 @web.middleware
 async def connection_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Tell the connection's `GuardedHandler` where each request starts and ends."""
@@ -543,16 +350,3 @@ async def connection_limits(request: web.Request, handler: Handler) -> web.Strea
     if close:
         response.force_close()
     return response
-
-
-async def send_continue(request: web.BaseRequest) -> None:
-    """Send ``100 Continue`` if the client waits for it before sending its body.
-
-    Call it right before reading the body, after every check the headers decide.
-    """
-    if request.get(EXPECTS_CONTINUE):
-        request[EXPECTS_CONTINUE] = False
-        writer = request.writer
-        await writer.write(_CONTINUE)
-        # The final answer's head is still to come (as aiohttp's own expect handler does).
-        writer.output_size = 0

@@ -7,9 +7,9 @@ import msgspec
 from aiohttp import web
 
 from bridge.errors import SpoolError
+from bridge.server._aiohttp import send_continue
 from bridge.server.auth import BearerAuth
 from bridge.server.errors import ApiError, json_response, status_for
-from bridge.server.limits import send_continue
 from bridge.server.paths import REPLAY_PATH
 from bridge.server.state import Sidecar
 
