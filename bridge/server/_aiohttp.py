@@ -2,7 +2,7 @@
 
 aiohttp has no public hook for the protocol of a new connection, for the moment a request's
 headers are parsed, or for answering ``Expect: 100-continue`` after the handler's own
-checks; the server needs all three (`bridge.server.limits`). Everything that relies on
+checks; the server needs all three (`bridge.server.connections`). Everything that relies on
 aiohttp beyond its documented API is here, so an aiohttp upgrade is checked in one module,
 by tests/unit/test_aiohttp_internals.py, within the bound in pyproject.toml.
 

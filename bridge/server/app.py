@@ -25,14 +25,9 @@ from prometheus_client import Histogram
 from bridge.config import Config
 from bridge.metrics import METRICS
 from bridge.server.api import Api
+from bridge.server.connections import CONNECTION_GUARD, ConnectionGuard, connection_limits
 from bridge.server.errors import ApiError, error_response, from_api_error, from_http_exception
-from bridge.server.limits import (
-    CONNECTION_GUARD,
-    ConnectionBudget,
-    ConnectionGuard,
-    Throttled,
-    connection_limits,
-)
+from bridge.server.limits import ConnectionBudget, Throttled
 from bridge.server.probes import Probes
 from bridge.server.requestid import install as install_request_ids
 from bridge.server.requestid import request_ids

@@ -42,7 +42,7 @@ from bridge.errors import ConfigError
 from bridge.server._aiohttp import GuardedSite
 from bridge.server.app import Listener, create_app
 from bridge.server.auth import check_exposure
-from bridge.server.limits import CONNECTION_GUARD
+from bridge.server.connections import CONNECTION_GUARD
 from bridge.server.listeners import (
     BACKLOG,
     absolute,

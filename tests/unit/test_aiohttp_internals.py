@@ -28,7 +28,8 @@ from bridge.server._aiohttp import (
     LineTooLong,
     unknown_method,
 )
-from bridge.server.limits import ConnectionBudget, ConnectionGuard
+from bridge.server.connections import ConnectionGuard
+from bridge.server.limits import ConnectionBudget
 
 WHERE = "bridge/server/_aiohttp.py"
 
