@@ -6,11 +6,12 @@
 
 Modules: ``app`` (apps, routes, middleware), ``api`` (``/v1`` handlers),
 ``probes`` (``/healthz``, ``/readyz``, ``/metrics``), ``ingest`` (content types
-to events), ``auth``, ``listeners`` (sockets), ``limits`` (body and connection
-limits), ``connections`` (where they are enforced), ``_aiohttp`` (every aiohttp
-internal the server relies on), ``errors`` (JSON errors and
-status mapping), ``state`` (the `Sidecar`), ``run`` (lifecycle and signals),
-``check`` (``evbridge check``), ``client`` (``evbridge emit``).
+to events), ``auth``, ``gate`` (the token and admission middlewares),
+``listeners`` (sockets), ``limits`` (body and connection limits),
+``connections`` (where they are enforced), ``_aiohttp`` (every aiohttp internal
+the server relies on), ``errors`` (JSON errors and status mapping), ``state``
+(the `Sidecar`), ``run`` (lifecycle and signals), ``check`` (``evbridge check``),
+``client`` (``evbridge emit``).
 """
 
 from bridge.server.app import LISTENER, SIDECAR, create_app, standalone_app

@@ -1,8 +1,14 @@
 """The ``/v1`` endpoints: post one event, post a batch, info, the OpenAPI document.
 
 One `Api` object per listener holds everything a request needs, looked up
-once: the bus, the limits, the auth check and the metric children for its
-transport. The per-request path does no regex compiles and no metric lookups.
+once: the bus, the limits and the metric children for its transport. The
+per-request path does no regex compiles and no metric lookups.
+
+Both event routes run in one skeleton, the `Api.requests` middleware: it counts
+the request, tracks it for shutdown, turns every refusal into one counted, logged
+JSON error, and answers ``503 outcome_unknown`` when shutdown cuts it off. The
+token and admission are middlewares too (`bridge.server.gate`), inside it, so a
+request refused there is counted and logged the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from bridge.server._aiohttp import (
     HttpProcessingError,
     send_continue,
 )
-from bridge.server.auth import BearerAuth
 from bridge.server.errors import (
     RETRY_AFTER_S,
     ApiError,
@@ -38,7 +43,9 @@ from bridge.server.errors import (
     json_response,
     status_for,
 )
+from bridge.server.gate import Handler, route_path, ticket
 from bridge.server.ingest import decode_batch, decode_event
+from bridge.server.paths import BATCH_PATH, EVENTS_PATH
 from bridge.server.state import Sidecar
 
 log = logging.getLogger("bridge.server")
@@ -104,12 +111,14 @@ class Api:
         # A batch larger than max_inflight could never be admitted: refuse it as too large.
         self.max_batch = min(limits.max_batch, limits.max_inflight)
         self.max_depth = limits.max_nesting_depth
-        token = sidecar.config.auth.token
-        self.auth = BearerAuth(token) if token and transport == "tcp" else None
         self.stats = sidecar.stats
         self._received = METRICS.events_received.labels(transport)
-        self._duration_event = METRICS.request_duration.labels(transport, "events")
-        self._duration_batch = METRICS.request_duration.labels(transport, "batch")
+        duration = METRICS.request_duration
+        #: The event routes (which `requests` wraps), each with its duration histogram.
+        self._durations = {
+            EVENTS_PATH: duration.labels(transport, "events"),
+            BATCH_PATH: duration.labels(transport, "batch"),
+        }
         self._rejected: dict[str, Counter] = {}
         self._openapi = openapi_document()
         # `Prefer: respond-async` / `wait=N` count where delivery.allow_override is true.
@@ -125,22 +134,6 @@ class Api:
         METRICS.errors.labels("ingest", code).inc(count)
         self.stats.rejected += count
 
-    def _reservation(self, request: web.Request) -> int:
-        """Bytes to reserve under ``limits.max_inflight_bytes`` before reading the body:
-        its ``Content-Length``, or ``max_body_bytes`` when the size is not known ahead
-        (chunked, or compressed: the limit applies to the decoded body)."""
-        length = request.content_length
-        if length is None or "Content-Encoding" in request.headers:
-            return self.max_body
-        return min(length, self.max_body)
-
-    def _settle(self, reserved: int, body: bytes) -> int:
-        """Give back what a body reserved at `_reservation` did not use; what stays."""
-        if len(body) < reserved:
-            self.sidecar.release(0, reserved - len(body))
-            return len(body)
-        return reserved
-
     async def _read(self, request: web.Request) -> bytes:
         length = request.content_length
         if length is not None and length > self.max_body:
@@ -153,7 +146,7 @@ class Api:
         # Every check the headers decide is done: only now may the client send its body.
         await send_continue(request)
         try:
-            return await request.read()
+            body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(
                 413, "body_too_large", f"the body is over limits.max_body_bytes ({self.max_body})"
@@ -179,6 +172,8 @@ class Api:
             cause = exc.__cause__
             detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
             raise ApiError(400, "bad_request", f"malformed request body: {detail}") from None
+        ticket().settle(body)
+        return body
 
     def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
         """A whole request refused: count it, log one line, answer the JSON error."""
@@ -202,34 +197,20 @@ class Api:
             )
         return response
 
-    # --- POST /v1/events ---------------------------------------------------------------
+    # --- the skeleton of both event routes ------------------------------------------------
 
-    async def post_event(self, request: web.Request) -> web.Response:
+    @web.middleware
+    async def requests(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Run an event request (`post_event`, `post_batch`); other routes pass through."""
+        duration = self._durations.get(route_path(request) or "")
+        if duration is None:
+            return await handler(request)
         start = perf_counter()
         sidecar = self.sidecar
         self.stats.requests += 1
         sidecar.request_started()
         try:
-            if self.auth is not None:
-                self.auth.check(request.headers)
-            reserved_bytes = self._reservation(request)
-            sidecar.admit(1, reserved_bytes)
-            try:
-                body = await self._read(request)
-                reserved_bytes = self._settle(reserved_bytes, body)
-                self._received.inc()
-                headers = request.headers
-                try:
-                    event = decode_event(
-                        headers.get("Content-Type"), headers, body, max_depth=self.max_depth
-                    )
-                except InvalidEvent as exc:
-                    raise ApiError(400, exc.code, exc.message, field=exc.field) from None
-                preference = self._preference(request)
-                result = await self.bus.emit(event, delivery=preference)
-            finally:
-                sidecar.release(1, reserved_bytes)
-            response = self._answer(request, result, preference)
+            response = await handler(request)
         except ApiError as exc:
             response = self._refused(request, exc)
         except BridgeError as exc:  # the bus refused to emit at all (e.g. stopped)
@@ -241,8 +222,24 @@ class Api:
             response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
-        self._duration_event.observe(perf_counter() - start)
+        duration.observe(perf_counter() - start)
         return response
+
+    # --- POST /v1/events ---------------------------------------------------------------
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        body = await self._read(request)
+        self._received.inc()
+        headers = request.headers
+        try:
+            event = decode_event(
+                headers.get("Content-Type"), headers, body, max_depth=self.max_depth
+            )
+        except InvalidEvent as exc:
+            raise ApiError(400, exc.code, exc.message, field=exc.field) from None
+        preference = self._preference(request)
+        result = await self.bus.emit(event, delivery=preference)
+        return self._answer(result, preference)
 
     def _preference(self, request: web.Request) -> Preference | None:
         """The request's ``Prefer`` (RFC 7240), where the config lets it choose the mode."""
@@ -250,9 +247,7 @@ class Api:
             return None
         return parse_prefer(request.headers.get("Prefer"))
 
-    def _answer(
-        self, request: web.Request, result: EmitResult, preference: Preference | None = None
-    ) -> web.Response:
+    def _answer(self, result: EmitResult, preference: Preference | None = None) -> web.Response:
         """The result as the response: 200, or 202 once spooled. Rejections were logged
         by the bus or the publisher."""
         error = result.error
@@ -283,50 +278,21 @@ class Api:
     # --- POST /v1/events/batch ---------------------------------------------------------
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        start = perf_counter()
-        sidecar = self.sidecar
-        self.stats.requests += 1
-        sidecar.request_started()
-        try:
-            if self.auth is not None:
-                self.auth.check(request.headers)
-            reserved_bytes = self._reservation(request)
-            sidecar.admit(1, reserved_bytes)
-            reserved = 1
-            try:
-                body = await self._read(request)
-                reserved_bytes = self._settle(reserved_bytes, body)
-                headers = request.headers
-                items = decode_batch(
-                    headers.get("Content-Type"),
-                    headers,
-                    body,
-                    max_items=self.max_batch,
-                    max_depth=self.max_depth,
-                )
-                self._received.inc(len(items))
-                events = [item for item in items if isinstance(item, Event)]
-                if len(events) > reserved:
-                    sidecar.admit(len(events) - reserved)
-                    reserved = len(events)
-                preference = self._preference(request)
-                results = await self.bus.emit_many(events, delivery=preference) if events else []
-            finally:
-                sidecar.release(reserved, reserved_bytes)
-            response = json_response(self._batch_body(items, results))
-        except ApiError as exc:
-            response = self._refused(request, exc)
-        except BridgeError as exc:
-            response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
-        except asyncio.CancelledError:
-            self.stats.cancelled += 1
-            if not sidecar.absorb_cut_off():
-                raise
-            response = self._refused(request, _outcome_unknown())
-        finally:
-            sidecar.request_done()
-        self._duration_batch.observe(perf_counter() - start)
-        return response
+        body = await self._read(request)
+        headers = request.headers
+        items = decode_batch(
+            headers.get("Content-Type"),
+            headers,
+            body,
+            max_items=self.max_batch,
+            max_depth=self.max_depth,
+        )
+        self._received.inc(len(items))
+        events = [item for item in items if isinstance(item, Event)]
+        ticket().grow(len(events))
+        preference = self._preference(request)
+        results = await self.bus.emit_many(events, delivery=preference) if events else []
+        return json_response(self._batch_body(items, results))
 
     def _batch_body(
         self, items: list[Event | InvalidEvent], results: list[EmitResult]
@@ -377,8 +343,6 @@ class Api:
     async def info(self, request: web.Request) -> web.Response:
         """``GET /v1/info``: no secret in it (sink details and routes are scrubbed,
         sink configs are not shown at all)."""
-        if self.auth is not None:
-            self.auth.check(request.headers)
         sidecar = self.sidecar
         config = sidecar.config
         health = await sidecar.health() if sidecar.phase == "running" else {}
@@ -418,6 +382,4 @@ class Api:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        if self.auth is not None:
-            self.auth.check(request.headers)
         return web.Response(body=self._openapi, content_type="application/json")
