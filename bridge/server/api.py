@@ -19,7 +19,7 @@ from importlib import resources
 from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import Counter
 
 import bridge
@@ -29,13 +29,7 @@ from bridge.metrics import METRICS
 from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
-from bridge.server._aiohttp import (
-    HAS_BROTLI,
-    HAS_ZSTD,
-    ContentEncodingError,
-    HttpProcessingError,
-    send_continue,
-)
+from bridge.server.body import UnframedBody, read_body
 from bridge.server.errors import (
     RETRY_AFTER_S,
     ApiError,
@@ -53,8 +47,6 @@ log = logging.getLogger("bridge.server")
 Transport = Literal["tcp", "unix"]
 
 _RETRY: Final = {"Retry-After": RETRY_AFTER_S}
-#: Request state: the connection cannot carry another request after this one's answer.
-_CLOSE: Final = "evbridge.close_connection"
 
 
 def _outcome_unknown() -> ApiError:
@@ -64,33 +56,6 @@ def _outcome_unknown() -> ApiError:
         "evbridge shut down while this request was processed (shutdown.grace_s ran out): "
         "its events may or may not have been published; retry on another instance if "
         "duplicates are acceptable",
-    )
-
-
-#: Content-Encodings aiohttp decodes while reading a body (``identity``: none).
-CONTENT_CODINGS: Final = (
-    ("identity", "gzip", "deflate")
-    + (("br",) if HAS_BROTLI else ())
-    + (("zstd",) if HAS_ZSTD else ())
-)
-
-
-def check_content_encoding(headers: Any) -> None:
-    """Refuse a ``Content-Encoding`` the body would not be decoded from: 415.
-
-    aiohttp passes a body with an unknown coding (or a list of codings) through
-    undecoded, which would hand compressed bytes to the decoders as if they
-    were the event.
-    """
-    coding = headers.get(hdrs.CONTENT_ENCODING)
-    if coding is None or coding.strip().lower() in CONTENT_CODINGS:
-        return
-    raise ApiError(
-        415,
-        "unsupported_content_encoding",
-        f"unsupported Content-Encoding {coding[:64]!r}; use one of {', '.join(CONTENT_CODINGS)}",
-        field="Content-Encoding",
-        headers={"Accept-Encoding": ", ".join(CONTENT_CODINGS)},
     )
 
 
@@ -135,53 +100,17 @@ class Api:
         self.stats.rejected += count
 
     async def _read(self, request: web.Request) -> bytes:
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            raise ApiError(
-                413,
-                "body_too_large",
-                f"the body is {length} bytes; limits.max_body_bytes is {self.max_body}",
-            )
-        check_content_encoding(request.headers)
-        # Every check the headers decide is done: only now may the client send its body.
-        await send_continue(request)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(
-                413, "body_too_large", f"the body is over limits.max_body_bytes ({self.max_body})"
-            ) from None
-        except ConnectionError:
-            raise ApiError(
-                400, "incomplete_body", "the client closed the connection before the body ended"
-            ) from None
-        except web.RequestPayloadError as exc:
-            # The parser stopped mid-body: nothing after it on this connection can be framed.
-            # Close after the answer, and mark the body ended so aiohttp does not try to
-            # drain it (which would raise the same error again, unhandled).
-            request[_CLOSE] = True
-            request.content.feed_eof()
-            if isinstance(exc.__cause__, ContentEncodingError):
-                coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
-                raise ApiError(
-                    400,
-                    "invalid_content_encoding",
-                    f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
-                    field="Content-Encoding",
-                ) from None
-            cause = exc.__cause__
-            detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
-            raise ApiError(400, "bad_request", f"malformed request body: {detail}") from None
+        body = await read_body(request, self.max_body)
         ticket().settle(body)
         return body
 
-    def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
+    def _refused(self, request: web.Request, exc: ApiError) -> web.Response:
         """A whole request refused: count it, log one line, answer the JSON error."""
-        self._count_rejected(exc.code, count)
+        self._count_rejected(exc.code)
         # Not force-closed on 413: aiohttp reads and drops the unread body (bounded by its
         # lingering time), so the client can finish sending and read this answer.
         response = from_api_error(exc)
-        if request.get(_CLOSE):
+        if isinstance(exc, UnframedBody):
             response.force_close()
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
@@ -228,6 +157,7 @@ class Api:
     # --- POST /v1/events ---------------------------------------------------------------
 
     async def post_event(self, request: web.Request) -> web.Response:
+        """One event: its result, with the status of its outcome (200, 202, 4xx, 5xx)."""
         body = await self._read(request)
         self._received.inc()
         headers = request.headers
@@ -278,6 +208,7 @@ class Api:
     # --- POST /v1/events/batch ---------------------------------------------------------
 
     async def post_batch(self, request: web.Request) -> web.Response:
+        """A batch: 200 with one result per item; the admission grows to its events."""
         body = await self._read(request)
         headers = request.headers
         items = decode_batch(
