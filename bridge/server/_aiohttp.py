@@ -6,8 +6,9 @@ checks; the server needs all three (`bridge.server.connections`). Everything tha
 aiohttp beyond its documented API is here, so an aiohttp upgrade is checked in one module,
 by tests/unit/test_aiohttp_internals.py, within the bound in pyproject.toml.
 
-Checked against aiohttp 3.14.5 (installed); pyproject.toml bounds it ``>=3.9,<3.15``. What
-is used, and where aiohttp defines it:
+Checked against aiohttp 3.14.5 (installed); pyproject.toml bounds it ``>=3.14,<3.15``: 3.14
+is the first release with ``web.RequestKey``, which the server's request state uses. What is
+used, and where aiohttp defines it:
 
 - ``aiohttp.http_exceptions``: ``BadHttpMethod``, ``ContentEncodingError``,
   ``HttpProcessingError`` (and its ``message``), ``LineTooLong`` — not re-exported by
@@ -73,7 +74,7 @@ _UNKNOWN_METHOD: Final = re.compile(
     r"""b(['"])([!#$%&*+.^_`|~0-9A-Za-z-]{1,32}) \S+ HTTP/1\.[01]\1"""
 )
 #: Request state: True while the client waits for ``100 Continue`` (see `send_continue`).
-EXPECTS_CONTINUE: Final = "evbridge.expects_continue"
+EXPECTS_CONTINUE: Final = web.RequestKey("expects_continue", bool)
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

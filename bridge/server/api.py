@@ -101,7 +101,7 @@ class Api:
 
     async def _read(self, request: web.Request) -> bytes:
         body = await read_body(request, self.max_body)
-        ticket().settle(body)
+        ticket(request).settle(body)
         return body
 
     def _refused(self, request: web.Request, exc: ApiError) -> web.Response:
@@ -220,7 +220,7 @@ class Api:
         )
         self._received.inc(len(items))
         events = [item for item in items if isinstance(item, Event)]
-        ticket().grow(len(events))
+        ticket(request).grow(len(events))
         preference = self._preference(request)
         results = await self.bus.emit_many(events, delivery=preference) if events else []
         return json_response(self._batch_body(items, results))

@@ -15,7 +15,6 @@ Two middlewares, so a handler cannot forget either:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Final, Protocol
 
 from aiohttp import web
@@ -38,9 +37,6 @@ class Middleware(Protocol):
 OPEN_PATHS: Final = frozenset(PROBE_PATHS)
 #: Routes whose requests carry events: admitted under the in-flight limits.
 INGEST_PATHS: Final = frozenset({EVENTS_PATH, BATCH_PATH})
-#: The `Ticket` of the event request this task runs. A context variable, not request
-#: storage: aiohttp before 3.14 has no typed request keys, and 3.14 warns on str keys.
-_TICKET: ContextVar[Ticket] = ContextVar("evbridge_ticket")
 
 
 def route_path(request: web.BaseRequest) -> str | None:
@@ -93,9 +89,13 @@ class Ticket:
         self.events = self.size = 0
 
 
-def ticket() -> Ticket:
-    """The `Ticket` `admission` gave the event request this task runs."""
-    return _TICKET.get()
+#: Request state: the `Ticket` of an admitted event request.
+_TICKET: Final = web.RequestKey("ticket", Ticket)
+
+
+def ticket(request: web.Request) -> Ticket:
+    """The `Ticket` `admission` gave ``request``."""
+    return request[_TICKET]
 
 
 def admission(sidecar: Sidecar) -> Middleware:
@@ -113,12 +113,10 @@ def admission(sidecar: Sidecar) -> Middleware:
             size = max_body
         else:
             size = min(length, max_body)
-        held = Ticket(sidecar, size)
-        reset = _TICKET.set(held)
+        held = request[_TICKET] = Ticket(sidecar, size)
         try:
             return await handler(request)
         finally:
-            _TICKET.reset(reset)
             held.release()
 
     return admit

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from unittest import mock
 
+import aiohttp
 import pytest
 from aiohttp import abc, compression_utils, http_parser, web, web_urldispatcher
 
@@ -180,3 +183,18 @@ def test_the_module_lists_what_it_uses() -> None:
         "3.14.5",
     ):
         assert name in doc, f"{WHERE}'s docstring no longer lists {name!r}"
+
+
+def test_the_bound_in_pyproject_is_the_one_the_module_names() -> None:
+    """The module says which aiohttp it was checked against; pyproject.toml pins that series."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    spec = next(d for d in pyproject["project"]["dependencies"] if d.startswith("aiohttp"))
+    bound = spec.removeprefix("aiohttp")
+    assert f"``{bound}``" in (_aiohttp.__doc__ or ""), (
+        f"pyproject.toml bounds aiohttp {bound!r}; {WHERE}'s docstring names another bound"
+    )
+    low, high = (part.lstrip("<>=") for part in bound.split(","))
+    installed = tuple(int(x) for x in aiohttp.__version__.split(".")[:2])
+    assert tuple(map(int, low.split("."))) <= installed < tuple(map(int, high.split("."))), (
+        f"aiohttp {aiohttp.__version__} is installed, outside the checked bound {bound!r}"
+    )
