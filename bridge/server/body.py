@@ -47,7 +47,8 @@ class UnframedBody(ApiError):
     """The parser stopped mid-body (400): nothing after it on this connection can be
     framed, so the answer closes the connection."""
 
-    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(self, *, code: str, message: str, field: str | None = None) -> None:
+        # Keyword-only: the troubleshooting page's test finds codes spelled ``code="..."``.
         super().__init__(400, code, message, field=field)
 
 
@@ -85,11 +86,13 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         if isinstance(exc.__cause__, ContentEncodingError):
             coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
             raise UnframedBody(
-                "invalid_content_encoding",
-                f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
+                code="invalid_content_encoding",
+                message=f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
                 field="Content-Encoding",
             ) from None
         cause = exc.__cause__
         detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
-        raise UnframedBody("bad_request", f"malformed request body: {detail}") from None
+        raise UnframedBody(
+            code="bad_request", message=f"malformed request body: {detail}"
+        ) from None
     return body
