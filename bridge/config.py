@@ -35,6 +35,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ShutdownConfig",
+    "config_path",
     "default_config_text",
     "default_source",
     "load_config",
@@ -326,12 +327,22 @@ def default_config_text() -> str:
     return resources.files("bridge").joinpath("default.yaml").read_text()
 
 
+def config_path(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The file `load_config` reads for ``path``: ``path``, else ``$EVBRIDGE_CONFIG``;
+    None means the embedded default."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    return None if chosen is None else os.fspath(chosen)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
     """Load ``path`` (or ``$EVBRIDGE_CONFIG``, or the embedded default) into a `Config`."""
     env = os.environ if env is None else env
-    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    chosen = config_path(path, env)
     if chosen is None:
         return parse_config(load_yaml(default_config_text(), "default config"), env)
     try:

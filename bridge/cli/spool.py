@@ -1,10 +1,14 @@
 """``evbridge spool status | verify | dead-letters | replay-dead-letters``.
 
-The spool directory is ``delivery.spool_dir`` of the config (``--config``), or
-``--dir``. ``status``, ``verify`` and ``dead-letters`` only read, so they work
-while the bridge runs. ``replay-dead-letters`` changes the spool: with the
-bridge stopped it does so itself; with the bridge running it asks the bridge
-(``POST /v1/spool/dead-letters/replay``), which owns the spool.
+The spool directory is ``--dir``, or ``delivery.spool_dir`` of the config
+``serve`` would read (``--config``, else ``$EVBRIDGE_CONFIG``, else the
+embedded default). ``status``, ``verify`` and ``dead-letters`` only read, so
+they work while the bridge runs. ``replay-dead-letters`` changes the spool:
+with the bridge stopped it does so itself; with the bridge running it asks the
+bridge (``POST /v1/spool/dead-letters/replay``), which owns the spool.
+
+No command creates a spool: where there is none, each says where it looked
+(and why there) and exits 1.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from bridge.config import load_config
+from bridge.config import config_path, load_config
 from bridge.errors import BridgeError, ConfigError
 
 if TYPE_CHECKING:
@@ -71,10 +75,32 @@ def add_spool(sub: Any) -> None:
     replay.set_defaults(run=_replay)
 
 
+class _NoSpool(Exception):
+    """There is no spool where the command looked; the message says where and why there."""
+
+
 def _directory(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
     return Path(load_config(args.config).delivery.spool_dir)
+
+
+def _existing(args: argparse.Namespace) -> Path:
+    """The spool directory, or `_NoSpool` when it holds no spool."""
+    from bridge.spool.inspect import spool_exists
+
+    directory = _directory(args)
+    if spool_exists(directory):
+        return directory
+    if args.dir:
+        why = "--dir"
+    else:
+        source = config_path(args.config)
+        why = f"delivery.spool_dir of {source or 'the embedded default config'}"
+    raise _NoSpool(
+        f"no spool at {directory.absolute()} ({why}); "
+        "name the bridge's config with --config (or $EVBRIDGE_CONFIG) or the spool with --dir"
+    )
 
 
 def _age(oldest_ns: int | None) -> str:
@@ -86,7 +112,10 @@ def _inspect(args: argparse.Namespace) -> Inspection | int:
     from bridge.spool.inspect import inspect
 
     try:
-        return inspect(_directory(args))
+        return inspect(_existing(args))
+    except _NoSpool as exc:
+        print(f"evbridge spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,9 +133,6 @@ def _status(args: argparse.Namespace) -> int:
         return found
     if args.json:
         print(msgspec.json.encode(found.to_dict()).decode())
-        return EXIT_OK
-    if not found.exists:
-        print(f"no spool at {found.directory}")
         return EXIT_OK
     state = f"in use by pid {found.owner}" if found.owner else "not in use"
     print(f"spool {found.directory} ({state}): {found.disk_bytes} bytes on disk")
@@ -149,7 +175,10 @@ def _dead_letters(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import dead_letters
 
     try:
-        directory = _directory(args)
+        directory = _existing(args)
+    except _NoSpool as exc:
+        print(f"evbridge spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -161,6 +190,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    if not views and not args.json:
+        print("no dead letters" + (f" of sink {args.sink!r}" if args.sink else ""))
     for view in views:
         if args.json:
             print(msgspec.json.encode(view).decode())
@@ -183,12 +214,16 @@ def _replay(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import owner_pid
 
     try:
-        directory = _directory(args)
+        remote = bool(args.socket or args.url)
+        directory = _directory(args) if remote else _existing(args)
+    except _NoSpool as exc:
+        print(f"evbridge spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if owner_pid(directory) is not None or args.socket or args.url:
+        if remote or owner_pid(directory) is not None:
             moved = asyncio.run(_replay_remote(args))
         else:
             moved = asyncio.run(_replay_local(directory, args.sink))
