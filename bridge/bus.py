@@ -70,6 +70,7 @@ class Bus:
         handlers = self.config.handlers
         import_modules(
             handlers.modules,
+            path=handlers.path,
             entry_point_group="evbridge.handlers" if handlers.entry_points else None,
         )
         self.metrics = metrics if metrics is not None else METRICS

@@ -132,9 +132,15 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     its handler's timeout. ``cancel_grace_s``: how long a cancelled ``async def``
     handler may take to end; one that catches the cancellation and goes on past
     it is abandoned (see docs/guarantees.md, "Handlers").
+
+    ``path``: directories added to the end of ``sys.path`` before ``modules``
+    are imported. `load_config` resolves a relative one against the config
+    file's directory and puts that directory first, so a module next to the
+    config imports with no setting at all; after loading, every entry is absolute.
     """
 
     modules: tuple[str, ...] = ()
+    path: tuple[str, ...] = ()
     timeout_s: PositiveFloat = 5.0
     max_depth: PositiveInt = 8
     concurrency: PositiveInt = 64
@@ -260,8 +266,26 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             target[key] = text
 
 
-def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
-    """Validate a decoded config mapping (plus env overrides) into a `Config`."""
+def _handler_path(handlers: HandlersConfig, directory: Path | None) -> HandlersConfig:
+    """``handlers.path`` made absolute: relative to ``directory`` (else the current
+    directory), with ``directory`` itself first."""
+    base = directory if directory is not None else Path.cwd()
+    entries = ([directory] if directory is not None else []) + [base / p for p in handlers.path]
+    resolved = tuple(dict.fromkeys(os.path.normpath(p.absolute()) for p in entries))
+    return msgspec.structs.replace(handlers, path=resolved)
+
+
+def parse_config(
+    raw: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Validate a decoded config mapping (plus env overrides) into a `Config`.
+
+    ``directory`` is the config file's: handler modules there import, and a
+    relative ``handlers.path`` is resolved against it (else the current directory).
+    """
     data: dict[str, Any] = dict(raw or {})
     _env_overrides(data, os.environ if env is None else env)
     raw_sinks = data.pop("sinks", None) or []
@@ -303,6 +327,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
         seen.add(route.name)
     return msgspec.structs.replace(
         config,
+        handlers=_handler_path(config.handlers, Path(directory) if directory else None),
         source=config.source or default_source(),
         sinks=tuple(sinks.values()),
         routes=routes,
@@ -349,4 +374,4 @@ def load_config(
         text = Path(chosen).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc.strerror}") from None
-    return parse_config(load_yaml(text, str(chosen)), env)
+    return parse_config(load_yaml(text, str(chosen)), env, directory=Path(chosen).parent)

@@ -127,7 +127,8 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
     report.add(
         "handlers",
         True,
-        f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules",
+        f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules"
+        + (f" (importable from {', '.join(config.handlers.path)})" if config.handlers.path else ""),
     )
     report.add(
         "routes",

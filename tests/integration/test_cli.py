@@ -146,6 +146,82 @@ def test_check_reports_config_problems(
     assert "FAIL" in done.stdout
 
 
+# --- handler modules next to the config ---------------------------------------------------
+
+NEXT_TO_CONFIG = """\
+from bridge import on
+
+
+@on("app.*")
+def greet(event, ctx):
+    pass
+"""
+
+SHARED = """\
+from bridge import on
+
+
+@on("app.*")
+def audit(event, ctx):
+    pass
+"""
+
+
+def handler_tree(root: Path) -> Path:
+    """``root/app/config.yaml`` naming ``myapp.handlers`` (``root/app/myapp/handlers.py``) and
+    ``shared_handlers`` (``root/shared/``, through ``handlers.path``); returns the config."""
+    (root / "app" / "myapp").mkdir(parents=True)
+    (root / "app" / "myapp" / "handlers.py").write_text(NEXT_TO_CONFIG)
+    (root / "shared").mkdir()
+    (root / "shared" / "shared_handlers.py").write_text(SHARED)
+    config = {
+        "listen": {"tcp": "127.0.0.1:0", "unix": None},
+        "metrics": {"tcp": "127.0.0.1:0"},
+        "handlers": {
+            "modules": ["myapp.handlers", "shared_handlers"],
+            "path": ["../shared"],
+            "entry_points": False,
+        },
+        **MEMORY,
+    }
+    path = root / "app" / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_check_imports_handler_modules_next_to_the_config(tmp_path: Path) -> None:
+    config = handler_tree(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run("check", "--config", str(config), cwd=elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("handlers")]
+    assert "2 handlers from 2 configured modules" in line
+    assert f"importable from {tmp_path / 'app'}, {tmp_path / 'shared'}" in line
+
+
+def test_a_missing_handler_module_names_where_it_was_looked_for(tmp_path: Path) -> None:
+    config = handler_tree(tmp_path)
+    (tmp_path / "shared" / "shared_handlers.py").unlink()
+    done = run("check", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "No module named 'shared_handlers'" in done.stdout
+    assert str(tmp_path / "shared") in done.stdout
+
+
+def test_serve_imports_handler_modules_next_to_the_config(
+    tmp_path: Path, evbridge_server_factory: ServerFactory
+) -> None:
+    config = handler_tree(tmp_path)
+    server = evbridge_server_factory(config_file=False, args=("--config", str(config)))
+    status, _, body = server.sync_client("tcp").request(
+        "POST", "/v1/events", b'{"type": "app.started"}', {"Content-Type": "application/json"}
+    )
+    assert status == 200, body
+    ran = [(h["name"], h["outcome"]) for h in json.loads(body)["handlers"]]
+    assert sorted(ran) == [("myapp.handlers.greet", "ok"), ("shared_handlers.audit", "ok")]
+
+
 BAD_DEAD_LETTER = {
     "sinks": [
         {"name": "mem", "type": "memory"},
