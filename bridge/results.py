@@ -61,6 +61,8 @@ class EmitResult(msgspec.Struct, frozen=True):
     spool, delivered in the background) or ``rejected`` (``error`` says why;
     ``error.retriable`` tells whether sending it again may succeed).
     Handler failures never change the status: they are in ``handlers``.
+    ``preference_not_applied`` says why a request's ``Prefer: respond-async``
+    was not applied (the event was delivered synchronously).
     """
 
     id: str
@@ -70,6 +72,7 @@ class EmitResult(msgspec.Struct, frozen=True):
     deliveries: list[Delivery] = []
     follow_ups: list[EmitResult] = []
     error: ErrorInfo | None = None
+    preference_not_applied: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The JSON shape of the HTTP API (durations in milliseconds)."""
@@ -91,6 +94,8 @@ class EmitResult(msgspec.Struct, frozen=True):
         }
         if self.error is not None:
             out["error"] = msgspec.to_builtins(self.error)
+        if self.preference_not_applied is not None:
+            out["preference_not_applied"] = self.preference_not_applied
         return out
 
 
