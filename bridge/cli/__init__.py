@@ -52,9 +52,11 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def _setup_logging(args: argparse.Namespace, config: Config | None) -> None:
+def _setup_logging(
+    args: argparse.Namespace, config: Config | None, default_level: str = "info"
+) -> None:
     fmt = args.log_format or (config.logging.format if config else "text")
-    level = args.log_level or (config.logging.level if config else "info")
+    level = args.log_level or (config.logging.level if config else default_level)
     setup_logging(fmt, level)
 
 
@@ -114,7 +116,10 @@ def _add_check(sub: Subparsers) -> None:
         "health check. Exit 0 when everything passes, 1 otherwise.",
     )
     _config_option(parser)
-    _logging_options(parser)
+    parser.add_argument("--log-format", choices=("text", "json"), help="default: text")
+    parser.add_argument(
+        "--log-level", choices=LEVELS, help="default: error (the table reports each problem)"
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -127,7 +132,8 @@ def _add_check(sub: Subparsers) -> None:
 def _check(args: argparse.Namespace) -> int:
     from bridge.server.check import run_check
 
-    _setup_logging(args, None)
+    # The table reports every problem; log lines would only repeat it ahead of it.
+    _setup_logging(args, None, default_level="error")
     where = args.config or os.environ.get("EVBRIDGE_CONFIG") or "embedded default config"
     report = _run(run_check(args.config, where, timeout=args.timeout))
     print(report.text())

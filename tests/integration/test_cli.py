@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -122,6 +123,34 @@ def test_check_reports_each_failing_sink(tmp_path: Path) -> None:
     assert "probe broker unreachable" in lines["sink sick (probe)"]
     assert " ok " in lines["sink fine (probe)"]
     assert done.stdout.splitlines()[-1] == "2 check(s) failed"
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: nothing listens there
+
+
+def test_check_against_unreachable_brokers_prints_only_its_table(tmp_path: Path) -> None:
+    port = unused_port()
+    config = {
+        "sinks": [
+            {"name": "k", "type": "kafka", "bootstrap_servers": f"127.0.0.1:{port}"},
+            {"name": "r", "type": "rabbitmq", "url": f"amqp://guest:guest@127.0.0.1:{port}/"},
+            {"name": "n", "type": "nats", "servers": f"nats://127.0.0.1:{port}"},
+        ],
+        "routes": [{"name": "all", "match": "*", "sink": "k", "topic": "t"}],
+    }
+    done = run("check", "--config", str(write_config(tmp_path, config)), "--timeout", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    for name, kind in (("k", "kafka"), ("r", "rabbitmq"), ("n", "nats")):
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"sink {name} ")]
+        assert f"sink {name} ({kind})" in line
+        assert "FAIL  cannot connect to" in line
+    assert done.stderr == ""  # no log line at all ahead of the table, a library's least of all
+    assert "aiokafka" not in done.stdout
+    assert "aiormq" not in done.stdout
 
 
 @pytest.mark.parametrize(
