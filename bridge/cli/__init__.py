@@ -1,4 +1,4 @@
-"""The ``evbridge`` command: ``serve``, ``check``, ``emit``, ``version``.
+"""The ``evbridge`` command: ``serve``, ``check``, ``emit``, ``init``, ``version``.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets
 ``run``; `COMMANDS` lists them in help order, so another module's commands
@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 import bridge
+from bridge.cli.init import add_init
 from bridge.cli.spool import add_spool
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
@@ -260,6 +261,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve,
     _add_check,
     _add_emit,
+    add_init,
     add_spool,
     _add_version,
 ]

@@ -67,7 +67,7 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     done = run("--help")
     assert done.returncode == 0
-    for command in ("serve", "check", "emit", "version"):
+    for command in ("serve", "check", "emit", "init", "version"):
         assert command in done.stdout
     assert run().returncode == 2  # a command is required
 
