@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 import bridge
+from tests.brokers import wait_until
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_process import PROBE_SINK_FILES, ServerProcess, evbridge_command
 
@@ -151,6 +154,57 @@ def test_check_against_unreachable_brokers_prints_only_its_table(tmp_path: Path)
     assert done.stderr == ""  # no log line at all ahead of the table, a library's least of all
     assert "aiokafka" not in done.stdout
     assert "aiormq" not in done.stdout
+
+
+class SlammingDoor:
+    """A port that accepts each connection and closes it at once, counting them: a broker
+    that is down in a way clients retry every few seconds."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed by the test
+            while True:
+                connection, _ = self.server.accept()
+                self.accepted += 1
+                connection.close()
+
+
+async def test_serve_with_brokers_down_logs_one_line_per_sink_and_no_library_lines(
+    evbridge_server_factory: ServerFactory,
+) -> None:
+    kafka, rabbitmq = SlammingDoor(), SlammingDoor()
+    try:
+        config = {
+            "sinks": [
+                {"name": "k", "type": "kafka", "bootstrap_servers": f"127.0.0.1:{kafka.port}"},
+                {
+                    "name": "r",
+                    "type": "rabbitmq",
+                    "url": f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/",
+                },
+            ],
+            "routes": [{"name": "all", "match": "*", "sink": "k", "topic": "t"}],
+        }
+        server = evbridge_server_factory(config, wait_ready=False)
+        # aiokafka and aiormq logged an error for each of these reconnects before.
+        await wait_until(
+            lambda: kafka.accepted >= 8 and rabbitmq.accepted >= 4,
+            timeout=60,
+            what="reconnects to both brokers",
+        )
+    finally:
+        kafka.server.close()
+        rabbitmq.server.close()
+    records = server.logs()
+    libraries = [r for r in records if str(r.get("logger", "")).startswith(("aiokafka", "aiormq"))]
+    assert libraries == []
+    down = [r["message"] for r in records if " is down: " in r.get("message", "")]
+    assert sorted(m.split(" is down")[0] for m in down) == ["kafka sink k", "rabbitmq sink r"]
 
 
 @pytest.mark.parametrize(
