@@ -75,8 +75,9 @@ def add_spool(sub: Any) -> None:
     replay.set_defaults(run=_replay)
 
 
-class _NoSpool(Exception):
-    """There is no spool where the command looked; the message says where and why there."""
+class NoSpool(BridgeError):
+    """There is no spool where the command looked; the message says where and why there.
+    A command-line outcome, never an HTTP answer: it has no code of its own."""
 
 
 def _directory(args: argparse.Namespace) -> Path:
@@ -86,7 +87,7 @@ def _directory(args: argparse.Namespace) -> Path:
 
 
 def _existing(args: argparse.Namespace) -> Path:
-    """The spool directory, or `_NoSpool` when it holds no spool."""
+    """The spool directory; `NoSpool` (exit 1, like any `BridgeError`) when it holds none."""
     from bridge.spool.inspect import spool_exists
 
     directory = _directory(args)
@@ -97,7 +98,7 @@ def _existing(args: argparse.Namespace) -> Path:
     else:
         source = config_path(args.config)
         why = f"delivery.spool_dir of {source or 'the embedded default config'}"
-    raise _NoSpool(
+    raise NoSpool(
         f"no spool at {directory.absolute()} ({why}); "
         "name the bridge's config with --config (or $EVBRIDGE_CONFIG) or the spool with --dir"
     )
@@ -113,9 +114,6 @@ def _inspect(args: argparse.Namespace) -> Inspection | int:
 
     try:
         return inspect(_existing(args))
-    except _NoSpool as exc:
-        print(f"evbridge spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -176,12 +174,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     try:
         directory = _existing(args)
-    except _NoSpool as exc:
-        print(f"evbridge spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except BridgeError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
     try:
         views = list(_limited(dead_letters(directory, args.sink), args.limit))
     except BridgeError as exc:
@@ -216,12 +214,12 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         remote = bool(args.socket or args.url)
         directory = _directory(args) if remote else _existing(args)
-    except _NoSpool as exc:
-        print(f"evbridge spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except BridgeError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
     try:
         if remote or owner_pid(directory) is not None:
             moved = asyncio.run(_replay_remote(args))
