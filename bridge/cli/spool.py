@@ -117,7 +117,7 @@ def _inspect(args: argparse.Namespace) -> Inspection | int:
     except ConfigError as exc:
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    except BridgeError as exc:  # a hostile entry: one line naming it
+    except BridgeError as exc:  # no spool, or a hostile entry: one line naming it
         print(f"evbridge spool: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
     except OSError as exc:
