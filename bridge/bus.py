@@ -71,6 +71,7 @@ class Bus:
         handlers = self.config.handlers
         import_modules(
             handlers.modules,
+            path=handlers.path,
             entry_point_group="evbridge.handlers" if handlers.entry_points else None,
         )
         self.metrics = metrics if metrics is not None else METRICS
@@ -217,8 +218,9 @@ class Bus:
 
     @property
     def honours_prefer(self) -> bool:
-        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) counts:
-        ``delivery.allow_override``. The rule is in `bridge.dispatch`."""
+        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) may choose the mode:
+        ``delivery.allow_override``. Where it may not, ``respond-async`` on a sync
+        route is refused. The rule is in `bridge.dispatch`."""
         return self._dispatch.honours_prefer
 
     def sinks_behind_spool(self) -> frozenset[str]:

@@ -36,6 +36,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ShutdownConfig",
+    "config_path",
     "default_config_text",
     "default_source",
     "load_config",
@@ -180,9 +181,15 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     its handler's timeout. ``cancel_grace_s``: how long a cancelled ``async def``
     handler may take to end; one that catches the cancellation and goes on past
     it is abandoned (see docs/guarantees.md, "Handlers").
+
+    ``path``: directories added to the end of ``sys.path`` before ``modules``
+    are imported. `load_config` resolves a relative one against the config
+    file's directory and puts that directory first, so a module next to the
+    config imports with no setting at all; after loading, every entry is absolute.
     """
 
     modules: tuple[str, ...] = ()
+    path: tuple[str, ...] = ()
     timeout_s: PositiveFloat = 5.0
     max_depth: PositiveInt = 8
     concurrency: PositiveInt = 64
@@ -194,6 +201,8 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
 
     field_docs: ClassVar[Mapping[str, str]] = {
         "modules": "Python modules to import for their `@on` handlers, in this order.",
+        "path": "Directories appended to `sys.path` before the modules are imported; relative "
+        "ones are relative to the config file's directory, which is always first.",
         "timeout_s": "Default time limit of one handler run; past it the run's outcome "
         "is `timeout`.",
         "max_depth": "How deep follow-up events may nest before one is refused with `max_depth`.",
@@ -404,8 +413,26 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             target[key] = text
 
 
-def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
-    """Validate a decoded config mapping (plus env overrides) into a `Config`."""
+def _handler_path(handlers: HandlersConfig, directory: Path | None) -> HandlersConfig:
+    """``handlers.path`` made absolute: relative to ``directory`` (else the current
+    directory), with ``directory`` itself first."""
+    base = directory if directory is not None else Path.cwd()
+    entries = ([directory] if directory is not None else []) + [base / p for p in handlers.path]
+    resolved = tuple(dict.fromkeys(os.path.normpath(p.absolute()) for p in entries))
+    return msgspec.structs.replace(handlers, path=resolved)
+
+
+def parse_config(
+    raw: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Validate a decoded config mapping (plus env overrides) into a `Config`.
+
+    ``directory`` is the config file's: handler modules there import, and a
+    relative ``handlers.path`` is resolved against it (else the current directory).
+    """
     data: dict[str, Any] = dict(raw or {})
     _env_overrides(data, os.environ if env is None else env)
     raw_sinks = data.pop("sinks", None) or []
@@ -447,6 +474,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
         seen.add(route.name)
     return msgspec.structs.replace(
         config,
+        handlers=_handler_path(config.handlers, Path(directory) if directory else None),
         source=config.source or default_source(),
         sinks=tuple(sinks.values()),
         routes=routes,
@@ -490,16 +518,26 @@ def default_config_text() -> str:
     return resources.files("bridge").joinpath("default.yaml").read_text()
 
 
+def config_path(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The file `load_config` reads for ``path``: ``path``, else ``$EVBRIDGE_CONFIG``;
+    None means the embedded default."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    return None if chosen is None else os.fspath(chosen)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
     """Load ``path`` (or ``$EVBRIDGE_CONFIG``, or the embedded default) into a `Config`."""
     env = os.environ if env is None else env
-    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    chosen = config_path(path, env)
     if chosen is None:
         return parse_config(load_yaml(default_config_text(), "default config"), env)
     try:
         text = Path(chosen).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc.strerror}") from None
-    return parse_config(load_yaml(text, str(chosen)), env)
+    return parse_config(load_yaml(text, str(chosen)), env, directory=Path(chosen).parent)

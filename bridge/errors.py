@@ -62,6 +62,13 @@ class NoRoute(BridgeError):
     code = "no_route"
 
 
+class PreferenceRefused(BridgeError):
+    """``Prefer: respond-async`` for a sync route where ``delivery.allow_override`` is
+    false: the request asked for what the config forbids, so it is refused, not ignored."""
+
+    code = "preference_refused"
+
+
 class TemplateError(BridgeError):
     """A key/topic template referenced a field the event does not have, or rendered a
     value the route refuses (code ``destination_refused``); ``field`` names the option."""

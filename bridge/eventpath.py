@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -119,6 +120,8 @@ class EventPath:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
             else:
                 results.append(self._result(h, outcome))
+                if delivery is not None and delivery.mode == "durable":
+                    results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
         if hub.subscriptions:
@@ -252,3 +255,17 @@ class EventPath:
         return EmitResult(
             event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
         )
+
+
+#: Why ``Prefer: respond-async`` was answered ``published``: only a bus without a
+#: spool does that (the rule is in `bridge.dispatch`).
+_NO_SPOOL: Final = (
+    "Prefer: respond-async was not applied: no route is durable, so there is no spool; "
+    "the event was delivered synchronously"
+)
+
+
+def _not_async(result: EmitResult) -> EmitResult:
+    if result.status != "published":
+        return result
+    return msgspec.structs.replace(result, preference_not_applied=_NO_SPOOL)

@@ -63,6 +63,8 @@ class EmitResult(msgspec.Struct, frozen=True):
     spool, delivered in the background) or ``rejected`` (``error`` says why;
     ``error.retriable`` tells whether sending it again may succeed).
     Handler failures never change the status: they are in ``handlers``.
+    ``preference_not_applied`` says why a request's ``Prefer: respond-async``
+    was not applied (the event was delivered synchronously).
     """
 
     id: str
@@ -72,6 +74,7 @@ class EmitResult(msgspec.Struct, frozen=True):
     deliveries: list[Delivery] = []
     follow_ups: list[EmitResult] = []
     error: ErrorInfo | None = None
+    preference_not_applied: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The JSON shape of the HTTP API (durations in milliseconds)."""
@@ -100,6 +103,8 @@ class EmitResult(msgspec.Struct, frozen=True):
                 "retriable": error.retriable,
                 "help": help_for(error.code),
             }
+        if self.preference_not_applied is not None:
+            out["preference_not_applied"] = self.preference_not_applied
         return out
 
 

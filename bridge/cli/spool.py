@@ -1,10 +1,14 @@
 """``evbridge spool status | verify | dead-letters | replay-dead-letters``.
 
-The spool directory is ``delivery.spool_dir`` of the config (``--config``), or
-``--dir``. ``status``, ``verify`` and ``dead-letters`` only read, so they work
-while the bridge runs. ``replay-dead-letters`` changes the spool: with the
-bridge stopped it does so itself; with the bridge running it asks the bridge
-(``POST /v1/spool/dead-letters/replay``), which owns the spool.
+The spool directory is ``--dir``, or ``delivery.spool_dir`` of the config
+``serve`` would read (``--config``, else ``$EVBRIDGE_CONFIG``, else the
+embedded default). ``status``, ``verify`` and ``dead-letters`` only read, so
+they work while the bridge runs. ``replay-dead-letters`` changes the spool:
+with the bridge stopped it does so itself; with the bridge running it asks the
+bridge (``POST /v1/spool/dead-letters/replay``), which owns the spool.
+
+No command creates a spool: where there is none, each says where it looked
+(and why there) and exits 1.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from bridge.config import load_config
+from bridge.config import config_path, load_config
 from bridge.errors import BridgeError, ConfigError
 
 if TYPE_CHECKING:
@@ -72,10 +76,33 @@ def add_spool(sub: Any) -> None:
     replay.set_defaults(run=_replay)
 
 
+class NoSpool(BridgeError):
+    """There is no spool where the command looked; the message says where and why there.
+    A command-line outcome, never an HTTP answer: it has no code of its own."""
+
+
 def _directory(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
     return Path(load_config(args.config).delivery.spool_dir)
+
+
+def _existing(args: argparse.Namespace) -> Path:
+    """The spool directory; `NoSpool` (exit 1, like any `BridgeError`) when it holds none."""
+    from bridge.spool.inspect import spool_exists
+
+    directory = _directory(args)
+    if spool_exists(directory):
+        return directory
+    if args.dir:
+        why = "--dir"
+    else:
+        source = config_path(args.config)
+        why = f"delivery.spool_dir of {source or 'the embedded default config'}"
+    raise NoSpool(
+        f"no spool at {directory.absolute()} ({why}); "
+        "name the bridge's config with --config (or $EVBRIDGE_CONFIG) or the spool with --dir"
+    )
 
 
 def _age(oldest_ns: int | None) -> str:
@@ -110,7 +137,7 @@ def _inspect(args: argparse.Namespace) -> Inspection | int:
     """The spool's inspection, or the exit status after printing why there is none."""
     from bridge.spool.inspect import inspect
 
-    found = _attempt(lambda: inspect(_directory(args)))
+    found = _attempt(lambda: inspect(_existing(args)))
     return found.status if isinstance(found, _Failed) else found
 
 
@@ -120,9 +147,6 @@ def _status(args: argparse.Namespace) -> int:
         return found
     if args.json:
         print(msgspec.json.encode(found.to_dict()).decode())
-        return EXIT_OK
-    if not found.exists:
-        print(f"no spool at {found.directory}")
         return EXIT_OK
     state = f"in use by pid {found.owner}" if found.owner else "not in use"
     print(f"spool {found.directory} ({state}): {found.disk_bytes} bytes on disk")
@@ -164,9 +188,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import dead_letters
 
-    views = _attempt(lambda: list(_limited(dead_letters(_directory(args), args.sink), args.limit)))
+    views = _attempt(lambda: list(_limited(dead_letters(_existing(args), args.sink), args.limit)))
     if isinstance(views, _Failed):
         return views.status
+    if not views and not args.json:
+        print("no dead letters" + (f" of sink {args.sink!r}" if args.sink else ""))
     for view in views:
         if args.json:
             print(msgspec.json.encode(view).decode())
@@ -188,12 +214,13 @@ def _limited(items: Iterator[T], limit: int) -> Iterator[T]:
 def _replay(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import owner_pid
 
-    directory = _attempt(lambda: _directory(args))
+    remote = bool(args.socket or args.url)
+    directory = _attempt(lambda: _directory(args) if remote else _existing(args))
     if isinstance(directory, _Failed):
         return directory.status
 
     def replay() -> int:
-        if owner_pid(directory) is not None or args.socket or args.url:
+        if remote or owner_pid(directory) is not None:
             return asyncio.run(_replay_remote(args))
         return asyncio.run(_replay_local(directory, args.sink))
 

@@ -86,7 +86,7 @@ class Api:
         }
         self._rejected: dict[str, Counter] = {}
         self._openapi = openapi_document()
-        # `Prefer: respond-async` / `wait=N` count where delivery.allow_override is true.
+        # `Preference-Applied` only where delivery.allow_override lets `Prefer` choose.
         self._honour_prefer = self.bus.honours_prefer
 
     # --- helpers -------------------------------------------------------------------
@@ -172,9 +172,7 @@ class Api:
         return self._answer(result, preference)
 
     def _preference(self, request: web.Request) -> Preference | None:
-        """The request's ``Prefer`` (RFC 7240), where the config lets it choose the mode."""
-        if not self._honour_prefer:
-            return None
+        """The request's ``Prefer`` (RFC 7240); the bus applies, ignores or refuses it."""
         return parse_prefer(request.headers.get("Prefer"))
 
     def _answer(self, result: EmitResult, preference: Preference | None = None) -> web.Response:
@@ -198,7 +196,7 @@ class Api:
                 extra={"status": status, "transport": self.transport},
             )
         headers = _RETRY if status in (429, 503) else None
-        if preference is not None:
+        if preference is not None and self._honour_prefer:
             if result.status == "spooled" and preference.mode == "durable":
                 headers = {"Preference-Applied": "respond-async"}
             elif result.status == "published" and preference.wait_s is not None:

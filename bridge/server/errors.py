@@ -31,6 +31,7 @@ _STATUS_BY_CODE: Final = {
     "invalid_batch": 400,
     "template_error": 400,
     "destination_refused": 400,
+    "preference_refused": 400,
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,

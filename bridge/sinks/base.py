@@ -101,6 +101,22 @@ class Sink(Protocol):
     async def stop(self) -> None: ...
 
 
+@runtime_checkable
+class DestinationCheck(Protocol):
+    """What a sink may add for ``evbridge check``: whether a route's destination exists.
+
+    Optional, so that a sink without it still is a `Sink`. ``options`` are the
+    route's literal values; the options named in ``templated`` are templates (only
+    rendered per event, so not checkable here). Called on a started, healthy
+    sink; must not create anything and must not publish. ``ok=False`` when
+    events would be refused (a missing topic, exchange or stream).
+    """
+
+    async def check_destination(
+        self, options: RouteOptions, templated: frozenset[str]
+    ) -> Health: ...
+
+
 class SinkType(msgspec.Struct, frozen=True):
     """A registered sink type: its config and route classes and its factory.
 

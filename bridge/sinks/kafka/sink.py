@@ -25,10 +25,10 @@ from typing import Any
 
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, Unencodable
 from bridge.results import Delivery
-from bridge.sinks.base import Health, Outgoing
+from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.kafka import _aiokafka as aio
 from bridge.sinks.kafka.batches import Batch
-from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig
+from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig, KafkaRoute
 from bridge.sinks.kafka.errors import (
     DENIED,
     TOO_LARGE,
@@ -40,7 +40,7 @@ from bridge.sinks.kafka.errors import (
 from bridge.sinks.kafka.link import KafkaLink
 from bridge.sinks.kafka.message import CE_HEADERS_BOUND, EVENT_HEADER_BOUND, Codec, Headers
 from bridge.sinks.kafka.topics import Topics, keyless_partition
-from bridge.sinks.toolkit import Supervisor, read_secret
+from bridge.sinks.toolkit import Supervisor, describe, read_secret
 
 log = logging.getLogger("bridge.sinks.kafka")
 
@@ -93,6 +93,26 @@ class KafkaSink:
     async def healthcheck(self) -> Health:
         """A metadata request with ``health_timeout_ms``; also clears or sets *down*."""
         return await self._supervisor.health()
+
+    async def check_destination(self, options: RouteOptions, templated: frozenset[str]) -> Health:
+        """Whether the route's topic exists, by a metadata request that cannot create it."""
+        assert isinstance(options, KafkaRoute)
+        topic = options.topic
+        if "topic" in templated:
+            return Health(ok=True, detail=f"topic {topic!r} is a template: checked per event")
+        link = self._supervisor.current()
+        if isinstance(link, SinkError):
+            return Health(ok=False, detail=link.message)
+        try:
+            async with asyncio.timeout(self.health_timeout):
+                missing = await aio.missing_topic(link.producer, topic)
+        except Exception as exc:
+            return Health(ok=False, detail=f"topic {topic!r}: no metadata: {describe(exc)}")
+        if missing is None:
+            return Health(ok=True, detail=f"topic {topic!r} exists")
+        if self.config.auto_create_topics:
+            return Health(ok=True, detail=f"topic {topic!r} is created on first publish")
+        return Health(ok=False, detail=classify(missing, topic).message)
 
     def _read_password(self) -> str | None:
         env = self.config.sasl_password_env

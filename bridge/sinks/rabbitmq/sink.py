@@ -33,7 +33,7 @@ from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
 from bridge.redact import mask_url
 from bridge.results import Delivery
-from bridge.sinks.base import Health, Outgoing
+from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.rabbitmq import _aiormq
 from bridge.sinks.rabbitmq._aiormq import Confirm
 from bridge.sinks.rabbitmq.config import RabbitConfig, RabbitRoute
@@ -135,6 +135,33 @@ class RabbitSink:
                 return Health(ok=False, detail=f"{where} does not exist")
             return Health(ok=True, detail=where)
         return health
+
+    async def check_destination(self, options: RouteOptions, templated: frozenset[str]) -> Health:
+        """Whether the route's exchange exists (a passive declare). AMQP has no way to
+        ask whether a queue is bound for a routing key short of publishing, so that is
+        said, not checked."""
+        assert isinstance(options, RabbitRoute)
+        exchange = self.exchange if options.exchange is None else options.exchange
+        if "exchange" in templated:
+            return Health(ok=True, detail=f"exchange {exchange!r} is a template: checked per event")
+        link = self._supervisor.current()
+        if isinstance(link, SinkError):
+            return Health(ok=False, detail=link.message)
+        try:
+            async with asyncio.timeout(self.config.health_timeout_s):
+                # "" is the default exchange: it always exists, and no declare may name it.
+                found = await link.exchange_exists(exchange, fresh=exchange != "")
+        except Exception as exc:
+            return Health(ok=False, detail=f"cannot check exchange {exchange!r}: {describe(exc)}")
+        if not found:
+            return Health(ok=False, detail=not_found(exchange).message)
+        return Health(
+            ok=True,
+            detail=f"exchange {exchange!r} exists; whether a queue is bound for routing key "
+            f"{options.routing_key!r}{' (a template)' if 'routing_key' in templated else ''} "
+            "cannot be checked without publishing (an event no queue takes is answered 502 "
+            "unroutable)",
+        )
 
     async def _connect(self) -> RabbitLink:
         config, chores = self.config, self._chores
