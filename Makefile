@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint typecheck bench fuzz clean
+.PHONY: venv run test test-fast lint typecheck bench fuzz clean
 
 # Stamps record what was installed, so a changed pyproject.toml reinstalls.
 $(VENV)/.installed-run: pyproject.toml
@@ -27,6 +27,10 @@ run: $(VENV)/.installed-run
 ## Lint, type-check and run the whole test suite against real brokers.
 test: venv lint typecheck
 	$(BIN)/pytest
+
+## Unit and contract tests only (~45 s): the machine's RabbitMQ and NATS, Kafka started by the tests.
+test-fast: venv
+	$(BIN)/pytest -q tests/unit tests/contract
 
 lint: venv
 	$(BIN)/ruff check .
