@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test test-fast lint typecheck bench fuzz clean
+.PHONY: venv run test test-fast lint typecheck bench fuzz pictures clean
 
 # Stamps record what was installed, so a changed pyproject.toml reinstalls.
 $(VENV)/.installed-run: pyproject.toml
@@ -46,6 +46,10 @@ bench: venv
 ## Fuzz the API (schemathesis on the served OpenAPI document, thousands of cases) and the decoders.
 fuzz: venv
 	EVBRIDGE_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/fuzz
+
+## Redraw the committed pictures (docs/architecture.dot and .svg; needs Graphviz's `dot`).
+pictures: venv
+	$(BIN)/python -m tests.docs.architecture
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
