@@ -47,9 +47,12 @@ bench: venv
 fuzz: venv
 	EVBRIDGE_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/fuzz
 
-## Redraw the committed pictures (docs/architecture.dot and .svg; needs Graphviz's `dot`).
+## Redraw the committed pictures: docs/architecture.dot and .svg (needs Graphviz's `dot`) from
+## the imports, and docs/dashboard.png from a one-minute run of the bridge (matplotlib).
 pictures: venv
+	$(BIN)/pip install --quiet -e '.[docs]'
 	$(BIN)/python -m tests.docs.architecture
+	$(BIN)/python -m tests.docs.dashboard
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
