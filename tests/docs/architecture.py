@@ -4,10 +4,11 @@
 
 The import graph is the one tests/unit/test_architecture.py checks (built with `ast` from
 the source). To stay readable as modules are split, it is drawn per group, not per
-module: each layer of docs/architecture.md is a box; a subpackage (``bridge/spool/``) is
+module: each layer (``LAYERS`` of that test) is a box; a subpackage (``bridge/spool/``) is
 one node, and the top-level modules of a layer are one node listing them. An arrow means
 "some module of this node imports some module of that one". The modules beside the flow
-(config, errors, metrics, ...), imported from every layer, are one node without arrows.
+(config, errors, metrics, ...) are one node; arrows into it are left out (every layer has
+them) and its own imports are dashed.
 
 The SVG carries the SHA-256 of the .dot it was rendered from (an XML comment), so
 tests/docs/test_pictures.py can tell a stale rendering from a current one.
@@ -20,7 +21,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.unit.test_architecture import IMPORTS, MODULES
+from tests.unit.test_architecture import IMPORTS, LAYERS, MODULES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOT_PATH = DOCS / "architecture.dot"
@@ -28,58 +29,63 @@ SVG_PATH = DOCS / "architecture.svg"
 COMMAND = "python -m tests.docs.architecture"
 HASH_COMMENT = "<!-- rendered from architecture.dot, sha256 {} -->"
 
-#: The layers of docs/architecture.md, drivers first, and the modules (prefixes) of each.
-#: Names of modules that do not exist yet are harmless; a module no layer names is drawn
-#: beside the flow.
-LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
-    ("api", "the public API", ("bridge",)),  # bridge/__init__.py only, see _group
-    ("cli", "cli", ("bridge.cli",)),
-    ("server", "server: ingest and decode", ("bridge.server",)),
-    ("bus", "bus: one orchestration per event", ("bridge.bus", "bridge.eventpath")),
-    (
-        "pipeline",
-        "pipeline: handlers, isolated",
-        (
-            "bridge.pipeline",
-            "bridge.handlers",
-            "bridge.threads",
-            "bridge.cancelguard",
-            "bridge.loopwatch",
-        ),
-    ),
-    (
-        "router",
-        "router: first matching route",
-        ("bridge.routing", "bridge.templates", "bridge.destinations", "bridge.routeconfig"),
-    ),
-    (
-        "dispatch",
-        "dispatch: sync, durable, bounded wait",
-        (
-            "bridge.dispatch",
-            "bridge.delivery",
-            "bridge.durable",
-            "bridge.deliverer",
-            "bridge.retry",
-            "bridge.deadletter",
-            "bridge.lane",
-            "bridge.spool",
-        ),
-    ),
-    ("sinks", "sinks: one package per broker", ("bridge.sinks",)),
-    ("event", "event model", ("bridge.event",)),
-]
-BESIDE = ("beside", "beside the flow: imported from every layer")
+#: Each layer's title in the picture, in the order docs/architecture.md draws them. Which
+#: modules a layer holds comes from `LAYERS` of tests/unit/test_architecture.py, the list
+#: the layering test enforces; a layer it has and this lacks is drawn with its bare name.
+TITLES: dict[str, str] = {
+    "api": "the public API (bridge/__init__.py)",
+    "cli": "cli",
+    "server": "server: ingest and decode",
+    "bus": "bus: one orchestration per event",
+    "pipeline": "pipeline: handlers, isolated",
+    "dispatch": "dispatch: sync, durable, bounded wait",
+    "storage": "storage: the spool",
+    "router": "router: first matching route",
+    "sinks": "sinks: one package per broker",
+    "event": "event model",
+    "beside": "beside the flow: imported from every layer",
+}
+BESIDE = "beside"
+
+#: Where docs/architecture.md draws modules that `LAYERS` does not list (yet): the layering
+#: test leaves them free, the picture still puts them next to their kin. `LAYERS` wins
+#: for a module it lists; names of modules that do not exist are harmless.
+DRAWN_IN: dict[str, str] = {
+    "bridge.eventpath": "bus",
+    "bridge.subscriptions": "bus",
+    "bridge.hub": "bus",
+    "bridge.threads": "pipeline",
+    "bridge.templates": "router",
+    "bridge.destinations": "router",
+    "bridge.routeconfig": "router",
+    **{
+        f"bridge.{name}": "dispatch"
+        for name in ("dispatch", "delivery", "durable", "deliverer", "lane", "retry", "deadletter")
+    },
+}
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
 
 
 def _group(module: str) -> str:
     """The layer a module is drawn in."""
     if module == "bridge":
         return "api"
-    for name, _, prefixes in LAYERS[1:]:
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
+    for name, prefixes in LAYERS:
+        if any(_within(module, p) for p in prefixes):
             return name
-    return BESIDE[0]
+    for prefix, name in DRAWN_IN.items():
+        if _within(module, prefix):
+            return name
+    return BESIDE
+
+
+def _layer_order() -> list[str]:
+    known = list(TITLES)
+    extra = [name for name, _ in LAYERS if name not in TITLES]
+    return [*known[:-1], *extra, BESIDE]
 
 
 def _is_package(module: str) -> bool:
@@ -102,7 +108,7 @@ def _label(node: str, members: list[str]) -> str:
     if node.endswith("/"):
         return node
     if members == ["bridge"]:
-        return "bridge/__init__.py"
+        return "__init__"
     names = sorted(m.rpartition(".")[2] for m in members)
     lines, line = [], ""
     for name in names:  # wrap the list of modules at about 40 characters
@@ -130,10 +136,10 @@ def dot_source() -> str:
         {
             (_node(imp.source), _node(imp.target))
             for imp in IMPORTS
-            if _node(imp.source) != _node(imp.target) and _group(imp.target) != BESIDE[0]
+            if _node(imp.source) != _node(imp.target) and _group(imp.target) != BESIDE
         }
     )
-    beside = f"{BESIDE[0]} modules"
+    beside = f"{BESIDE} modules"
     out = [
         f"// Generated by `{COMMAND}` from the imports of bridge/; do not edit.",
         "digraph evbridge {",
@@ -143,10 +149,11 @@ def dot_source() -> str:
         " fontsize=10];",
         '  edge [color="#555555", arrowsize=0.6];',
     ]
-    for name, title, _ in [*LAYERS, (*BESIDE, ())]:
+    for name in _layer_order():
         if name not in groups:
             continue
-        fill = "#f3f0e6" if name == BESIDE[0] else "#e8f0fa"
+        title = TITLES.get(name, name)
+        fill = "#f3f0e6" if name == BESIDE else "#e8f0fa"
         out.append(f"  subgraph cluster_{name} {{")
         out.append(f'    label="{title}"; style="rounded,filled"; fillcolor="{fill}";')
         out.append('    color="#9aa7b8"; fontsize=10; labeljust=l;')
@@ -166,9 +173,8 @@ def dot_source() -> str:
         out.append(f"  {_ident(source)} -> {_ident(target)}{style};")
     if "beside" in groups and "event" in groups:
         # Keep the unconnected box below the flow instead of beside its top.
-        [beside] = sorted(groups["beside"])[:1]
-        [event] = sorted(groups["event"])[:1]
-        out.append(f"  {_ident(event)} -> {_ident(beside)} [style=invis];")
+        below, above = sorted(groups["beside"])[0], sorted(groups["event"])[0]
+        out.append(f"  {_ident(above)} -> {_ident(below)} [style=invis];")
     out.append("}")
     return "\n".join(out) + "\n"
 
