@@ -4,9 +4,9 @@ The README marks the blocks that make up its story with an HTML comment right be
 each: ``<!-- readme-test: NAME ... -->``. This test writes the ``handlers`` block to
 ``myapp/handlers.py`` and the ``config`` block to the server's config, starts
 ``evbridge serve`` in that directory, then runs the ``request`` block (the curl
-commands, with bash and the real curl) and the ``client`` block (the standard-library
-Python client) there, and checks what they print against the ``answer`` block and
-what reached the file sink.
+commands, with bash and the real curl), the ``client`` and ``node-client`` blocks (the
+Python and Node.js clients) there, and checks what they print against the ``answer``
+block and what reached the file sink.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _handlers(result: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_story_block_is_marked() -> None:
-    assert set(BLOCKS) == {"handlers", "config", "request", "client", "answer"}
+    assert set(BLOCKS) == {"handlers", "config", "request", "client", "node-client", "answer"}
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's requests use curl")
@@ -142,6 +142,20 @@ def test_the_readme_python_client_gets_published(story_server: ServerProcess) ->
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["200", "published", "None"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_the_readme_node_client_gets_published(story_server: ServerProcess) -> None:
+    run = subprocess.run(
+        ["node", "-e", _block("node-client", "js")],
+        cwd=story_server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["200", "published"]
 
 
 def test_readme_commands_say_where_evbridge_comes_from() -> None:
