@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.docs.promql import Labels, Scrape, Unsupported, evaluate, parse
+from tests.docs.promql import Labels, Scrape, Unsupported, Vector, evaluate, parse
 
 
 def _labels(**pairs: str) -> Labels:
@@ -17,8 +17,16 @@ def _scrapes(*rows: tuple[float, dict[tuple[str, Labels], float]]) -> list[Scrap
     return [Scrape(t, samples) for t, samples in rows]
 
 
-def _at_end(expr: str, scrapes: list[Scrape]) -> object:
+def _at_end(expr: str, scrapes: list[Scrape]) -> Vector | float:
     return evaluate(parse(expr), len(scrapes) - 1, scrapes)
+
+
+def _one(expr: str, scrapes: list[Scrape]) -> float:
+    """The value of the only series ``expr`` has at the last scrape."""
+    result = _at_end(expr, scrapes)
+    assert isinstance(result, dict), result
+    [value] = result.values()
+    return value
 
 
 A, B = _labels(sink="a"), _labels(sink="b")
@@ -73,16 +81,14 @@ def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
         (0.0, buckets({"0.1": 0, "1": 0, "+Inf": 0})),
         (1.0, buckets({"0.1": 50, "1": 100, "+Inf": 100})),
     )
-    [p50] = _at_end(
-        "histogram_quantile(0.5, sum by (le, sink) (rate(h_bucket[1s])))", scrapes
-    ).values()
+    p50 = _one("histogram_quantile(0.5, sum by (le, sink) (rate(h_bucket[1s])))", scrapes)
     assert p50 == pytest.approx(0.1)
-    [p75] = _at_end("histogram_quantile(0.75, sum by (le) (rate(h_bucket[1s])))", scrapes).values()
+    p75 = _one("histogram_quantile(0.75, sum by (le) (rate(h_bucket[1s])))", scrapes)
     assert p75 == pytest.approx(0.1 + 0.9 * 0.5)
     # No observations in the window: no value (NaN), as Prometheus answers.
     steady = buckets({"0.1": 50, "1": 100, "+Inf": 100})
     quiet = _scrapes((1.0, steady), (2.0, steady))
-    [none] = _at_end("histogram_quantile(0.5, sum by (le) (rate(h_bucket[1s])))", quiet).values()
+    none = _one("histogram_quantile(0.5, sum by (le) (rate(h_bucket[1s])))", quiet)
     assert math.isnan(none)
 
 
