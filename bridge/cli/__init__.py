@@ -87,8 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        _setup_logging(args, None)
-        log.error("config error: %s", exc.message, extra={"field": exc.field})
+        # Not a log record: no config means no log format yet, and a YAML error spans
+        # lines (file, line and column, the source line) that a text record would escape.
+        print(f"evbridge serve: config error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(args, config)
     try:

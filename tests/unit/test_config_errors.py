@@ -118,3 +118,19 @@ def test_check_prints_a_yaml_error_on_separate_lines(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"{path}: not valid YAML\n  line 3, column 4: expected <block end>" in out.stdout
     assert "<unicode string>" not in out.stdout + out.stderr
+
+
+def test_serve_prints_a_yaml_error_on_separate_lines(tmp_path: Path) -> None:
+    path = tmp_path / "evbridge.yaml"
+    path.write_text(BAD_YAML)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"config error: {path}: not valid YAML\n  line 3, column 4: expected" in out.stderr
+    assert "\\n" not in out.stderr
