@@ -123,10 +123,13 @@ class Resume:
                     return
 
     def _outside(self) -> bool:
-        """Whether someone other than the watchdog (alone) has cancelled the task."""
+        """Whether someone other than the watchdog (alone) has cancelled the task and not
+        taken it back: cancellations still pending beyond the watchdog's own. A handler's
+        ``asyncio.timeout`` cancels the task too, but uncancels it before raising its
+        TimeoutError, so that one does not count."""
         slot = self.slot
         assert slot is not None
-        return not slot.fired or slot.task.cancelling() > slot.base + 1
+        return slot.task.cancelling() > slot.base + (1 if slot.fired else 0)
 
     def _check_caller(self, cancellation: asyncio.CancelledError) -> None:
         # The handler caught the caller's cancellation and ended: the cancellation still stands.
