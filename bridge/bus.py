@@ -35,7 +35,7 @@ from bridge.pipeline import Watchdog
 from bridge.prefer import Preference
 from bridge.results import EmitResult
 from bridge.routing import Router
-from bridge.sinks.base import Health, Sink, get_sink_type
+from bridge.sinks.base import Health, MetricsAware, Sink, get_sink_type
 from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
 
@@ -82,6 +82,8 @@ class Bus:
         for sink_config in self.config.sinks:
             sink_type = get_sink_type(sink_config.type)
             sink = sink_type.factory(sink_config)
+            if isinstance(sink, MetricsAware):
+                sink.bind_metrics(self.metrics)
             self.sinks[sink_config.name] = sink
             self._publishers[sink_config.name] = Publisher(
                 sink, coalesce=sink_type.coalesce, metrics=self.metrics

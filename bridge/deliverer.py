@@ -57,7 +57,7 @@ class Deliverer:
         self.settings = LaneSettings(
             spool=spool,
             # Records read back from files are validated and re-routed by the current routes.
-            decoder=codec.Decoder(route_types, routes),
+            decoder=codec.Decoder(route_types, routes, metrics=metrics),
             policy=RetryPolicy(retry, rng),
             metrics=metrics,
             batch_size=batch_size,

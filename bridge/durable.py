@@ -70,6 +70,7 @@ class DurableDelivery:
             sink_prefix=codec.sink_prefix,
             max_bytes=settings.max_spool_bytes,
             tail_bytes=settings.tail_bytes,
+            metrics=metrics,
         )
         self.deliverer = Deliverer(
             self.spool,

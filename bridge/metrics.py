@@ -173,5 +173,6 @@ class Metrics:
 
 
 #: The default metrics, for whoever does not bring its own: a `bridge.Bus` built
-#: without ``metrics=`` and the server (which exposes ``METRICS.registry``).
+#: without ``metrics=`` (and so the sidecar serving it, which exposes its bus's),
+#: and the parts that can be built alone (a `bridge.spool.store.Spool`, a sink).
 METRICS: Final = Metrics()

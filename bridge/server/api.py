@@ -25,7 +25,6 @@ from prometheus_client import Counter
 import bridge
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
-from bridge.metrics import METRICS
 from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
@@ -77,8 +76,9 @@ class Api:
         self.max_batch = min(limits.max_batch, limits.max_inflight)
         self.max_depth = limits.max_nesting_depth
         self.stats = sidecar.stats
-        self._received = METRICS.events_received.labels(transport)
-        duration = METRICS.request_duration
+        self.metrics = sidecar.metrics
+        self._received = self.metrics.events_received.labels(transport)
+        duration = self.metrics.request_duration
         #: The event routes (which `requests` wraps), each with its duration histogram.
         self._durations = {
             EVENTS_PATH: duration.labels(transport, "events"),
@@ -94,9 +94,9 @@ class Api:
     def _count_rejected(self, code: str, count: int = 1) -> None:
         child = self._rejected.get(code)
         if child is None:
-            child = self._rejected[code] = METRICS.events_rejected.labels(code)
+            child = self._rejected[code] = self.metrics.events_rejected.labels(code)
         child.inc(count)
-        METRICS.errors.labels("ingest", code).inc(count)
+        self.metrics.errors.labels("ingest", code).inc(count)
         self.stats.rejected += count
 
     async def _read(self, request: web.Request) -> bytes:

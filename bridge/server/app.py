@@ -22,8 +22,8 @@ from typing import Final, Literal
 from aiohttp import web
 from prometheus_client import Histogram
 
+from bridge.bus import Bus
 from bridge.config import Config
-from bridge.metrics import METRICS
 from bridge.server.api import Api
 from bridge.server.auth import BearerAuth
 from bridge.server.connections import CONNECTION_GUARD, ConnectionGuard, connection_limits
@@ -61,8 +61,9 @@ _log_not_implemented: Final = Throttled(
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as a JSON body: router misses, body limits, and anything unforeseen."""
+    # Counted in the sidecar's metrics (its bus's), read per error: errors are rare.
     if request.method not in KNOWN_METHODS:
-        METRICS.error("ingest", "not_implemented")
+        request.app[SIDECAR].metrics.error("ingest", "not_implemented")
         _log_not_implemented(method=request.method[:32])
         return error_response(
             501,
@@ -82,7 +83,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        METRICS.error("ingest", "internal_error")
+        request.app[SIDECAR].metrics.error("ingest", "internal_error")
         return error_response(500, "internal_error", "evbridge failed to answer; see its log")
 
 
@@ -102,7 +103,7 @@ def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
     handlers = {"healthz": probes.healthz, "readyz": probes.readyz, "metrics": probes.metrics}
     for path in PROBE_PATHS:
         name = path.lstrip("/")
-        child = METRICS.request_duration.labels(transport, name)
+        child = sidecar.metrics.request_duration.labels(transport, name)
         app.router.add_get(path, _timed(handlers[name], child))
 
 
@@ -135,14 +136,16 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     )
     # TCP may not take the slots kept for the Unix socket (the local app's way in).
     reserved = limits.unix_reserved_connections if listener == "tcp" else 0
-    app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget, reserved=reserved)
+    app[CONNECTION_GUARD] = ConnectionGuard(
+        limits, listener, budget, reserved=reserved, metrics=sidecar.metrics
+    )
     if api is None:
         _add_probes(app, sidecar, "tcp")
         return app
     # Timed by `Api.requests`, like every other part of an event request.
     app.router.add_post(EVENTS_PATH, api.post_event)
     app.router.add_post(BATCH_PATH, api.post_batch)
-    duration = METRICS.request_duration
+    duration = sidecar.metrics.request_duration
     app.router.add_get("/v1/info", _timed(api.info, duration.labels(listener, "info")))
     app.router.add_get(
         "/v1/openapi.json", _timed(api.openapi, duration.labels(listener, "openapi"))
@@ -153,9 +156,15 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     return app
 
 
-def standalone_app(config: Config, listener: Literal["tcp", "unix"] = "tcp") -> web.Application:
-    """An API app that starts its own sidecar on startup and stops it on cleanup."""
-    sidecar = Sidecar(config)
+def standalone_app(
+    config: Config, listener: Literal["tcp", "unix"] = "tcp", *, bus: Bus | None = None
+) -> web.Application:
+    """An API app that starts its own sidecar on startup and stops it on cleanup.
+
+    ``bus`` (default: a new ``Bus(config)``) is the bus it serves; ``/metrics``
+    scrapes that bus's `bridge.metrics.Metrics`.
+    """
+    sidecar = Sidecar(config, bus)
     app = create_app(sidecar, listener)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

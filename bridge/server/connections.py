@@ -17,7 +17,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from bridge.config import LimitsConfig
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.server._aiohttp import (
     GuardedHandler,
     HttpProcessingError,
@@ -54,8 +54,11 @@ class ConnectionGuard:
         budget: ConnectionBudget,
         *,
         reserved: int = 0,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.listener = listener
+        #: Where refusals and malformed requests are counted (the sidecar's bus's metrics).
+        self.metrics = metrics
         self.budget = budget
         #: Slots of ``budget`` this listener may not take (the Unix socket's reserve).
         self.reserved = reserved
@@ -101,9 +104,9 @@ class ConnectionGuard:
             f"no complete request headers within limits.first_request_timeout_s "
             f"({self.first_request_timeout:g}s) of connecting",
         )
-        self._expect_counter = METRICS.errors.labels("ingest", "expectation_failed")
-        self._refused_counter = METRICS.errors.labels("accept", "too_many_connections")
-        self._header_counter = METRICS.errors.labels("ingest", "header_timeout")
+        self._expect_counter = metrics.errors.labels("ingest", "expectation_failed")
+        self._refused_counter = metrics.errors.labels("accept", "too_many_connections")
+        self._header_counter = metrics.errors.labels("ingest", "header_timeout")
         self.log_refused = Throttled(
             logging.WARNING,
             f"{listener}: connection refused: {usable} connections are open "
@@ -168,7 +171,7 @@ class ConnectionGuard:
             log.error("unexpected error answering a request", exc_info=exc)
         else:
             code, text = "http_error", message or "the request failed"
-        METRICS.error("ingest", code)
+        self.metrics.error("ingest", code)
         if status != 500:
             log.info(
                 "%s: malformed HTTP request answered with %d %s: %s",

@@ -12,13 +12,16 @@ import builtins
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from bridge.errors import ConfigError, SinkError
 from bridge.event import Event
 from bridge.results import Delivery
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 
 class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -115,6 +118,19 @@ class DestinationCheck(Protocol):
     async def check_destination(
         self, options: RouteOptions, templated: frozenset[str]
     ) -> Health: ...
+
+
+@runtime_checkable
+class MetricsAware(Protocol):
+    """What a sink may add to count in the metrics of the bus that built it.
+
+    Optional, so that a sink without it still is a `Sink` (its toolkit parts then
+    count in the process default, `bridge.metrics.METRICS`). The bus calls
+    ``bind_metrics`` once, right after the factory and before ``start``: two
+    buses with a sink of the same name then keep their own ``evbridge_sink_up``.
+    """
+
+    def bind_metrics(self, metrics: Metrics) -> None: ...
 
 
 class SinkType(msgspec.Struct, frozen=True):

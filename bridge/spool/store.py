@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from bridge.errors import SpoolError
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.spool.cursor import READ_MAX_BYTES, Cursor
 from bridge.spool.deadletters import replay
 from bridge.spool.files import SpoolFiles
@@ -72,7 +72,9 @@ class Spool:
     needs to know of a record (see `bridge.spool.codec`). With
     ``sink_prefix(sink)``, the bytes all of a sink's records start with,
     cursors pick their records without decoding them (``accepted_ns`` of what
-    they return is then 0).
+    they return is then 0). ``metrics`` (default: the process-wide
+    `bridge.metrics.METRICS`) is where it and its cursors count: the bus's, for
+    the spool of a bus.
     """
 
     def __init__(
@@ -84,8 +86,10 @@ class Spool:
         max_bytes: int = 1 << 30,
         segment_bytes: int | None = None,
         tail_bytes: int = TAIL_BYTES,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.directory = Path(directory)
+        self.metrics = metrics
         self.head = head
         self.sink_prefix = sink_prefix
         self.max_bytes = max_bytes
@@ -110,6 +114,8 @@ class Spool:
         if self._commit.running:
             return self.report
         executor, self.report = await self._files.open(self._ledger)
+        self.metrics.spool_recovered.inc(self.report.recovered)
+        self.metrics.spool_corrupt_records.inc(self.report.corrupt)
         self._commit.start(executor)
         return self.report
 
@@ -236,7 +242,7 @@ class Spool:
             self._ledger.reserved -= job.reserved
             self._seal(pending.sealed)
             error = SpoolError(f"writing the spool failed: {pending}")
-            METRICS.error("spool", "write_failed")
+            self.metrics.error("spool", "write_failed")
             self._health.failures.note(
                 "spool write of %d records failed: %s (readiness is 503 until it can write)",
                 len(job.payloads),
@@ -255,8 +261,8 @@ class Spool:
             for future in job.waiters:
                 if not future.done():
                     future.set_result(None)
-            METRICS.spool_commit_duration.observe(result.seconds)
-            METRICS.spool_commit_records.observe(len(job.payloads))
+            self.metrics.spool_commit_duration.observe(result.seconds)
+            self.metrics.spool_commit_records.observe(len(job.payloads))
             self.commits += 1
             self._committed.set()
             self._committed = asyncio.Event()
@@ -317,7 +323,7 @@ class Spool:
 
     def cursor(self, sink: str) -> Cursor:
         """A reader of ``sink``'s pending records, from the oldest."""
-        return Cursor(self, sink)
+        return Cursor(self, sink, metrics=self.metrics)
 
     @property
     def segments(self) -> Mapping[int, Segment]:

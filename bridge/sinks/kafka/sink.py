@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, Unencodable
+from bridge.metrics import Metrics
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.kafka import _aiokafka as aio
@@ -70,6 +71,10 @@ class KafkaSink:
             config.name, "kafka", self._servers, self._connect, config.supervision,
             classify=self._connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:

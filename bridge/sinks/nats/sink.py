@@ -29,6 +29,7 @@ from nats.js.api import PubAck, StorageType
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.metrics import Metrics
 from bridge.redact import mask_url
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions
@@ -101,6 +102,10 @@ class NatsSink:
             config.name, "nats", target, self._connect, config.supervision,
             classify=connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:

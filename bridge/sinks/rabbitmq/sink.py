@@ -31,6 +31,7 @@ from yarl import URL
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.metrics import METRICS, Metrics
 from bridge.redact import mask_url
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions
@@ -83,12 +84,18 @@ class RabbitSink:
         self.exchange = config.exchange
         #: Late channel closes; made by `start`, closed by `stop`.
         self._chores: TaskGroup | None = None
+        self._metrics = METRICS
         self._isolation = Isolation(config.name, config.mandatory, config.max_inflight)
         self._calls: set[asyncio.Task[list[Delivery | SinkError]]] = set()
         self._supervisor: Supervisor[RabbitLink] = Supervisor(
             config.name, "rabbitmq", mask_url(str(self.url)), self._connect, config.supervision,
             classify=connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._metrics = metrics
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:
@@ -109,7 +116,7 @@ class RabbitSink:
         unhealthy, fails publishes retriably and keeps trying to connect.
         """
         if self._chores is None:
-            self._chores = TaskGroup(f"rabbitmq sink {self.name}", log)
+            self._chores = TaskGroup(f"rabbitmq sink {self.name}", log, metrics=self._metrics)
         await self._supervisor.start()
 
     async def stop(self) -> None:
