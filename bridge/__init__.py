@@ -7,7 +7,7 @@ The public API for handler authors and embedders::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from bridge.bus import Bus
+from bridge.bus import Bus, current_bus
 from bridge.config import Config, load_config, parse_config
 from bridge.errors import (
     BridgeError,
@@ -58,6 +58,7 @@ __all__ = [
     "StopChain",
     "TemplateError",
     "__version__",
+    "current_bus",
     "load_config",
     "on",
     "parse_config",

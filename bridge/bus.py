@@ -9,19 +9,20 @@ async with Bus(config) as bus:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
-import msgspec
-
+from bridge.businfo import BusInfo
 from bridge.config import Config, load_config
 from bridge.delivery import Publisher
 from bridge.dispatch import Dispatch
 from bridge.durable import DurableDelivery
-from bridge.errors import BridgeError, SpoolError
+from bridge.errors import BridgeError
 from bridge.event import Event
 from bridge.eventpath import EventPath, Lifecycle
 from bridge.handlers import Handler, HandlerRegistry, import_modules
@@ -39,17 +40,34 @@ from bridge.policy import raise_errors as raise_errors_of
 from bridge.prefer import Preference
 from bridge.results import EmitResult
 from bridge.routing import Router
-from bridge.sinks.base import Health, Sink, get_sink_type
+from bridge.sends import Sends
+from bridge.sinks.base import Sink, get_sink_type
+from bridge.spoolview import SpoolView
 from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, pattern_of
 
 log = logging.getLogger("bridge.bus")
 
-_HEALTH_TIMEOUT_S = 5.0
+_CURRENT: contextvars.ContextVar[Bus | None] = contextvars.ContextVar(
+    "evbridge_current_bus", default=None
+)
 
 
-class Bus:
+def current_bus() -> Bus:
+    """The bus running the current handler, or whose ``async with`` block this is in.
+
+    For code that does not pass the bus around. A `LookupError` elsewhere.
+    """
+    bus = _CURRENT.get()
+    if bus is None:
+        raise LookupError(
+            "no current bus: current_bus() works inside a handler and inside `async with bus:`"
+        )
+    return bus
+
+
+class Bus(SpoolView, BusInfo):
     """Runs handlers for events and publishes notification events to sinks.
 
     ``Bus()`` uses the embedded default config (one ``file`` sink, route
@@ -108,6 +126,8 @@ class Bus:
             else None
         )
         self._life = Lifecycle()
+        self._sent = Sends(self.metrics)
+        self._ambient: list[contextvars.Token[Bus | None]] = []
         #: Wrapped around every handler call, in order (`use`, ``handlers.middleware``).
         self._middleware: list[Middleware] = load_middleware(handlers.middleware)
         self._path = EventPath(
@@ -170,6 +190,8 @@ class Bus:
         if not self._life.started:
             return
         self._life.started = False
+        # Events handed to `send` still running: they finish (or are logged) first.
+        await self._sent.wait(self.config.shutdown.grace_s)
         # First, so that the report comes even if a sink then takes too long to stop.
         self._threads.close()
         # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
@@ -189,6 +211,8 @@ class Bus:
 
     async def __aenter__(self) -> Self:
         await self.start()
+        # `current_bus()` in the body (a contextvar: this task and what it starts).
+        self._ambient.append(_CURRENT.set(self))
         return self
 
     async def __aexit__(
@@ -197,61 +221,14 @@ class Bus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._ambient:
+            with contextlib.suppress(ValueError):  # exited in another context than entered
+                _CURRENT.reset(self._ambient.pop())
         await self.stop()
 
     @property
     def started(self) -> bool:
         return self._life.started
-
-    # --- durable delivery ---------------------------------------------------
-
-    @property
-    def durable(self) -> DurableDelivery | None:
-        """The spool and its deliverer, when some route delivers durably; else None."""
-        return self._dispatch.durable
-
-    @property
-    def has_spool(self) -> bool:
-        """True when some route delivers durably, so the bus has a spool."""
-        return self._dispatch.durable is not None
-
-    @property
-    def honours_prefer(self) -> bool:
-        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) counts:
-        ``delivery.allow_override``. The rule is in `bridge.dispatch`."""
-        return self._dispatch.honours_prefer
-
-    def sinks_behind_spool(self) -> frozenset[str]:
-        """Sinks only the background deliverer publishes to (no sync route reaches
-        them): while one is down, events are still accepted."""
-        durable = self._dispatch.durable
-        return durable.sinks_behind_spool() if durable is not None else frozenset()
-
-    def spool_status(self) -> dict[str, object] | None:
-        """What waits in the spool (pending, dead letters, disk use, ``full``,
-        ``write_error``), for ``/readyz`` and ``/v1/info``; None without a spool."""
-        durable = self._dispatch.durable
-        return durable.describe() if durable is not None else None
-
-    def spool_refusals(self) -> list[str]:
-        """Why the spool refuses new events right now (readiness is 503), if it does."""
-        durable = self._dispatch.durable
-        reasons: list[str] = []
-        if durable is not None and durable.full:
-            reasons.append("the spool is full: new events are refused until delivery frees space")
-        if durable is not None and durable.write_error is not None:
-            reasons.append(f"the spool cannot write: {durable.write_error}")
-        return reasons
-
-    async def replay_dead_letters(self, sink: str | None = None) -> int:
-        """Move the local dead letters (of ``sink``, or all) back to be delivered again.
-
-        Raises `SpoolError` without a spool (`has_spool` says) or when the spool fails.
-        """
-        durable = self._dispatch.durable
-        if durable is None:
-            raise SpoolError("durable delivery is not configured: no spool", code="no_spool")
-        return await durable.replay_dead_letters(sink)
 
     # --- scopes and subscriptions -------------------------------------------
 
@@ -293,22 +270,6 @@ class Bus:
     def subscriber_budget(self) -> SubscriberBudget:
         """The bytes all subscriptions of this bus (and its scopes) hold, and their bound."""
         return self._hub.budget
-
-    async def health(self) -> dict[str, Health]:
-        """Every sink's health check, run concurrently, each bounded in time."""
-
-        async def check(sink: Sink) -> Health:
-            try:
-                return await asyncio.wait_for(sink.healthcheck(), _HEALTH_TIMEOUT_S)
-            except TimeoutError:
-                return Health(
-                    ok=False, detail=f"health check timed out after {_HEALTH_TIMEOUT_S:g}s"
-                )
-            except Exception as exc:
-                return Health(ok=False, detail=f"{type(exc).__name__}: {exc}")
-
-        results = await asyncio.gather(*(check(s) for s in self.sinks.values()))
-        return dict(zip(self.sinks, results, strict=True))
 
     # --- handlers -----------------------------------------------------------
 
@@ -372,14 +333,37 @@ class Bus:
         """
         check_on_error(on_error, where="emit()")
         errors: list[BaseException] | None = [] if raise_errors else None
-        result = (
-            await self._path.run(
-                (event,), 0, self._concurrency, delivery, self._hub, on_error, errors
-            )
-        )[0]
+        token = _CURRENT.set(self) if _CURRENT.get() is not self else None
+        try:
+            result = (
+                await self._path.run(
+                    (event,), 0, self._concurrency, delivery, self._hub, on_error, errors
+                )
+            )[0]
+        finally:
+            if token is not None:
+                _CURRENT.reset(token)
         if errors:
             raise_errors_of(result, errors)
         return result
+
+    def send(
+        self,
+        event: Event | EventData,
+        *,
+        delivery: Preference | None = None,
+        on_error: OnError | None = None,
+    ) -> asyncio.Task[EmitResult]:
+        """Emit ``event`` in the background: fire and forget, no ``await`` needed.
+
+        Returns the task, which the caller may await for the `EmitResult`. An
+        exception it ends with (the bus is not started, a misuse) is logged and
+        counted (``evbridge_errors_total{stage="send"}``) whether or not anyone
+        awaits it; handler and sink failures are in the result and logged as
+        for `emit`. `stop` waits for sends still running (up to ``shutdown.grace_s``).
+        """
+        check_on_error(on_error, where="send()")
+        return self._sent.start(self.emit(event, delivery=delivery, on_error=on_error))
 
     async def emit_many(
         self,
@@ -398,36 +382,17 @@ class Bus:
         ``on_error`` is as for `emit`.
         """
         check_on_error(on_error, where="emit_many()")
-        return await self._path.run(
-            list(events), 0, concurrency or self._concurrency, delivery, self._hub, on_error
-        )
+        token = _CURRENT.set(self) if _CURRENT.get() is not self else None
+        try:
+            return await self._path.run(
+                list(events), 0, concurrency or self._concurrency, delivery, self._hub, on_error
+            )
+        finally:
+            if token is not None:
+                _CURRENT.reset(token)
 
     # --- introspection ------------------------------------------------------
 
     def handlers(self) -> list[Handler]:
         """Every handler this bus runs, in run order."""
         return self.registry.all()
-
-    def describe(self) -> Mapping[str, Any]:
-        """Routes and handlers, for ``/v1/info``."""
-        return {
-            "routes": [
-                {
-                    "name": r.name,
-                    "match": r.match,
-                    "sink": r.sink,
-                    "key": r.key,
-                    **msgspec.to_builtins(r.options),
-                }
-                for r in self.router.routes
-            ],
-            "handlers": [
-                {
-                    "name": h.name,
-                    "pattern": h.pattern,
-                    "priority": h.priority,
-                    "timeout_s": h.timeout or self._timeout,
-                }
-                for h in self.handlers()
-            ],
-        }

@@ -37,7 +37,7 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
-    ("bus", ("bridge.bus",)),
+    ("bus", ("bridge.bus", "bridge.businfo", "bridge.spoolview", "bridge.sends")),
     (
         "pipeline",
         (
