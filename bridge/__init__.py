@@ -23,6 +23,7 @@ from bridge.errors import (
 from bridge.event import Event
 from bridge.handlers import Context, Handler, HandlerRegistry, Skip, StopChain, on
 from bridge.inject import Depends
+from bridge.resources import resource
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.signature import HandlerSignatureError
 from bridge.typed import EventData
@@ -62,4 +63,5 @@ __all__ = [
     "load_config",
     "on",
     "parse_config",
+    "resource",
 ]

@@ -29,6 +29,7 @@ from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.inject import resources_of
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.middleware import Middleware
@@ -38,6 +39,7 @@ from bridge.pipeline import Watchdog
 from bridge.policy import OnError, check_on_error
 from bridge.policy import raise_errors as raise_errors_of
 from bridge.prefer import Preference
+from bridge.resources import OpenResources
 from bridge.results import EmitResult
 from bridge.routing import Router
 from bridge.sends import Sends
@@ -126,6 +128,8 @@ class Bus(SpoolView, BusInfo):
             else None
         )
         self._life = Lifecycle()
+        #: Opened at `start` for the handlers that depend on them (`bridge.resources`).
+        self._resources = OpenResources()
         self._sent = Sends(self.metrics)
         self._ambient: list[contextvars.Token[Bus | None]] = []
         #: Wrapped around every handler call, in order (`use`, ``handlers.middleware``).
@@ -143,6 +147,7 @@ class Bus(SpoolView, BusInfo):
             cancel_grace_s=handlers.cancel_grace_s,
             max_depth=handlers.max_depth,
             middleware=self._middleware,
+            resources=self._resources,
         )
         limits = self.config.limits
         self._hub = Hub(
@@ -153,9 +158,34 @@ class Bus(SpoolView, BusInfo):
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every sink (concurrently). A sink that fails to start stops the others."""
+        """Open the resources the handlers depend on, then start every sink (concurrently).
+
+        A resource that fails to open, or a sink that fails to start, stops the others.
+        """
         if self._life.started:
             return
+        await self.open_resources()
+        try:
+            await self._start_sinks()
+        except BaseException:
+            await self._resources.close()
+            raise
+        self._life.started = True
+        if self._loopwatch is not None:
+            self._loopwatch.start()
+
+    async def open_resources(self) -> int:
+        """Open what the handlers' ``Depends`` on `bridge.resources` ask for (`start` does);
+        returns how many."""
+        wanted = resources_of(h.params for h in self.registry.all())
+        await self._resources.open(wanted)
+        return len(wanted)
+
+    async def close_resources(self) -> None:
+        """Close the open resources, last opened first (`stop` does)."""
+        await self._resources.close()
+
+    async def _start_sinks(self) -> None:
         results = await asyncio.gather(
             *(s.start() for s in self.sinks.values()), return_exceptions=True
         )
@@ -177,9 +207,6 @@ class Bus(SpoolView, BusInfo):
         except BaseException:
             await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
             raise
-        self._life.started = True
-        if self._loopwatch is not None:
-            self._loopwatch.start()
 
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink.
@@ -205,6 +232,7 @@ class Bus(SpoolView, BusInfo):
         for name, result in zip(self.sinks, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("sink %s did not stop cleanly: %s", name, result)
+        await self._resources.close()
         self._watchdog.close()
         if self._loopwatch is not None:
             self._loopwatch.stop()

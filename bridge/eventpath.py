@@ -29,6 +29,7 @@ from bridge.middleware import Middleware
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.policy import OnError
 from bridge.prefer import Preference
+from bridge.resources import OpenResources
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing
@@ -117,6 +118,7 @@ class EventPath:
         cancel_grace_s: float,
         max_depth: int,
         middleware: Sequence[Middleware] = (),
+        resources: OpenResources | None = None,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -133,6 +135,7 @@ class EventPath:
         #: The bus's middleware list (`Bus.use` appends to it), shared with its scopes.
         self._middleware = middleware
         self._unhandled_log = UnhandledLog()
+        self._resources = resources
 
     def _prepare(self, event: Event | EventData) -> Event:
         if not isinstance(event, Event):
@@ -210,6 +213,7 @@ class EventPath:
             self._unhandled_log.note(event.type)
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
+        ctx.resources = self._resources
         try:
             outcomes, rejection = await run_handlers(
                 handlers,

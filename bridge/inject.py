@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from bridge.metrics import METRICS
+from bridge.resources import is_resource
 
 log = logging.getLogger("bridge.handlers")
 
@@ -40,6 +41,7 @@ FUNCTION: Final = 0
 COROUTINE: Final = 1
 GENERATOR: Final = 2
 ASYNC_GENERATOR: Final = 3
+RESOURCE: Final = 4  # `bridge.resources`: opened by the bus, its value shared by all events
 
 
 class Depends:
@@ -96,8 +98,10 @@ class Dependency:
         self.params = params
         self.use_cache = use_cache
         call = getattr(factory, "__call__", None)  # noqa: B004 - callable objects
-        if inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(call):
-            self.kind: int = ASYNC_GENERATOR
+        if is_resource(factory):
+            self.kind: int = RESOURCE
+        elif inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(call):
+            self.kind = ASYNC_GENERATOR
         elif inspect.isgeneratorfunction(factory) or inspect.isgeneratorfunction(call):
             self.kind = GENERATOR
         elif inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(call):
@@ -159,7 +163,9 @@ def resolve_now(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, An
             value = scope.cache[dep.factory]
         else:
             args = resolve_now(dep.params, event, ctx) if dep.params else {}
-            if dep.kind == GENERATOR:
+            if dep.kind == RESOURCE:
+                value = ctx.resources.get(dep.factory)
+            elif dep.kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
                 scope.open.append(gen)
@@ -194,6 +200,8 @@ async def resolve(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, 
                 value = dep.factory(**args)
             elif kind == COROUTINE:
                 value = await dep.factory(**args)
+            elif kind == RESOURCE:
+                value = ctx.resources.get(dep.factory)
             elif kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
@@ -206,6 +214,26 @@ async def resolve(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, 
                 scope.cache[dep.factory] = value
         kwargs[param.name] = _checked(param, dep, value)
     return kwargs
+
+
+def resources_of(plans: Iterable[tuple[Param, ...] | None]) -> list[Callable[..., Any]]:
+    """The resources (`bridge.resources`) these parameter plans depend on, in the order
+    they are first asked for, each once."""
+    found: dict[Callable[..., Any], None] = {}
+
+    def walk(params: tuple[Param, ...]) -> None:
+        for param in params:
+            dep = param.dependency
+            if dep is None:
+                continue
+            walk(dep.params)
+            if dep.kind == RESOURCE:
+                found.setdefault(dep.factory, None)
+
+    for params in plans:
+        if params:
+            walk(params)
+    return list(found)
 
 
 async def close(scope: Scope, event: Any) -> None:

@@ -129,6 +129,14 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
         True,
         f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules",
     )
+    try:
+        opened = await bus.open_resources()
+    except BridgeError as exc:
+        report.add("resources", False, exc.message)
+    else:
+        await bus.close_resources()
+        if opened:
+            report.add("resources", True, f"{opened} opened and closed")
     report.add(
         "routes",
         True,

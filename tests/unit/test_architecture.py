@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.policy",
             "bridge.middleware",
             "bridge.typed",
+            "bridge.resources",
             "bridge.loopwatch",
             "bridge.cancelguard",
         ),
