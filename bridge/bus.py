@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from bridge.businfo import BusInfo
-from bridge.config import Config, load_config
+from bridge.config import Config, parse_config
 from bridge.delivery import Publisher
 from bridge.dispatch import Dispatch
 from bridge.durable import DurableDelivery
@@ -51,6 +51,12 @@ from bridge.typed import EventData, pattern_of
 
 log = logging.getLogger("bridge.bus")
 
+#: ``Bus()``'s config: events stay in memory (the sidecar's default writes a file).
+_IN_MEMORY: dict[str, Any] = {
+    "sinks": [{"name": "memory", "type": "memory"}],
+    "routes": [{"name": "all", "match": "*", "sink": "memory"}],
+}
+
 _CURRENT: contextvars.ContextVar[Bus | None] = contextvars.ContextVar(
     "evbridge_current_bus", default=None
 )
@@ -72,8 +78,9 @@ def current_bus() -> Bus:
 class Bus(SpoolView, BusInfo):
     """Runs handlers for events and publishes notification events to sinks.
 
-    ``Bus()`` uses the embedded default config (one ``file`` sink, route
-    ``"*"``). Handlers registered with ``@on`` are seen by every bus; the
+    ``Bus()`` keeps events in memory (one ``memory`` sink, route ``"*"``);
+    nothing is written to the working directory (``evbridge serve`` with no
+    config keeps its ``file`` sink). Handlers registered with ``@on`` are seen by every bus; the
     modules named in ``handlers.modules`` (and the ``evbridge.handlers``
     entry-point group) are imported when the bus is built. `subscribe`
     adds handlers to this bus only.
@@ -92,7 +99,7 @@ class Bus(SpoolView, BusInfo):
         registry: HandlerRegistry | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config if config is not None else load_config(env={})
+        self.config = config if config is not None else parse_config(_IN_MEMORY, env={})
         handlers = self.config.handlers
         import_modules(
             handlers.modules,

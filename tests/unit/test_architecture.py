@@ -37,6 +37,7 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
+    ("testing", ("bridge.testing", "bridge.pytest_plugin")),
     ("bus", ("bridge.bus", "bridge.businfo", "bridge.spoolview", "bridge.sends")),
     (
         "pipeline",
