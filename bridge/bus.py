@@ -293,13 +293,16 @@ class Bus(SpoolView, BusInfo):
         subscriptions of the bus share ``limits.max_total_subscriber_bytes``.
         See `bridge.subscriptions` for the queueing and overflow guarantees.
         """
-        return Subscription(
+        subscription = Subscription(
             self._hub,
             tuple(pattern_of(p)[0] for p in patterns),
             max_queue=max_queue,
             overflow=overflow,
             max_queue_bytes=max_queue_bytes,
         )
+        # Live from this line: an event emitted before ``async with`` is not missed.
+        self._hub.add(subscription)
+        return subscription
 
     @property
     def subscriber_budget(self) -> SubscriberBudget:

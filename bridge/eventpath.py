@@ -179,7 +179,7 @@ class EventPath:
                 results.append(self._result(h, outcome))
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
-        if hub.subscriptions:
+        if hub.refs:
             for h, result in zip(handled, results, strict=True):
                 hub.publish(h.event, result.status)
         if parents:

@@ -17,12 +17,17 @@ Guarantees:
   is dropped for that subscriber (or disconnects it);
 - with no subscribers, publishing an event costs one length check and keeps
   nothing;
-- leaving the ``async with`` block frees the subscription at once.
+- a subscription made with `bridge.bus.Bus.subscription` receives from that
+  line on, before ``async with`` or the first ``async for`` (a request sent
+  right after subscribing cannot race its answer); leaving the ``async with``
+  block (or ``close()``) frees it at once, and one never closed is freed when it
+  is garbage-collected: the hub holds its subscriptions weakly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -74,6 +79,7 @@ class Subscription:
 
     # Slots: `offer` runs per event per subscriber and reads most of these.
     __slots__ = (
+        "__weakref__",
         "_budget",
         "_drops_oldest",
         "_hub",
@@ -81,6 +87,7 @@ class Subscription:
         "_overflow",
         "_queue",
         "_read_seq",
+        "_ref",
         "_seq",
         "_waiter",
         "closed",
@@ -136,6 +143,8 @@ class Subscription:
         #: The bound that disconnected it (``overflow="disconnect"``), once it did.
         self.overflow_bound: Bound | None = None
         self.closed = False
+        #: How the hub holds it (weakly), once added.
+        self._ref: weakref.ref[Subscription] | None = None
 
     def offer(self, event: Event, status: Status, cost: int | None = None) -> None:
         """Queue an event without ever waiting (called by the hub, which passes
@@ -293,6 +302,12 @@ class Subscription:
     ) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        # Never closed and no longer referenced: give back its bytes and its place.
+        # (``closed`` is unset when ``__init__`` refused its arguments.)
+        if not getattr(self, "closed", True):
+            self.close()
+
     def close(self) -> None:
         """Stop receiving and free the queue; iteration ends after this."""
         if not self.closed:
@@ -316,12 +331,14 @@ class SubscriberBudget(ByteBudget):
     ) -> None:
         super().__init__(limit)
         self.queue_bytes = queue_bytes
-        self.members: list[Subscription] = []
+        #: The subscriptions sharing it, held weakly (`Hub`).
+        self.members: list[weakref.ref[Subscription]] = []
 
     def make_room(self, size: int) -> bool:
         """Shed from the subscription holding the most bytes until ``size`` fits."""
         while self.used + size > self.limit:
-            victim = max(self.members, key=_queued_bytes, default=None)
+            live = [s for s in (ref() for ref in self.members) if s is not None]
+            victim = max(live, key=_queued_bytes, default=None)
             if victim is None or not victim.queued_bytes:
                 return False
             victim.shed()
@@ -337,41 +354,62 @@ class Hub:
 
     def __init__(self, budget: SubscriberBudget | None = None) -> None:
         self.budget = budget if budget is not None else SubscriberBudget()
-        self.subscriptions: list[Subscription] = []
+        # Weakly: whoever subscribed holds the subscription; one dropped unclosed is
+        # collected, and closes itself (`Subscription.__del__`).
+        #: Its subscriptions, weakly (empty: publishing costs one length check).
+        self.refs: list[weakref.ref[Subscription]] = []
         # Which subscriptions want a type: matching globs per event would cost
         # more than the queueing itself.
-        self._by_type: dict[str, tuple[Subscription, ...]] = {}
+        self._by_type: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        """The live subscriptions, in the order they were added."""
+        return [s for s in (ref() for ref in self.refs) if s is not None]
 
     def add(self, subscription: Subscription) -> None:
-        self.subscriptions.append(subscription)
-        self.budget.members.append(subscription)
+        """Start offering events to ``subscription``; a no-op if it already is added."""
+        if subscription._ref is not None or subscription.closed:
+            return
+        ref = subscription._ref = weakref.ref(subscription)
+        self.refs.append(ref)
+        self.budget.members.append(ref)
         self._by_type.clear()
         _SUBSCRIBERS.inc()
 
     def remove(self, subscription: Subscription) -> None:
+        ref = subscription._ref
+        if ref is None:
+            return
         try:
-            self.subscriptions.remove(subscription)
+            self.refs.remove(ref)
         except ValueError:
             return
-        self.budget.members.remove(subscription)
+        self.budget.members.remove(ref)
         self._by_type.clear()
         _SUBSCRIBERS.dec()
 
-    def _for_type(self, type_: str) -> tuple[Subscription, ...]:
+    def _for_type(self, type_: str) -> tuple[weakref.ref[Subscription], ...]:
         found = self._by_type.get(type_)
         if found is None:
             if len(self._by_type) >= 4096:
                 self._by_type.clear()
-            found = self._by_type[type_] = tuple(s for s in self.subscriptions if s.matches(type_))
+            found = self._by_type[type_] = tuple(
+                ref
+                for ref, s in ((r, r()) for r in self.refs)
+                if s is not None and s.matches(type_)
+            )
         return found
 
     def publish(self, event: Event, status: Status) -> None:
         """Offer an event to every matching subscription (never waits)."""
-        subscriptions = self._for_type(event.type)
-        if subscriptions:
+        refs = self._for_type(event.type)
+        if refs:
             cost = event_cost(event)
-            for subscription in subscriptions:
-                subscription.offer(event, status, cost)
+            for ref in refs:
+                subscription = ref()
+                if subscription is not None:
+                    subscription.offer(event, status, cost)
 
 
 _SUBSCRIBERS = METRICS.subscribers
