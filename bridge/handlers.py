@@ -73,6 +73,7 @@ class Handler:
     __slots__ = (
         "call",
         "data_type",
+        "direct",
         "durations",
         "fn",
         "inject_async",
@@ -133,6 +134,8 @@ class Handler:
             getattr(target, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.inline = inline
+        #: ``async def`` called as ``call(event, ctx)``: the pipeline's shortest path.
+        self.direct = self.call is not None and self.is_async
         #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
         self.on_error = check_on_error(on_error, where=owner)
         self.seq = next(_seq)

@@ -164,8 +164,10 @@ async def _invoke(
 async def _in_thread(
     handler: Handler, slot: Slot, threads: HandlerThreads, fn: Callable[..., Any], *args: Any
 ) -> object:
+    # Kept on the slot while it runs: a timeout's message says whether it ever started.
     job = slot.job = threads.submit(handler.name, slot.deadline, fn, *args)
-    raised = await job.future
+    raised = await job.future  # a CancelledError leaves slot.job for that message
+    slot.job = None
     if raised is not None:
         raise raised
     returned, job.returned = job.returned, None
@@ -213,9 +215,9 @@ async def run_handlers(
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
-        failure: BaseException | None = None
+        # ``failure`` (the exception) is set, and read, only when the outcome is ``error``.
+        failure: BaseException
         outcome: Outcome
-        slot.job = None
         abandoned = False
         start = perf_counter()
         slot.deadline = start + timeout
@@ -225,12 +227,11 @@ async def run_handlers(
                 ctx.data = ctx.decode(handler.data_type)
             elif ctx.data is not event.data:
                 ctx.data = event.data
-            call = handler.call
-            if call is not None and handler.is_async and not middleware:
+            if handler.direct and not middleware:
                 # Most handlers: stepped here, up to its first suspension, as ``await``
                 # would; most end there. ``next`` with a default: a coroutine that returns
                 # None raises nothing.
-                coro = call(event, ctx)
+                coro = handler.call(event, ctx)  # type: ignore[misc]  # direct: call is set
                 waiting = next(coro.__await__(), _DONE)
                 if waiting is not _DONE:
                     await Resume(
@@ -251,6 +252,7 @@ async def run_handlers(
                 if task.uncancel() > slot.base:
                     raise
                 outcome, error = TIMEOUT, _timed_out(timeout, slot.job, threads)
+                slot.job = None
             elif task.cancelling() > slot.base:
                 raise
             else:
@@ -299,6 +301,7 @@ async def run_handlers(
             slot.deadline = _INF
         if slot.fired:
             slot.fired = False
+            slot.job = None
             if outcome != TIMEOUT:
                 # The handler swallowed the watchdog's cancellation: still a timeout.
                 task.uncancel()
@@ -326,10 +329,12 @@ async def run_handlers(
             break
         if outcome in (ERROR, TIMEOUT):
             if errors is not None:
-                errors.append(failure or TimeoutError(f"handler {handler.name} {error}"))
+                errors.append(
+                    failure if outcome == ERROR else TimeoutError(f"handler {handler.name} {error}")
+                )
             policy = handler.on_error or on_error
             if policy == "reject":
-                return outcomes, rejection(run, failure)
+                return outcomes, rejection(run, failure if outcome == ERROR else None)
             if policy == "stop":
                 break
     return outcomes, None
