@@ -27,6 +27,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -89,6 +90,7 @@ class Subscription:
         "_read_seq",
         "_ref",
         "_seq",
+        "_thread",
         "_waiter",
         "closed",
         "dropped",
@@ -145,6 +147,9 @@ class Subscription:
         self.closed = False
         #: How the hub holds it (weakly), once added.
         self._ref: weakref.ref[Subscription] | None = None
+        # The loop's thread: collected in another one (a cycle freed by the collector in
+        # a handler thread), it leaves its cleanup to the loop (`Hub.bury`).
+        self._thread = threading.get_ident()
 
     def offer(self, event: Event, status: Status, cost: int | None = None) -> None:
         """Queue an event without ever waiting (called by the hub, which passes
@@ -305,8 +310,13 @@ class Subscription:
     def __del__(self) -> None:
         # Never closed and no longer referenced: give back its bytes and its place.
         # (``closed`` is unset when ``__init__`` refused its arguments.)
-        if not getattr(self, "closed", True):
+        if getattr(self, "closed", True):
+            return
+        if threading.get_ident() == self._thread:
             self.close()
+        else:
+            self.closed = True
+            self._hub.bury(self._ref, self.queued_bytes)
 
     def close(self) -> None:
         """Stop receiving and free the queue; iteration ends after this."""
@@ -358,6 +368,8 @@ class Hub:
         # collected, and closes itself (`Subscription.__del__`).
         #: Its subscriptions, weakly (empty: publishing costs one length check).
         self.refs: list[weakref.ref[Subscription]] = []
+        #: Subscriptions collected off the loop's thread, and their queued bytes.
+        self.graveyard: deque[tuple[weakref.ref[Subscription], int]] = deque()
         # Which subscriptions want a type: matching globs per event would cost
         # more than the queueing itself.
         self._by_type: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
@@ -367,8 +379,26 @@ class Hub:
         """The live subscriptions, in the order they were added."""
         return [s for s in (ref() for ref in self.refs) if s is not None]
 
+    def bury(self, ref: weakref.ref[Subscription] | None, queued_bytes: int) -> None:
+        """A subscription collected off the loop's thread: freed on the loop, at the next
+        `add`, `remove` or `publish` (a deque append is safe from any thread)."""
+        if ref is not None:
+            self.graveyard.append((ref, queued_bytes))
+
+    def _drain(self) -> None:
+        while self.graveyard:
+            ref, queued_bytes = self.graveyard.popleft()
+            if ref in self.refs:
+                self.refs.remove(ref)
+                self.budget.members.remove(ref)
+                self.budget.used -= queued_bytes
+                self._by_type.clear()
+                _SUBSCRIBERS.dec()
+
     def add(self, subscription: Subscription) -> None:
         """Start offering events to ``subscription``; a no-op if it already is added."""
+        if self.graveyard:
+            self._drain()
         if subscription._ref is not None or subscription.closed:
             return
         ref = subscription._ref = weakref.ref(subscription)
@@ -378,6 +408,8 @@ class Hub:
         _SUBSCRIBERS.inc()
 
     def remove(self, subscription: Subscription) -> None:
+        if self.graveyard:
+            self._drain()
         ref = subscription._ref
         if ref is None:
             return
@@ -403,6 +435,8 @@ class Hub:
 
     def publish(self, event: Event, status: Status) -> None:
         """Offer an event to every matching subscription (never waits)."""
+        if self.graveyard:
+            self._drain()
         refs = self._for_type(event.type)
         if refs:
             cost = event_cost(event)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+from collections import deque
 from typing import Any
 
 import pytest
@@ -395,3 +397,23 @@ async def test_an_unclosed_subscription_is_freed_when_collected(
         assert bus.subscriber_budget.used == 0
         assert METRICS.subscribers._value.get() == before
         await bus.emit(Event(type="order.created"))  # nothing left to offer it to
+
+
+async def test_a_subscription_collected_in_another_thread_is_freed_on_the_loop(
+    registry: HandlerRegistry,
+) -> None:
+    async with make_bus(registry) as bus:
+        before = METRICS.subscribers._value.get()
+        holder = [bus.subscription("order.*")]
+        await bus.emit(Event(type="order.created", data="x" * 1000))
+        assert bus.subscriber_budget.used > 0
+        # The last reference dropped in a thread (as a collector run there would).
+        thread = threading.Thread(target=holder.clear)
+        thread.start()
+        thread.join()
+        assert len(bus._hub.graveyard) == 1
+        await bus.emit(Event(type="order.created"))  # the loop frees it on the next publish
+        assert bus._hub.graveyard == deque()
+        assert bus._hub.subscriptions == []
+        assert bus.subscriber_budget.used == 0
+        assert METRICS.subscribers._value.get() == before
