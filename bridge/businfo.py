@@ -61,6 +61,8 @@ class BusInfo:
                     "pattern": h.pattern,
                     "priority": h.priority,
                     "timeout_s": h.timeout or self._timeout,
+                    # What its failure does to an event sent over the API (no emit policy).
+                    "on_error": h.on_error or "continue",
                 }
                 for h in self.handlers()
             ],
