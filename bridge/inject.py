@@ -4,9 +4,11 @@ A handler parameter whose default is ``Depends(factory)`` gets what
 ``factory`` gives. The factory may be a sync or async function, or a sync or
 async generator: its value is what it yields, and the code after ``yield``
 runs once the event's handlers have all run (also when the handler raised).
-A factory's own parameters are resolved by the same rules as a handler's
-(`bridge.signature`): the `Event`, the `Context`, the typed data, or further
-``Depends``. A factory runs on the loop: keep sync ones cheap.
+With ``use_cache=False`` the value is the handler's own, and so is the cleanup:
+it runs as soon as that handler finished. A factory's own parameters are
+resolved by the same rules as a handler's (`bridge.signature`): the `Event`,
+the `Context`, the typed data, or further ``Depends``. A factory runs on the
+loop: keep sync ones cheap.
 
 Each factory runs at most once per event and its value is shared by that
 event's handlers, unless ``Depends(factory, use_cache=False)``. A value of
@@ -114,13 +116,16 @@ class Dependency:
 
 
 class Scope:
-    """One event's resolved dependencies (by factory) and the generators still open."""
+    """One event's resolved dependencies (by factory) and the generators still open:
+    ``open`` (cached, shared by the event's handlers: closed after the last one) and
+    ``own`` (``use_cache=False``: closed after the handler that asked)."""
 
-    __slots__ = ("cache", "open")
+    __slots__ = ("cache", "open", "own")
 
     def __init__(self) -> None:
         self.cache: dict[Callable[..., Any], Any] = {}
         self.open: list[Any] = []
+        self.own: list[Any] = []
 
 
 class Unset(Exception):
@@ -168,7 +173,7 @@ def resolve_now(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, An
             elif dep.kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
-                scope.open.append(gen)
+                (scope.open if dep.use_cache else scope.own).append(gen)
             else:
                 value = dep.factory(**args)
             if dep.use_cache:
@@ -205,11 +210,11 @@ async def resolve(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, 
             elif kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
-                scope.open.append(gen)
+                (scope.open if dep.use_cache else scope.own).append(gen)
             else:
                 agen = dep.factory(**args)
                 value = await agen.__anext__()
-                scope.open.append(agen)
+                (scope.open if dep.use_cache else scope.own).append(agen)
             if dep.use_cache:
                 scope.cache[dep.factory] = value
         kwargs[param.name] = _checked(param, dep, value)
@@ -236,13 +241,15 @@ def resources_of(plans: Iterable[tuple[Param, ...] | None]) -> list[Callable[...
     return list(found)
 
 
-async def close(scope: Scope, event: Any) -> None:
-    """Run the code after ``yield`` of every generator dependency, last opened first.
+async def close(scope: Scope, event: Any, *, own: bool = False) -> None:
+    """Run the code after ``yield`` of the open generator dependencies, last opened
+    first: the event's shared ones, or (``own``) those of the handler that just ran.
 
     A failing cleanup is logged and counted; the others still run.
     """
-    while scope.open:
-        gen = scope.open.pop()
+    gens = scope.own if own else scope.open
+    while gens:
+        gen = gens.pop()
         try:
             if inspect.isasyncgen(gen):
                 await gen.__anext__()

@@ -43,6 +43,7 @@ from bridge.cancelguard import Abandoned, Resume
 from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
 from bridge.inject import Unset, resolve, resolve_now
+from bridge.inject import close as close_scope
 from bridge.metrics import BUCKETS, METRICS
 from bridge.middleware import Middleware, through
 from bridge.policy import OnError, rejection
@@ -133,9 +134,11 @@ async def _invoke(
             returned = call(event, ctx)
         else:
             returned = await _in_thread(handler, slot, threads, call, event, ctx)
-    else:
-        params = handler.params
-        assert params is not None, "a plan without call has params"
+        await _drive(returned, handler, event, slot, cancel_grace)
+        return
+    params = handler.params
+    assert params is not None, "a plan without call has params"
+    try:
         kwargs = (
             await resolve(params, event, ctx)
             if handler.inject_async
@@ -145,6 +148,18 @@ async def _invoke(
             returned = handler.target(**kwargs)
         else:
             returned = await _in_thread(handler, slot, threads, partial(handler.target, **kwargs))
+        await _drive(returned, handler, event, slot, cancel_grace)
+    finally:
+        scope = ctx.scope
+        if scope is not None and scope.own:
+            # ``use_cache=False`` generators: the handler's own, closed as it ends.
+            await close_scope(scope, event, own=True)
+
+
+async def _drive(
+    returned: object, handler: Handler, event: Event, slot: Slot, cancel_grace: float
+) -> None:
+    """Await what a handler call returned, when it is awaitable."""
     if type(returned) is not CoroutineType:
         if returned is not None and inspect.isawaitable(returned):
             await returned
