@@ -29,6 +29,7 @@ from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.hub import Hub, SubscriberBudget
 from bridge.inject import resources_of
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
@@ -45,7 +46,7 @@ from bridge.routing import Router
 from bridge.sends import Sends
 from bridge.sinks.base import Sink, get_sink_type
 from bridge.spoolview import SpoolView
-from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
+from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, pattern_of
 
@@ -103,6 +104,7 @@ class Bus(SpoolView, BusInfo):
         handlers = self.config.handlers
         import_modules(
             handlers.modules,
+            path=handlers.path,
             entry_point_group="evbridge.handlers" if handlers.entry_points else None,
         )
         self.metrics = metrics if metrics is not None else METRICS
@@ -158,7 +160,8 @@ class Bus(SpoolView, BusInfo):
         )
         limits = self.config.limits
         self._hub = Hub(
-            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
+            self.metrics,
+            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes),
         )
         self.name = "root"
 
@@ -180,6 +183,13 @@ class Bus(SpoolView, BusInfo):
         self._life.started = True
         if self._loopwatch is not None:
             self._loopwatch.start()
+        if not self.sinks and not self.config.routes:
+            # Most often a config file that was not the one meant (empty, or the wrong path).
+            log.warning(
+                "the config has no sinks and no routes: handlers run, but every "
+                "notification event is refused with no_route (docs/configuration.md)",
+                extra={"sinks": 0, "routes": 0},
+            )
 
     async def open_resources(self) -> int:
         """Open what the handlers' ``Depends`` on `bridge.resources` ask for (`start` does);
@@ -276,7 +286,7 @@ class Bus(SpoolView, BusInfo):
         child = copy.copy(self)
         child.name = f"{self.name}/{name}"
         # Scopes share one bound in bytes: memory is the process's, not a scope's.
-        child._hub = self._hub if shared else Hub(self._hub.budget)
+        child._hub = self._hub if shared else Hub(self.metrics, self._hub.budget)
         return child
 
     def subscription(

@@ -18,7 +18,8 @@ from bridge.config import Config
 from bridge.deliverer import Deliverer
 from bridge.delivery import Outcome, Publisher
 from bridge.errors import BridgeError, SpoolFull
-from bridge.metrics import METRICS, Metrics, SpoolGauges
+from bridge.gauges import SpoolGauges
+from bridge.metrics import METRICS, Metrics
 
 # Re-exported: the server imports the request's preference from here.
 from bridge.prefer import Preference, parse_prefer

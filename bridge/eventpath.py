@@ -23,6 +23,7 @@ from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
+from bridge.hub import Hub
 from bridge.inject import close as close_scope
 from bridge.metrics import Metrics
 from bridge.middleware import Middleware
@@ -33,7 +34,6 @@ from bridge.resources import OpenResources
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing
-from bridge.subscriptions import Hub
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, to_event
 
@@ -177,6 +177,8 @@ class EventPath:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
             else:
                 results.append(self._result(h, outcome))
+                if delivery is not None and delivery.mode == "durable":
+                    results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
         if hub.refs:
@@ -357,3 +359,17 @@ class EventPath:
         return EmitResult(
             event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
         )
+
+
+#: Why ``Prefer: respond-async`` was answered ``published``: only a bus without a
+#: spool does that (the rule is in `bridge.dispatch`).
+_NO_SPOOL: Final = (
+    "Prefer: respond-async was not applied: no route is durable, so there is no spool; "
+    "the event was delivered synchronously"
+)
+
+
+def _not_async(result: EmitResult) -> EmitResult:
+    if result.status != "published":
+        return result
+    return msgspec.structs.replace(result, preference_not_applied=_NO_SPOOL)

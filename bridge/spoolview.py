@@ -24,8 +24,9 @@ class SpoolView:
 
     @property
     def honours_prefer(self) -> bool:
-        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) counts:
-        ``delivery.allow_override``. The rule is in `bridge.dispatch`."""
+        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) may choose the mode:
+        ``delivery.allow_override``. Where it may not, ``respond-async`` on a sync
+        route is refused. The rule is in `bridge.dispatch`."""
         return self._dispatch.honours_prefer
 
     def sinks_behind_spool(self) -> frozenset[str]:

@@ -6,7 +6,7 @@ Guarantees:
 - each subscriber has its own queue, bounded in events (``max_queue``) and in
   bytes (``max_queue_bytes``, as `bridge.memory.event_cost` estimates them),
   and all subscribers of a bus (its scopes included) share one bound in bytes
-  (`SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
+  (`bridge.hub.SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
   subscriber never slows the pipeline and memory stays bounded however many
   never read. On overflow a subscriber either loses its oldest queued events
   (``drop_oldest``; the next item it reads carries ``dropped``) or is
@@ -38,18 +38,13 @@ import msgspec
 
 from bridge.errors import BridgeError
 from bridge.event import Event
-from bridge.memory import ByteBudget, event_cost
-from bridge.metrics import METRICS
+from bridge.hub import Bound, Hub
+from bridge.memory import event_cost
 from bridge.results import Status
 from bridge.routing import compile_glob
 
 Overflow = Literal["drop_oldest", "disconnect"]
 OVERFLOW_POLICIES: Final = ("drop_oldest", "disconnect")
-#: Which bound made a subscriber lose events: the label of the overflow metrics.
-Bound = Literal["max_queue", "max_queue_bytes", "max_total_subscriber_bytes"]
-#: Defaults of `bridge.config.LimitsConfig` (for a `Hub` built without a config).
-DEFAULT_QUEUE_BYTES: Final = 16 * 1024 * 1024
-DEFAULT_TOTAL_BYTES: Final = 64 * 1024 * 1024
 
 
 class SubscriptionOverflow(BridgeError):
@@ -85,6 +80,7 @@ class Subscription:
         "_drops_oldest",
         "_hub",
         "_max",
+        "_max_queue_drops",
         "_overflow",
         "_queue",
         "_read_seq",
@@ -128,6 +124,8 @@ class Subscription:
         )
         self._hub = hub
         self._budget = budget
+        # The hot path's counter, looked up once: the hub's (its bus's metrics).
+        self._max_queue_drops = hub.dropped["max_queue"]
         self._max = max_queue
         self.max_bytes = max_bytes
         self._overflow = overflow
@@ -168,7 +166,7 @@ class Subscription:
             self.queued_bytes -= freed
             budget.used -= freed
             self.dropped += 1
-            _DROPPED_MAX_QUEUE.value += 1
+            self._max_queue_drops.value += 1
         if (
             self.queued_bytes + cost > self.max_bytes
             or budget.used + cost > budget.limit
@@ -216,12 +214,12 @@ class Subscription:
 
     def _count_drop(self, bound: Bound) -> None:
         self.dropped += 1
-        _DROPPED[bound].value += 1
+        self._hub.dropped[bound].value += 1
 
     def _disconnect(self, bound: Bound) -> None:
         self.overflowed = True
         self.overflow_bound = bound
-        _DISCONNECTED[bound].value += 1
+        self._hub.disconnected[bound].value += 1
         self._wake()
 
     def shed(self) -> None:
@@ -327,127 +325,3 @@ class Subscription:
             self.queued_bytes = 0
             self._queue.clear()
             self._wake()
-
-
-class SubscriberBudget(ByteBudget):
-    """The bound in bytes that all subscriptions of a bus and its scopes share
-    (``limits.max_total_subscriber_bytes``), and each one's default
-    (``limits.max_subscriber_bytes``)."""
-
-    __slots__ = ("members", "queue_bytes")
-
-    def __init__(
-        self, limit: int = DEFAULT_TOTAL_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES
-    ) -> None:
-        super().__init__(limit)
-        self.queue_bytes = queue_bytes
-        #: The subscriptions sharing it, held weakly (`Hub`).
-        self.members: list[weakref.ref[Subscription]] = []
-
-    def make_room(self, size: int) -> bool:
-        """Shed from the subscription holding the most bytes until ``size`` fits."""
-        while self.used + size > self.limit:
-            live = [s for s in (ref() for ref in self.members) if s is not None]
-            victim = max(live, key=_queued_bytes, default=None)
-            if victim is None or not victim.queued_bytes:
-                return False
-            victim.shed()
-        return True
-
-
-def _queued_bytes(subscription: Subscription) -> int:
-    return subscription.queued_bytes
-
-
-class Hub:
-    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes."""
-
-    def __init__(self, budget: SubscriberBudget | None = None) -> None:
-        self.budget = budget if budget is not None else SubscriberBudget()
-        # Weakly: whoever subscribed holds the subscription; one dropped unclosed is
-        # collected, and closes itself (`Subscription.__del__`).
-        #: Its subscriptions, weakly (empty: publishing costs one length check).
-        self.refs: list[weakref.ref[Subscription]] = []
-        #: Subscriptions collected off the loop's thread, and their queued bytes.
-        self.graveyard: deque[tuple[weakref.ref[Subscription], int]] = deque()
-        # Which subscriptions want a type: matching globs per event would cost
-        # more than the queueing itself.
-        self._by_type: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
-
-    @property
-    def subscriptions(self) -> list[Subscription]:
-        """The live subscriptions, in the order they were added."""
-        return [s for s in (ref() for ref in self.refs) if s is not None]
-
-    def bury(self, ref: weakref.ref[Subscription] | None, queued_bytes: int) -> None:
-        """A subscription collected off the loop's thread: freed on the loop, at the next
-        `add`, `remove` or `publish` (a deque append is safe from any thread)."""
-        if ref is not None:
-            self.graveyard.append((ref, queued_bytes))
-
-    def _drain(self) -> None:
-        while self.graveyard:
-            ref, queued_bytes = self.graveyard.popleft()
-            if ref in self.refs:
-                self.refs.remove(ref)
-                self.budget.members.remove(ref)
-                self.budget.used -= queued_bytes
-                self._by_type.clear()
-                _SUBSCRIBERS.dec()
-
-    def add(self, subscription: Subscription) -> None:
-        """Start offering events to ``subscription``; a no-op if it already is added."""
-        if self.graveyard:
-            self._drain()
-        if subscription._ref is not None or subscription.closed:
-            return
-        ref = subscription._ref = weakref.ref(subscription)
-        self.refs.append(ref)
-        self.budget.members.append(ref)
-        self._by_type.clear()
-        _SUBSCRIBERS.inc()
-
-    def remove(self, subscription: Subscription) -> None:
-        if self.graveyard:
-            self._drain()
-        ref = subscription._ref
-        if ref is None:
-            return
-        try:
-            self.refs.remove(ref)
-        except ValueError:
-            return
-        self.budget.members.remove(ref)
-        self._by_type.clear()
-        _SUBSCRIBERS.dec()
-
-    def _for_type(self, type_: str) -> tuple[weakref.ref[Subscription], ...]:
-        found = self._by_type.get(type_)
-        if found is None:
-            if len(self._by_type) >= 4096:
-                self._by_type.clear()
-            found = self._by_type[type_] = tuple(
-                ref
-                for ref, s in ((r, r()) for r in self.refs)
-                if s is not None and s.matches(type_)
-            )
-        return found
-
-    def publish(self, event: Event, status: Status) -> None:
-        """Offer an event to every matching subscription (never waits)."""
-        if self.graveyard:
-            self._drain()
-        refs = self._for_type(event.type)
-        if refs:
-            cost = event_cost(event)
-            for ref in refs:
-                subscription = ref()
-                if subscription is not None:
-                    subscription.offer(event, status, cost)
-
-
-_SUBSCRIBERS = METRICS.subscribers
-_BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
-_DROPPED: Final = {bound: METRICS.subscription_dropped.child(bound) for bound in _BOUNDS}
-_DISCONNECTED: Final = {bound: METRICS.subscription_disconnected.child(bound) for bound in _BOUNDS}
-_DROPPED_MAX_QUEUE: Final = _DROPPED["max_queue"]

@@ -25,14 +25,12 @@ from prometheus_client import Histogram
 from bridge.config import Config
 from bridge.metrics import METRICS
 from bridge.server.api import Api
+from bridge.server.auth import BearerAuth
+from bridge.server.connections import CONNECTION_GUARD, ConnectionGuard, connection_limits
 from bridge.server.errors import ApiError, error_response, from_api_error, from_http_exception
-from bridge.server.limits import (
-    CONNECTION_GUARD,
-    ConnectionBudget,
-    ConnectionGuard,
-    Throttled,
-    connection_limits,
-)
+from bridge.server.gate import Middleware, admission, require_token
+from bridge.server.limits import ConnectionBudget, Throttled
+from bridge.server.paths import BATCH_PATH, EVENTS_PATH, PROBE_PATHS
 from bridge.server.probes import Probes
 from bridge.server.requestid import install as install_request_ids
 from bridge.server.requestid import request_ids
@@ -101,21 +99,30 @@ def _timed(handler: Handler, child: Histogram) -> Handler:
 
 def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
     probes = Probes(sidecar)
-    for path, name, handler in (
-        ("/healthz", "healthz", probes.healthz),
-        ("/readyz", "readyz", probes.readyz),
-        ("/metrics", "metrics", probes.metrics),
-    ):
-        app.router.add_get(path, _timed(handler, METRICS.request_duration.labels(transport, name)))
+    handlers = {"healthz": probes.healthz, "readyz": probes.readyz, "metrics": probes.metrics}
+    for path in PROBE_PATHS:
+        name = path.lstrip("/")
+        child = METRICS.request_duration.labels(transport, name)
+        app.router.add_get(path, _timed(handlers[name], child))
 
 
 def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
-    """The aiohttp application for one listener."""
+    """The aiohttp application for one listener.
+
+    Every request passes, in order: its request id, the connection's deadlines, JSON
+    errors, and on an API listener the event-request skeleton, the token (TCP with
+    ``auth.token``: every route but the probes) and admission (the event routes).
+    """
     limits = sidecar.config.limits
-    app = web.Application(
-        middlewares=[request_ids, connection_limits, json_errors],
-        client_max_size=limits.max_body_bytes,
-    )
+    api = Api(sidecar, listener) if listener != "metrics" else None
+    middlewares: list[Middleware] = [request_ids, connection_limits, json_errors]
+    if api is not None:
+        token = sidecar.config.auth.token
+        middlewares.append(api.requests)
+        if token and listener == "tcp":
+            middlewares.append(require_token(BearerAuth(token)))
+        middlewares.append(admission(sidecar))
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
     install_request_ids(app)
     app[SIDECAR] = sidecar
     app[LISTENER] = listener
@@ -129,19 +136,19 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     # TCP may not take the slots kept for the Unix socket (the local app's way in).
     reserved = limits.unix_reserved_connections if listener == "tcp" else 0
     app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget, reserved=reserved)
-    if listener == "metrics":
+    if api is None:
         _add_probes(app, sidecar, "tcp")
         return app
-    api = Api(sidecar, listener)
-    app.router.add_post("/v1/events", api.post_event)
-    app.router.add_post("/v1/events/batch", api.post_batch)
+    # Timed by `Api.requests`, like every other part of an event request.
+    app.router.add_post(EVENTS_PATH, api.post_event)
+    app.router.add_post(BATCH_PATH, api.post_batch)
     duration = METRICS.request_duration
     app.router.add_get("/v1/info", _timed(api.info, duration.labels(listener, "info")))
     app.router.add_get(
         "/v1/openapi.json", _timed(api.openapi, duration.labels(listener, "openapi"))
     )
-    add_spool_routes(app, sidecar, listener)
-    add_subscribe_routes(app, sidecar, listener)
+    add_spool_routes(app, sidecar)
+    add_subscribe_routes(app, sidecar)
     _add_probes(app, sidecar, listener)
     return app
 

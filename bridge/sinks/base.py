@@ -29,6 +29,12 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     #: Config fields whose values are secrets: redacted in logs, /v1/info and `check`.
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: One line of meaning per config key (docs/configuration.md is generated from these;
+    #: a key without one fails the generator). Subclasses list their own keys only.
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "name": "The sink's name, which routes give as their `sink`.",
+        "type": "The sink type: `file`, `kafka`, `rabbitmq`, `nats`, `memory` or a plug-in's.",
+    }
 
 
 class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,6 +47,8 @@ class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     #: Per option, glob patterns of the broker's internal destinations (Kafka's ``__*``
     #: topics, say): a value rendered from a template that matches one is refused.
     internal: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: One line of meaning per route option, as `SinkConfig.field_docs`.
+    field_docs: ClassVar[Mapping[str, str]] = {}
 
     def destination(self, sink: str) -> str:
         """A short text naming where events go (topic, exchange, file path)."""
@@ -93,6 +101,22 @@ class Sink(Protocol):
     async def stop(self) -> None: ...
 
 
+@runtime_checkable
+class DestinationCheck(Protocol):
+    """What a sink may add for ``evbridge check``: whether a route's destination exists.
+
+    Optional, so that a sink without it still is a `Sink`. ``options`` are the
+    route's literal values; the options named in ``templated`` are templates (only
+    rendered per event, so not checkable here). Called on a started, healthy
+    sink; must not create anything and must not publish. ``ok=False`` when
+    events would be refused (a missing topic, exchange or stream).
+    """
+
+    async def check_destination(
+        self, options: RouteOptions, templated: frozenset[str]
+    ) -> Health: ...
+
+
 class SinkType(msgspec.Struct, frozen=True):
     """A registered sink type: its config and route classes and its factory.
 
@@ -116,6 +140,11 @@ _BUILTIN = {
     "nats": "bridge.sinks.nats",
 }
 _registry: dict[str, SinkType] = {}
+
+
+def builtin_sink_types() -> tuple[str, ...]:
+    """The ``type`` names of the sinks that ship with evbridge."""
+    return tuple(_BUILTIN)
 
 
 def register_sink_type(sink_type: SinkType) -> None:

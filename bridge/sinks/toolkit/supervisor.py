@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -39,6 +39,8 @@ from bridge.sinks.toolkit.tasks import TaskGroup
 
 #: Extra time `Supervisor.start` allows beyond ``connect_timeout_s`` for the first attempt.
 START_SLACK_S = 1.0
+#: The first pause between reconnection attempts (`Supervision.for_broker`).
+RECONNECT_FIRST_S: Final = 0.1
 
 
 class Link(Protocol):
@@ -71,6 +73,29 @@ class Supervision(msgspec.Struct, frozen=True, kw_only=True):
     #: half-open connection never reports itself lost). ``None`` keeps the link
     #: for a client that reconnects underneath by itself (aiokafka).
     max_failed_probes: int | None = None
+
+    @classmethod
+    def for_broker(
+        cls,
+        *,
+        connect_timeout_s: float,
+        health_timeout_s: float,
+        probe_interval_s: float,
+        reconnect_max_s: float,
+        max_failed_probes: int | None,
+    ) -> Supervision:
+        """The knobs from a broker config's fields, the same way for every broker:
+        reconnects back off from `RECONNECT_FIRST_S` (or ``reconnect_max_s`` if that
+        is lower) doubling up to ``reconnect_max_s``."""
+        return cls(
+            connect_timeout_s=connect_timeout_s,
+            health_timeout_s=health_timeout_s,
+            probe_interval_s=probe_interval_s,
+            backoff=Backoff(
+                initial_s=min(RECONNECT_FIRST_S, reconnect_max_s), max_s=reconnect_max_s
+            ),
+            max_failed_probes=max_failed_probes,
+        )
 
 
 def unavailable(exc: BaseException, message: str) -> SinkError:
