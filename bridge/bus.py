@@ -19,10 +19,6 @@ from typing import Any, Self
 
 from bridge.businfo import BusInfo
 from bridge.config import Config, parse_config
-from bridge.delivery import Publisher
-from bridge.dispatch import Dispatch
-from bridge.durable import DurableDelivery
-from bridge.errors import BridgeError
 from bridge.event import Event
 from bridge.eventpath import EventPath, Lifecycle
 from bridge.handlers import Handler, HandlerRegistry, import_modules
@@ -44,7 +40,8 @@ from bridge.resources import OpenResources
 from bridge.results import EmitResult
 from bridge.routing import Router
 from bridge.sends import Sends
-from bridge.sinks.base import Sink, get_sink_type
+from bridge.sinks.base import Sink
+from bridge.sinkset import SinkSet
 from bridge.spoolview import SpoolView
 from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
@@ -110,22 +107,10 @@ class Bus(SpoolView, BusInfo):
         self.metrics = metrics if metrics is not None else METRICS
         self.registry = HandlerRegistry(parent=registry or default_registry)
         self.router = Router(self.config.routes)
-        self.sinks: dict[str, Sink] = {}
-        self._publishers: dict[str, Publisher] = {}
-        for sink_config in self.config.sinks:
-            sink_type = get_sink_type(sink_config.type)
-            sink = sink_type.factory(sink_config)
-            self.sinks[sink_config.name] = sink
-            self._publishers[sink_config.name] = Publisher(
-                sink, coalesce=sink_type.coalesce, metrics=self.metrics
-            )
-        durable = (
-            DurableDelivery(self.config, self._publishers, metrics=self.metrics)
-            if DurableDelivery.needed(self.config)
-            else None
-        )
-        #: Each route's choice between publishing now and spooling (`bridge.dispatch`).
-        self._dispatch = Dispatch(self.config, self._publishers, durable)
+        #: Sinks, publishers, each route's choice of sync or spooled (`bridge.dispatch`).
+        self._sinkset = SinkSet(self.config, self.metrics)
+        self.sinks: dict[str, Sink] = self._sinkset.sinks
+        self._dispatch = self._sinkset.dispatch
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
         #: Runs the plain ``def`` handlers (never the loop's default executor).
@@ -176,7 +161,7 @@ class Bus(SpoolView, BusInfo):
             return
         await self.open_resources()
         try:
-            await self._start_sinks()
+            await self._sinkset.start()
         except BaseException:
             await self._resources.close()
             raise
@@ -202,29 +187,6 @@ class Bus(SpoolView, BusInfo):
         """Close the open resources, last opened first (`stop` does)."""
         await self._resources.close()
 
-    async def _start_sinks(self) -> None:
-        results = await asyncio.gather(
-            *(s.start() for s in self.sinks.values()), return_exceptions=True
-        )
-        failed = [
-            (name, r)
-            for name, r in zip(self.sinks, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if failed:
-            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
-            name, exc = failed[0]
-            if isinstance(exc, BridgeError):
-                raise exc
-            raise BridgeError(
-                f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
-            ) from exc
-        try:
-            await self._dispatch.start()
-        except BaseException:
-            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
-            raise
-
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink.
 
@@ -239,16 +201,7 @@ class Bus(SpoolView, BusInfo):
         # First, so that the report comes even if a sink then takes too long to stop.
         self._threads.close()
         # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
-        await self._dispatch.stop(self.config.shutdown.grace_s)
-        await asyncio.gather(
-            *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
-        )
-        results = await asyncio.gather(
-            *(s.stop() for s in self.sinks.values()), return_exceptions=True
-        )
-        for name, result in zip(self.sinks, results, strict=True):
-            if isinstance(result, Exception):
-                log.warning("sink %s did not stop cleanly: %s", name, result)
+        await self._sinkset.stop(self.config.shutdown.grace_s)
         await self._resources.close()
         self._watchdog.close()
         if self._loopwatch is not None:

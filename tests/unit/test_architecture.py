@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.businfo",
             "bridge.spoolview",
             "bridge.sends",
+            "bridge.sinkset",
             "bridge.eventpath",
             "bridge.subscriptions",
             "bridge.hub",
