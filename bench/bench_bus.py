@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from bridge import Bus, Context, Event, parse_config
+from bridge import Bus, Context, Depends, Event, parse_config
 from bridge.handlers import HandlerRegistry
 
 try:
@@ -50,7 +50,15 @@ async def noop(event: Event, ctx: Context | object) -> None:
     return None
 
 
-def make_bus(n_handlers: int) -> Bus:
+def settings() -> dict[str, str]:
+    return {"dsn": "bench"}
+
+
+async def injected(event: Event, config: dict[str, str] = Depends(settings)) -> None:
+    return None
+
+
+def make_bus(n_handlers: int, handler: Callable[..., Awaitable[None]] = noop) -> Bus:
     config = parse_config(
         {
             "sinks": [{"name": "mem", "type": "memory", "max_events": 1000}],
@@ -63,7 +71,7 @@ def make_bus(n_handlers: int) -> Bus:
     )
     bus = Bus(config, registry=HandlerRegistry())
     for i in range(n_handlers):
-        bus.subscribe("bench.event", noop, name=f"noop{i}")
+        bus.subscribe("bench.event", handler, name=f"handler{i}")
     return bus
 
 
@@ -114,6 +122,30 @@ async def run(n_events: int, rounds: int) -> list[dict[str, object]]:
     return rows
 
 
+async def run_injected(n_events: int, rounds: int) -> dict[str, object]:
+    """One handler with one injected dependency against one plain ``(event, ctx)`` handler,
+    alternating round by round."""
+    events = [Event(type="bench.event", data={"i": i}, source="bench") for i in range(n_events)]
+    async with make_bus(1) as plain, make_bus(1, injected) as with_dep:
+        samples: dict[str, list[float]] = {"plain": [], "injected": []}
+        for _ in range(rounds):
+            for label, bus in (("plain", plain), ("injected", with_dep)):
+
+                async def loop(bus: Bus = bus) -> None:
+                    for e in events:
+                        await bus.emit(e)
+
+                samples[label].append(await rate(loop, n_events))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return {
+        "handlers": "1 with one Depends",
+        "plain_emit_eps": round(med["plain"]),
+        "injected_emit_eps": round(med["injected"]),
+        "injected_vs_plain": round(med["injected"] / med["plain"], 3),
+        "dependency_cost_us": round((1 / med["injected"] - 1 / med["plain"]) * 1e6, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -130,6 +162,7 @@ def main() -> None:
     runner = uvloop.run if uvloop is not None else asyncio.run
     for row in runner(run(args.events, args.rounds)):
         print(json.dumps(row))
+    print(json.dumps(runner(run_injected(args.events, args.rounds))))
 
 
 if __name__ == "__main__":

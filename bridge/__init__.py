@@ -2,12 +2,12 @@
 
 The public API for handler authors and embedders::
 
-    from bridge import Bus, Event, Context, on, StopChain, Skip
+    from bridge import Bus, Event, Context, Depends, on, StopChain, Skip
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from bridge.bus import Bus
+from bridge.bus import Bus, current_bus
 from bridge.config import Config, load_config, parse_config
 from bridge.errors import (
     BridgeError,
@@ -21,8 +21,12 @@ from bridge.errors import (
     TemplateError,
 )
 from bridge.event import Event
-from bridge.handlers import Context, Handler, Skip, StopChain, on
+from bridge.handlers import Context, Handler, HandlerRegistry, Skip, StopChain, on
+from bridge.inject import Depends
+from bridge.resources import resource
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
+from bridge.signature import HandlerSignatureError
+from bridge.typed import EventData
 
 try:
     __version__ = version("evbridge")
@@ -36,11 +40,15 @@ __all__ = [
     "ConfigError",
     "Context",
     "Delivery",
+    "Depends",
     "EmitResult",
     "ErrorInfo",
     "Event",
+    "EventData",
     "Handler",
     "HandlerOutcome",
+    "HandlerRegistry",
+    "HandlerSignatureError",
     "InvalidEvent",
     "MaxDepthExceeded",
     "NoRoute",
@@ -51,7 +59,9 @@ __all__ = [
     "StopChain",
     "TemplateError",
     "__version__",
+    "current_bus",
     "load_config",
     "on",
     "parse_config",
+    "resource",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from time import monotonic
 from typing import Final
 
 import msgspec
@@ -23,13 +24,18 @@ from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
 from bridge.hub import Hub
+from bridge.inject import close as close_scope
 from bridge.metrics import Metrics
+from bridge.middleware import Middleware
 from bridge.pipeline import Slot, Watchdog, run_handlers
+from bridge.policy import OnError
 from bridge.prefer import Preference
+from bridge.resources import OpenResources
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing
 from bridge.threads import HandlerThreads
+from bridge.typed import EventData, to_event
 
 log = logging.getLogger("bridge.bus")
 
@@ -39,16 +45,50 @@ def _error_info(exc: BridgeError) -> ErrorInfo:
 
 
 class _Handled:
-    """An event after its handlers ran: what they did and what they emitted."""
+    """An event after its handlers ran: what they did and what they emitted, and
+    why a handler's policy rejected it (then it is neither published nor followed up)."""
 
-    __slots__ = ("event", "follow_ups", "outcomes")
+    __slots__ = ("event", "follow_ups", "outcomes", "rejection")
 
     def __init__(
-        self, event: Event, outcomes: list[HandlerOutcome], follow_ups: list[Event]
+        self,
+        event: Event,
+        outcomes: list[HandlerOutcome],
+        follow_ups: list[Event],
+        rejection: ErrorInfo | None = None,
     ) -> None:
         self.event = event
         self.outcomes = outcomes
         self.follow_ups = follow_ups
+        self.rejection = rejection
+
+
+class UnhandledLog:
+    """Logs, at info level, that an event type has no handler: once per type, then at
+    most once per `INTERVAL_S` per type (types come from clients: the table is bounded)."""
+
+    INTERVAL_S: Final = 60.0
+    MAX_TYPES: Final = 1024
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def note(self, type_: str) -> None:
+        now = monotonic()
+        last = self._last.get(type_)
+        if last is not None and now - last < self.INTERVAL_S:
+            return
+        if last is None and len(self._last) >= self.MAX_TYPES:
+            self._last.clear()
+        self._last[type_] = now
+        log.info(
+            "no handler for events of type %s (counted in evbridge_events_unhandled_total; "
+            "logged at most once a minute per type)",
+            type_,
+            extra={"event_type": type_},
+        )
 
 
 class Lifecycle:
@@ -77,6 +117,8 @@ class EventPath:
         timeout_s: float,
         cancel_grace_s: float,
         max_depth: int,
+        middleware: Sequence[Middleware] = (),
+        resources: OpenResources | None = None,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -90,33 +132,48 @@ class EventPath:
         self._timeout = timeout_s
         self._cancel_grace = cancel_grace_s
         self._max_depth = max_depth
+        #: The bus's middleware list (`Bus.use` appends to it), shared with its scopes.
+        self._middleware = middleware
+        self._unhandled_log = UnhandledLog()
+        self._resources = resources
 
-    def _prepare(self, event: Event) -> Event:
+    def _prepare(self, event: Event | EventData) -> Event:
         if not isinstance(event, Event):
-            raise TypeError(f"emit() takes an Event, got {type(event).__name__}")
+            if not isinstance(event, EventData):
+                raise TypeError(
+                    f"emit() takes an Event or an EventData, got {type(event).__name__}"
+                )
+            event = to_event(event)
         if event.source is None:
             msgspec.structs.force_setattr(event, "source", self._source)
         return event
 
     async def run(
         self,
-        events: Sequence[Event],
+        events: Sequence[Event | EventData],
         depth: int,
         concurrency: int,
         delivery: Preference | None,
         hub: Hub,
+        on_error: OnError | None = None,
+        errors: list[BaseException] | None = None,
     ) -> list[EmitResult]:
         """The one orchestration, for single events, batches and follow-ups alike:
-        handlers, then routing and delivery per channel, then the follow-ups."""
+        handlers, then routing and delivery per channel, then the follow-ups.
+
+        ``on_error`` is the error policy of handlers without their own
+        (`bridge.policy`); ``errors``, when given, collects the handlers' errors."""
         if not events:
             return []
-        handled = await self._handle_all(events, depth, concurrency)
+        handled = await self._handle_all(events, depth, concurrency, on_error, errors)
         outcomes = await self._deliver(handled, delivery)
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []
         for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
-            if outcome is None:
+            if h.rejection is not None:
+                results.append(self._rejected_by_handler(h, h.rejection))
+            elif outcome is None:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
             else:
                 results.append(self._result(h, outcome))
@@ -124,12 +181,18 @@ class EventPath:
                     results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
-        if hub.subscriptions:
+        if hub.refs:
             for h, result in zip(handled, results, strict=True):
                 hub.publish(h.event, result.status)
         if parents:
             children = await self.run(
-                [e for h in handled for e in h.follow_ups], depth + 1, concurrency, delivery, hub
+                [e for h in handled for e in h.follow_ups],
+                depth + 1,
+                concurrency,
+                delivery,
+                hub,
+                on_error,
+                errors,
             )
             grouped: dict[int, list[EmitResult]] = {}
             for parent, child in zip(parents, children, strict=True):
@@ -138,19 +201,50 @@ class EventPath:
                 results[parent] = msgspec.structs.replace(results[parent], follow_ups=follow)
         return results
 
-    async def _handle(self, event: Event, depth: int, slot: Slot) -> _Handled:
+    async def _handle(
+        self,
+        event: Event,
+        depth: int,
+        slot: Slot,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
+    ) -> _Handled:
         handlers = self._registry.match(event.type)
         if not handlers:
             self._unhandled.inc()
+            self._unhandled_log.note(event.type)
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
-        outcomes = await run_handlers(
-            handlers, event, ctx, slot, self._timeout, self._threads, self._cancel_grace
-        )
+        ctx.resources = self._resources
+        try:
+            outcomes, rejection = await run_handlers(
+                handlers,
+                event,
+                ctx,
+                slot,
+                self._timeout,
+                self._threads,
+                self._cancel_grace,
+                on_error,
+                errors,
+                self._middleware,
+            )
+        finally:
+            ctx.closed = True
+            if ctx.scope is not None and ctx.scope.open:
+                # Generator dependencies: their code after ``yield``, also when a handler raised.
+                await close_scope(ctx.scope, event)
+        if rejection is not None:
+            return _Handled(event, outcomes, [], rejection)
         return _Handled(event, outcomes, ctx.follow_ups)
 
     async def _handle_all(
-        self, events: Sequence[Event], depth: int, concurrency: int
+        self,
+        events: Sequence[Event | EventData],
+        depth: int,
+        concurrency: int,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
     ) -> list[_Handled]:
         if len(events) == 1:
             # One event (every `emit`): no worker to spawn, no results to slot in.
@@ -159,7 +253,7 @@ class EventPath:
             slot = Slot(task)
             self._watchdog.enter(slot)
             try:
-                return [await self._handle(self._prepare(events[0]), depth, slot)]
+                return [await self._handle(self._prepare(events[0]), depth, slot, on_error, errors)]
             finally:
                 self._watchdog.leave(slot)
         handled: list[_Handled | None] = [None] * len(events)
@@ -172,7 +266,9 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await self._handle(self._prepare(events[i]), depth, slot)
+                    handled[i] = await self._handle(
+                        self._prepare(events[i]), depth, slot, on_error, errors
+                    )
             finally:
                 self._watchdog.leave(slot)
 
@@ -192,7 +288,7 @@ class EventPath:
         if len(handled) == 1:
             # One event: its channel's single-event call (which coalesces across callers).
             event = handled[0].event
-            if event.kind == "domain":
+            if event.kind == "domain" or handled[0].rejection is not None:
                 return [None]
             try:
                 _, outgoing = self._router.resolve(event)
@@ -206,7 +302,7 @@ class EventPath:
         outcomes: list[Result | None] = [None] * len(handled)
         groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
         for i, item in enumerate(handled):
-            if item.event.kind == "domain":
+            if item.event.kind == "domain" or item.rejection is not None:
                 continue
             try:
                 _, outgoing = self._router.resolve(item.event)
@@ -236,6 +332,14 @@ class EventPath:
                 "emitting notification events",
                 code="not_started",
             )
+
+    def _rejected_by_handler(self, handled: _Handled, error: ErrorInfo) -> EmitResult:
+        event = handled.event
+        log.warning(
+            "event %s %s rejected: %s (%s)", event.type, event.id, error.message, error.code
+        )
+        self._metrics.events_rejected.labels(error.code).inc()
+        return EmitResult(event.id, event.type, "rejected", handled.outcomes, error=error)
 
     def _result(self, handled: _Handled, outcome: Result | None) -> EmitResult:
         event = handled.event

@@ -1,5 +1,8 @@
 """Handler registration: ``@on("invite.*", priority=10)`` and runtime subscribe.
 
+`Context` lives in `bridge.context`, call plans in `bridge.signature`, dependency
+injection in `bridge.inject`, error policies in `bridge.policy`.
+
 Handlers run in priority order (higher first), then in registration order.
 A handler is ``async def`` (awaited on the loop) or plain ``def`` (run in one
 of the bus's ``handlers.threads`` handler threads, `bridge.threads`, so a
@@ -17,18 +20,34 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-import msgspec
-
-from bridge.errors import ConfigError, MaxDepthExceeded
+from bridge.context import Context
+from bridge.errors import ConfigError
 from bridge.event import Event
 from bridge.metrics import METRICS
+from bridge.policy import OnError, check_on_error
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
+from bridge.signature import HandlerSignatureError, build_class
+from bridge.signature import plan as make_plan
+from bridge.typed import EventData, pattern_of
 
-HandlerFn = Callable[[Event, "Context"], Awaitable[None] | None]
+HandlerFn = Callable[[Event, Context], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _seq = itertools.count()
+
+__all__ = [
+    "Context",
+    "Handler",
+    "HandlerFn",
+    "HandlerRegistry",
+    "HandlerSignatureError",
+    "Skip",
+    "StopChain",
+    "import_modules",
+    "on",
+    "registry",
+]
 
 
 class StopChain(Exception):
@@ -43,49 +62,83 @@ class Skip(Exception):
 
 
 class Handler:
-    """A registered handler and how to run it."""
+    """A registered handler and how to run it.
+
+    ``fn`` is what was registered (a function, a callable, or a handler
+    class, built once here); its signature is read once into a plan
+    (`bridge.signature`): ``call(event, ctx)``, or ``params`` to inject per
+    event and then ``target(**kwargs)``. A signature that cannot be satisfied
+    raises `HandlerSignatureError` here, naming the handler and the parameter.
+    """
 
     __slots__ = (
+        "call",
         "data_type",
+        "direct",
         "durations",
         "fn",
+        "inject_async",
         "inline",
         "is_async",
         "matches",
         "name",
+        "on_error",
+        "params",
         "pattern",
         "priority",
         "runs",
         "seq",
+        "target",
         "timeout",
     )
 
     def __init__(
         self,
-        fn: HandlerFn,
-        pattern: str,
+        fn: Callable[..., Any],
+        pattern: str | type[EventData],
         *,
         priority: int = 0,
         timeout: float | None = None,
         data: type[Any] | None = None,
         name: str | None = None,
         inline: bool = False,
+        on_error: OnError | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {fn!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.fn = fn
+        # A typed event class: its declared type, and its instances as the data.
+        pattern, implied = pattern_of(pattern)
+        data = data or implied
         self.pattern = pattern
         self.matches = compile_glob(pattern)
         self.priority = priority
         self.timeout = timeout
-        self.data_type = data
         self.name = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        target: Callable[..., Any] = fn
+        owner = f"handler {self.name}"
+        if inspect.isclass(fn):
+            handle = getattr(build_class(fn, owner), "handle", None)
+            if not callable(handle):
+                raise HandlerSignatureError(f"{owner}: a handler class needs a handle() method")
+            target = handle
+        plan = make_plan(target, owner, data)
+        self.target = plan.target
+        self.call = plan.call
+        #: Parameters injected per event (None: ``call`` needs nothing resolved).
+        self.params = plan.params
+        self.inject_async = plan.is_async
+        self.data_type = plan.data_type
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.inline = inline
+        #: ``async def`` called as ``call(event, ctx)``: the pipeline's shortest path.
+        self.direct = self.call is not None and self.is_async
+        #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
+        self.on_error = check_on_error(on_error, where=owner)
         self.seq = next(_seq)
         self.runs = {o: METRICS.handler_runs.child(self.name, o) for o in OUTCOMES}
         self.durations = METRICS.handler_duration.child(self.name)
@@ -118,8 +171,9 @@ class HandlerRegistry:
         self._version += 1
         return handler
 
-    def remove(self, pattern: str, fn: Callable[..., Any]) -> None:
+    def remove(self, pattern: str | type[EventData], fn: Callable[..., Any]) -> None:
         """Remove ``fn`` registered for ``pattern`` here; a no-op if it never was."""
+        pattern, _ = pattern_of(pattern)
         kept = [h for h in self._own if not (h.pattern == pattern and h.fn == fn)]
         if len(kept) != len(self._own):
             self._own = kept
@@ -153,78 +207,48 @@ registry = HandlerRegistry()
 
 
 def on(
-    pattern: str,
+    pattern: str | type[EventData],
     *,
     priority: int = 0,
     timeout: float | None = None,
     data: type[Any] | None = None,
     name: str | None = None,
     inline: bool = False,
+    on_error: OnError | None = None,
 ) -> Callable[[F], F]:
-    """Register the decorated function as a handler for events matching ``pattern``.
+    """Register the decorated function (or handler class) for events matching ``pattern``.
+
+    A function's parameters are given by type, name or ``Depends`` (`bridge.signature`,
+    `bridge.inject`); a class is built once, here, and its ``handle`` method is the
+    handler, named ``module.Class``. A signature that cannot be satisfied raises
+    `HandlerSignatureError` here, naming the handler and the parameter.
 
     ``pattern`` is an exact type or a glob (``"invite.*"``, ``"*"``).
     ``timeout`` overrides ``handlers.timeout_s``. ``data`` is a msgspec Struct
     (or any msgspec-convertible type) that ``event.data`` is decoded into once
     per event and offered as ``ctx.data``; a decode failure is this handler's
     error. ``name`` overrides the ``module.qualname`` label used in results
-    and metrics.
+    and metrics. ``on_error`` (``continue``, ``stop`` or ``reject``, see
+    `bridge.policy`) is what this handler's failure does to the rest of the
+    event; unset, the emit's policy applies (default ``continue``).
     """
 
     def decorate(fn: F) -> F:
         registry.add(
             Handler(
-                fn, pattern, priority=priority, timeout=timeout, data=data, name=name, inline=inline
+                fn,
+                pattern,
+                priority=priority,
+                timeout=timeout,
+                data=data,
+                name=name,
+                inline=inline,
+                on_error=on_error,
             )
         )
         return fn
 
     return decorate
-
-
-class Context:
-    """What a handler gets besides the event: typed data and follow-up emission."""
-
-    __slots__ = ("_decoded", "data", "depth", "event", "follow_ups", "max_depth")
-
-    def __init__(self, event: Event, depth: int, *, max_depth: int) -> None:
-        self.event = event
-        self.depth = depth
-        #: ``handlers.max_depth``: how deep follow-ups may nest.
-        self.max_depth = max_depth
-        #: ``event.data`` decoded into the running handler's ``data=`` type, else raw.
-        self.data: Any = event.data
-        self.follow_ups: list[Event] = []
-        self._decoded: dict[type[Any], Any] | None = None
-
-    def decode(self, data_type: type[Any]) -> Any:
-        """``event.data`` as ``data_type``, decoded once per event and type."""
-        if self._decoded is None:
-            self._decoded = {}
-        try:
-            return self._decoded[data_type]
-        except KeyError:
-            pass
-        value = msgspec.convert(self.event.data, data_type)
-        self._decoded[data_type] = value
-        return value
-
-    async def emit(self, event: Event) -> None:
-        """Queue a follow-up event.
-
-        It runs through the same pipeline and routing after this event's own
-        handlers and delivery, and its result is part of this event's result.
-        Raises `MaxDepthExceeded` past ``handlers.max_depth``.
-        """
-        if not isinstance(event, Event):
-            raise TypeError(f"ctx.emit() takes an Event, got {type(event).__name__}")
-        limit = self.max_depth
-        if self.depth + 1 > limit:
-            raise MaxDepthExceeded(
-                f"follow-up {event.type!r} of {self.event.type!r} would be nested "
-                f"{self.depth + 1} deep; handlers.max_depth is {limit} (a cycle of follow-ups?)"
-            )
-        self.follow_ups.append(event)
 
 
 def import_modules(

@@ -62,7 +62,9 @@ class EmitResult(msgspec.Struct, frozen=True):
     (every delivery confirmed by its broker), ``spooled`` (fsync'd to the local
     spool, delivered in the background) or ``rejected`` (``error`` says why;
     ``error.retriable`` tells whether sending it again may succeed).
-    Handler failures never change the status: they are in ``handlers``.
+    Handler failures are in ``handlers`` and do not change the status, except
+    under a handler's ``on_error="reject"`` (`bridge.policy`): then it is
+    ``rejected`` with code ``handler_failed`` and nothing was published.
     ``preference_not_applied`` says why a request's ``Prefer: respond-async``
     was not applied (the event was delivered synchronously).
     """

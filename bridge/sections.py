@@ -160,6 +160,9 @@ class HandlersConfig(Section, frozen=True, kw_only=True):
 
     modules: tuple[str, ...] = ()
     path: tuple[str, ...] = ()
+    #: ``module:callable`` async middleware wrapped around every handler call, in order
+    #: (`bridge.middleware`).
+    middleware: tuple[str, ...] = ()
     timeout_s: PositiveFloat = 5.0
     max_depth: PositiveInt = 8
     concurrency: PositiveInt = 64
@@ -173,6 +176,8 @@ class HandlersConfig(Section, frozen=True, kw_only=True):
         "modules": "Python modules to import for their `@on` handlers, in this order.",
         "path": "Directories appended to `sys.path` before the modules are imported; relative "
         "ones are relative to the config file's directory, which is always first.",
+        "middleware": "`module:callable` async middleware wrapped around every handler "
+        "call, the first outermost.",
         "timeout_s": "Default time limit of one handler run; past it the run's outcome "
         "is `timeout`.",
         "max_depth": "How deep follow-up events may nest before one is refused with `max_depth`.",

@@ -17,12 +17,18 @@ Guarantees:
   is dropped for that subscriber (or disconnects it);
 - with no subscribers, publishing an event costs one length check and keeps
   nothing;
-- leaving the ``async with`` block frees the subscription at once.
+- a subscription made with `bridge.bus.Bus.subscription` receives from that
+  line on, before ``async with`` or the first ``async for`` (a request sent
+  right after subscribing cannot race its answer); leaving the ``async with``
+  block (or ``close()``) frees it at once, and one never closed is freed when it
+  is garbage-collected: the hub holds its subscriptions weakly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -69,6 +75,7 @@ class Subscription:
 
     # Slots: `offer` runs per event per subscriber and reads most of these.
     __slots__ = (
+        "__weakref__",
         "_budget",
         "_drops_oldest",
         "_hub",
@@ -77,7 +84,9 @@ class Subscription:
         "_overflow",
         "_queue",
         "_read_seq",
+        "_ref",
         "_seq",
+        "_thread",
         "_waiter",
         "closed",
         "dropped",
@@ -134,6 +143,11 @@ class Subscription:
         #: The bound that disconnected it (``overflow="disconnect"``), once it did.
         self.overflow_bound: Bound | None = None
         self.closed = False
+        #: How the hub holds it (weakly), once added.
+        self._ref: weakref.ref[Subscription] | None = None
+        # The loop's thread: collected in another one (a cycle freed by the collector in
+        # a handler thread), it leaves its cleanup to the loop (`Hub.bury`).
+        self._thread = threading.get_ident()
 
     def offer(self, event: Event, status: Status, cost: int | None = None) -> None:
         """Queue an event without ever waiting (called by the hub, which passes
@@ -290,6 +304,17 @@ class Subscription:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # Never closed and no longer referenced: give back its bytes and its place.
+        # (``closed`` is unset when ``__init__`` refused its arguments.)
+        if getattr(self, "closed", True):
+            return
+        if threading.get_ident() == self._thread:
+            self.close()
+        else:
+            self.closed = True
+            self._hub.bury(self._ref, self.queued_bytes)
 
     def close(self) -> None:
         """Stop receiving and free the queue; iteration ends after this."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -39,6 +40,15 @@ from bridge.metrics import METRICS, Metrics
 log = logging.getLogger("bridge.handlers")
 
 _names = count(1)
+_current = threading.local()
+
+
+def handler_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop of the bus whose handler this thread runs, or None off handler threads.
+
+    How a plain ``def`` handler's ``ctx.emit`` reaches the loop (`bridge.handlers.Context`).
+    """
+    return getattr(_current, "loop", None)
 
 
 class Job:
@@ -46,11 +56,24 @@ class Job:
 
     ``future`` resolves, on the loop, to None or to the exception the function
     raised (any `BaseException`, carried as a value so that a ``SystemExit``
-    never travels through the event loop's task machinery). Cancelling
-    ``future`` before a thread took the job means it never runs.
+    never travels through the event loop's task machinery); what it returned
+    is then in ``returned`` (a sync callable may return a coroutine, which the
+    caller awaits on the loop). Cancelling ``future`` before a thread took the
+    job means it never runs. The function runs in a copy of the submitter's
+    `contextvars` context, as `asyncio.to_thread` does.
     """
 
-    __slots__ = ("args", "deadline", "fn", "future", "handler", "loop", "started")
+    __slots__ = (
+        "args",
+        "context",
+        "deadline",
+        "fn",
+        "future",
+        "handler",
+        "loop",
+        "returned",
+        "started",
+    )
 
     def __init__(
         self,
@@ -67,6 +90,9 @@ class Job:
         self.deadline = deadline
         self.fn = fn
         self.args = args
+        # Request ids and tracing context set by the caller reach the handler.
+        self.context = contextvars.copy_context()
+        self.returned: Any = None
         #: `time.perf_counter` time a thread took it; 0.0 while it waits for one.
         self.started = 0.0
 
@@ -128,9 +154,10 @@ class HandlerThreads:
             if not job.future.done():
                 job.started = perf_counter()
                 running[me] = job
+                _current.loop = job.loop
                 raised: BaseException | None = None
                 try:
-                    job.fn(*job.args)
+                    job.returned = job.context.run(job.fn, *job.args)
                 except BaseException as exc:  # the handler's, reported on the loop
                     raised = exc
                 del running[me]

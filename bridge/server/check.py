@@ -176,6 +176,14 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
         f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules"
         + (f" (importable from {', '.join(config.handlers.path)})" if config.handlers.path else ""),
     )
+    try:
+        opened = await bus.open_resources()
+    except BridgeError as exc:
+        report.add("resources", False, exc.message)
+    else:
+        await bus.close_resources()
+        if opened:
+            report.add("resources", True, f"{opened} opened and closed")
     report.add(
         "routes",
         True,

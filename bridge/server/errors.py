@@ -76,7 +76,8 @@ class ApiError(BridgeError):
 def status_for(error: ErrorInfo | BridgeError) -> int:
     """The HTTP status for a rejected single event.
 
-    ``no_route`` → 422; invalid input → 400; a sink error that may succeed
+    ``no_route`` and a handler's ``handler_failed`` → 422 (``handler_failed``
+    that is retriable → 503); invalid input → 400; a sink error that may succeed
     later (``retriable``, a broker's ``unauthorized`` included) → 503; one
     that never will as sent → 502.
     """
@@ -84,6 +85,9 @@ def status_for(error: ErrorInfo | BridgeError) -> int:
         # A broker refused the sink's credentials: the sidecar's problem, not the client's
         # (a 401 would tell the client its own token is wrong).
         return 503
+    if error.code == "handler_failed":
+        # A handler's policy rejected it: as sent it fails again (422), unless retriable.
+        return 503 if error.retriable else 422
     status = _STATUS_BY_CODE.get(error.code)
     if status is not None:
         return status

@@ -43,12 +43,32 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
-    ("bus", ("bridge.bus", "bridge.eventpath", "bridge.subscriptions", "bridge.hub")),
+    ("testing", ("bridge.testing", "bridge.pytest_plugin")),
+    (
+        "bus",
+        (
+            "bridge.bus",
+            "bridge.businfo",
+            "bridge.spoolview",
+            "bridge.sends",
+            "bridge.sinkset",
+            "bridge.eventpath",
+            "bridge.subscriptions",
+            "bridge.hub",
+        ),
+    ),
     (
         "pipeline",
         (
             "bridge.pipeline",
             "bridge.handlers",
+            "bridge.context",
+            "bridge.signature",
+            "bridge.inject",
+            "bridge.policy",
+            "bridge.middleware",
+            "bridge.typed",
+            "bridge.resources",
             "bridge.threads",
             "bridge.loopwatch",
             "bridge.cancelguard",

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+from collections import deque
 from typing import Any
 
 import pytest
@@ -403,3 +405,54 @@ async def test_an_event_too_big_for_a_full_queue_costs_only_itself(
         await bus.emit(big(3))
         got += await drain(sub, 1)
     assert [(n.event.data["i"], n.dropped) for n in got] == [(0, 0), (1, 0), (3, 1)]
+
+
+async def test_a_subscription_is_live_from_the_line_that_makes_it(
+    registry: HandlerRegistry,
+) -> None:
+    """haiway's request/response pattern: subscribe, send the request, then read."""
+    async with make_bus(registry) as bus:
+        sub = bus.subscription("order.*")
+        await bus.emit(Event(type="order.created", data=1))  # before async with / async for
+        async with sub:
+            notice = await sub.next(timeout=1)
+    assert notice is not None
+    assert notice.event.data == 1
+
+
+async def test_an_unclosed_subscription_is_freed_when_collected(
+    registry: HandlerRegistry,
+) -> None:
+    async with make_bus(registry) as bus:
+        before = METRICS.subscribers._value.get()
+        sub = bus.subscription("order.*")
+        await bus.emit(Event(type="order.created", data="x" * 1000))
+        assert bus.subscriber_budget.used > 0
+        assert METRICS.subscribers._value.get() == before + 1
+        del sub
+        gc.collect()
+        assert bus._hub.subscriptions == []
+        assert bus.subscriber_budget.members == []
+        assert bus.subscriber_budget.used == 0
+        assert METRICS.subscribers._value.get() == before
+        await bus.emit(Event(type="order.created"))  # nothing left to offer it to
+
+
+async def test_a_subscription_collected_in_another_thread_is_freed_on_the_loop(
+    registry: HandlerRegistry,
+) -> None:
+    async with make_bus(registry) as bus:
+        before = METRICS.subscribers._value.get()
+        holder = [bus.subscription("order.*")]
+        await bus.emit(Event(type="order.created", data="x" * 1000))
+        assert bus.subscriber_budget.used > 0
+        # The last reference dropped in a thread (as a collector run there would).
+        thread = threading.Thread(target=holder.clear)
+        thread.start()
+        thread.join()
+        assert len(bus._hub.graveyard) == 1
+        await bus.emit(Event(type="order.created"))  # the loop frees it on the next publish
+        assert bus._hub.graveyard == deque()
+        assert bus._hub.subscriptions == []
+        assert bus.subscriber_budget.used == 0
+        assert METRICS.subscribers._value.get() == before

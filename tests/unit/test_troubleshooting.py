@@ -94,6 +94,9 @@ def test_every_link_within_the_page_lands_on_a_heading() -> None:
         EmitResult(
             "1", "a.b", "rejected", error=ErrorInfo("unroutable", "no queue", None, False)
         ).to_api(),
+        EmitResult(
+            "1", "a.b", "rejected", error=ErrorInfo("handler_failed", "handler h failed")
+        ).to_api(),
     ],
 )
 def test_every_error_body_points_to_its_section(body: dict[str, object]) -> None:
