@@ -37,7 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from bridge.errors import BridgeError
 from bridge.event import Event
-from bridge.metrics import HistogramChild
+from bridge.fastmetrics import HistogramChild
 from bridge.results import Delivery
 from bridge.sinks.base import Outgoing, Sink
 

@@ -12,14 +12,14 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from bridge import tracing
+from bridge.server.gate import INGEST_PATHS, Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: The ingest endpoints; other paths (probes, spool admin, subscriptions) get no span.
-TRACED_PATHS: Final = frozenset({"/v1/events", "/v1/events/batch"})
+TRACED_PATHS: Final = INGEST_PATHS
 
 
 def traced() -> list[Middleware]:
