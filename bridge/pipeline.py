@@ -339,7 +339,8 @@ async def run_handlers(
         histogram.buckets[bisect_left(BUCKETS, duration)] += 1
         histogram.sum += duration
         if traced is not None:
-            tracing.end_handler(traced, outcome, error, failure, histogram, duration)
+            failed = failure if outcome == ERROR else None
+            tracing.end_handler(traced, outcome, error, failed, histogram, duration)
         run = HandlerOutcome(handler.name, outcome, error, duration)
         outcomes.append(run)
         if outcome == OK:
