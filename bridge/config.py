@@ -21,6 +21,7 @@ from bridge.configparse import check_name, convert
 from bridge.errors import ConfigError
 from bridge.routeconfig import DeadLetterConfig, RouteConfig, parse_route
 from bridge.sinks.base import SinkConfig, get_sink_type
+from bridge.webhookconfig import HttpHandlerConfig, check_http_handlers
 
 __all__ = [
     "AuthConfig",
@@ -145,6 +146,8 @@ class HandlersConfig(_Section, frozen=True, kw_only=True):
     #: ``module:callable`` async middleware wrapped around every handler call, in order
     #: (`bridge.middleware`).
     middleware: tuple[str, ...] = ()
+    #: The application's HTTP endpoints run as handlers (`bridge.webhooks`).
+    http: tuple[HttpHandlerConfig, ...] = ()
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True):
@@ -287,6 +290,7 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
             f"({limits.max_connections}), got {limits.unix_reserved_connections}",
             field="limits.unix_reserved_connections",
         )
+    check_http_handlers(config.handlers.http, "handlers.http")
     sinks: dict[str, SinkConfig] = {}
     for i, raw_sink in enumerate(raw_sinks):
         sink = _parse_sink(raw_sink, f"sinks[{i}]")
