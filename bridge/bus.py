@@ -43,6 +43,7 @@ from bridge.sinks.base import Health, Sink, get_sink_type
 from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, pattern_of
+from bridge.webhooks.handler import Endpoints
 
 log = logging.getLogger("bridge.bus")
 
@@ -80,6 +81,10 @@ class Bus:
         )
         self.metrics = metrics if metrics is not None else METRICS
         self.registry = HandlerRegistry(parent=registry or default_registry)
+        #: ``handlers.http``: the application's endpoints as handlers (`bridge.webhooks`).
+        self.endpoints = Endpoints(
+            handlers.http, self.registry, default_timeout_s=handlers.timeout_s
+        )
         self.router = Router(self.config.routes)
         self.sinks: dict[str, Sink] = {}
         self._publishers: dict[str, Publisher] = {}
@@ -172,6 +177,7 @@ class Bus:
         self._life.started = False
         # First, so that the report comes even if a sink then takes too long to stop.
         self._threads.close()
+        await self.endpoints.close()
         # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
         await self._dispatch.stop(self.config.shutdown.grace_s)
         await asyncio.gather(

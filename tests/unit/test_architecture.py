@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.typed",
             "bridge.loopwatch",
             "bridge.cancelguard",
+            "bridge.webhooks",
         ),
     ),
     ("storage", ("bridge.spool",)),
