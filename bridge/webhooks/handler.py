@@ -45,6 +45,9 @@ _USER_AGENT: Final = "evbridge"
 class HttpHandlerError(Exception):
     """An endpoint's failed call; ``retriable`` says whether trying again may help."""
 
+    #: The pipeline logs it as one line: its traceback would only show this module.
+    log_traceback = False
+
     def __init__(self, message: str, *, retriable: bool) -> None:
         super().__init__(message)
         self.retriable = retriable

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -294,3 +295,18 @@ async def test_concurrency_per_endpoint_is_bounded(
         )
     assert all(outcome(r, "held") == ("ok", None) for r in results)
     assert state.most_in_flight == 2
+
+
+async def test_a_failed_call_is_logged_as_one_line_without_traceback(
+    registry: HandlerRegistry, app: tuple[App, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, socket = app
+    bus = make_bus(registry, hook(socket, "bad"))
+    with caplog.at_level(logging.WARNING, logger="bridge.pipeline"):
+        async with bus:
+            await bus.emit(Event(type="x"))
+    (record,) = [r for r in caplog.records if r.name == "bridge.pipeline"]
+    assert record.levelno == logging.WARNING
+    assert "handler bad failed on x" in record.getMessage()
+    assert "answered 422" in record.getMessage()
+    assert record.exc_info is None
