@@ -76,6 +76,9 @@ class Hooks(BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # The bridge may open max_concurrency connections at once; the default backlog is 5,
+    # and a connect beyond a full backlog on a Unix socket fails at once (EAGAIN).
+    request_queue_size = 128
 
 
 def main() -> None:
