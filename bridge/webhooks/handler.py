@@ -29,6 +29,7 @@ import aiohttp
 from bridge.context import Context
 from bridge.event import Event
 from bridge.handlers import Handler, HandlerRegistry, Skip, StopChain
+from bridge.redact import scrub
 from bridge.webhookconfig import HttpHandlerConfig
 from bridge.webhooks.breaker import Breaker
 from bridge.webhooks.request import Answer, AnswerError, parse_answer, request_of
@@ -61,6 +62,8 @@ class Endpoint:
         self.timeout_s = config.timeout_s or default_timeout_s
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
         self.url = config.url if config.url is not None else f"http://localhost{config.path}"
+        #: Where it is sent, as errors and ``/readyz`` show it (a URL password masked).
+        self.target = scrub(config.target)
         self._limit = asyncio.Semaphore(config.max_concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._headers = dict(config.headers)
@@ -124,7 +127,7 @@ class Endpoint:
             # one reaching the handler would read as a cancellation of the handler itself.
             await asyncio.wait((call,))
             raise HttpHandlerError(
-                f"{self.config.target} did not answer within {self.timeout_s:g}s", retriable=True
+                f"{self.target} did not answer within {self.timeout_s:g}s", retriable=True
             )
         return call.result()
 
@@ -139,7 +142,7 @@ class Endpoint:
                     return await self._answer(response)
         except aiohttp.ClientError as exc:
             raise HttpHandlerError(
-                f"{self.config.target}: {type(exc).__name__}: {exc}", retriable=True
+                f"{self.target}: {type(exc).__name__}: {scrub(str(exc))}", retriable=True
             ) from None
 
     async def _answer(self, response: aiohttp.ClientResponse) -> Answer:
@@ -179,7 +182,7 @@ class Endpoint:
         breaker = self.breaker
         state = breaker.state
         return {
-            "target": self.config.target,
+            "target": self.target,
             "ok": state != "open",
             "state": state,
             "consecutive_failures": breaker.streak,

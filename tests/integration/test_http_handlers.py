@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_process import ServerProcess, evbridge_command
+from tests.integration.server_process import ServerProcess, assert_conforms, evbridge_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 APP_START_TIMEOUT = 10.0
@@ -214,7 +214,9 @@ async def test_each_answer_gives_its_outcome_and_the_chain_runs_on(
 
 async def readiness(srv: ServerProcess) -> tuple[int, dict[str, Any]]:
     async with srv.session("metrics") as http, http.get("/readyz") as response:
-        return response.status, await response.json()
+        body = await response.json()
+        assert_conforms("GET", "/readyz", response.status, response.content_type, body)
+        return response.status, body
 
 
 async def test_the_breaker_opens_fails_fast_and_closes(

@@ -8,6 +8,7 @@ import pytest
 
 from bridge import parse_config
 from bridge.errors import ConfigError
+from bridge.redact import secrets_of
 from bridge.webhookconfig import is_loopback_host
 
 
@@ -84,3 +85,11 @@ def test_loopback_hosts() -> None:
     assert is_loopback_host("LOCALHOST")
     assert not is_loopback_host("0.0.0.0")
     assert not is_loopback_host("example.com")
+
+
+def test_header_values_and_url_passwords_are_secrets() -> None:
+    config = load(
+        {"name": "a", "socket": "/s", "headers": {"Authorization": "Bearer s3cret-token"}},
+        {"name": "b", "url": "http://app:pa55word@127.0.0.1:8080/h"},
+    )
+    assert set(secrets_of(config, {})) == {"Bearer s3cret-token", "pa55word"}

@@ -310,3 +310,16 @@ async def test_a_failed_call_is_logged_as_one_line_without_traceback(
     assert "handler bad failed on x" in record.getMessage()
     assert "answered 422" in record.getMessage()
     assert record.exc_info is None
+
+
+async def test_a_url_password_never_shows(registry: HandlerRegistry) -> None:
+    # Port 9 on loopback: nothing listens, so the call is refused.
+    bus = make_bus(registry, {"name": "pw", "url": "http://app:pa55word@127.0.0.1:9/h"})
+    async with bus:
+        result = await bus.emit(Event(type="x"))
+    kind, error = outcome(result, "pw")
+    assert kind == "error"
+    assert error is not None
+    assert "pa55word" not in error
+    assert "127.0.0.1:9" in error
+    assert "pa55word" not in json.dumps(bus.endpoints.status())
