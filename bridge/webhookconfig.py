@@ -8,6 +8,7 @@ be a visible, deliberate choice, never a typo in a URL.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,8 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 #: Request headers the bridge sets itself: configured ``headers`` may not replace them.
 RESERVED_HEADERS: Final = frozenset({"content-type", "content-length", "host", "traceparent"})
+#: An HTTP header name (RFC 9110 token).
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -130,11 +133,23 @@ def check_http_handlers(handlers: Sequence[HttpHandlerConfig], prefix: str) -> N
             )
         if not handler.match:
             raise ConfigError(f"{where}.match: must not be empty", field=f"{where}.match")
-        for name in handler.headers:
+        for name, value in handler.headers.items():
             lower = name.lower()
+            if not _TOKEN.match(name):
+                raise ConfigError(
+                    f"{where}.headers: {name!r} is not a valid header name",
+                    field=f"{where}.headers",
+                )
             if lower in RESERVED_HEADERS or lower.startswith("ce-"):
                 raise ConfigError(
                     f"{where}.headers: {name!r} is set by the bridge (the event's attributes "
                     "and content type) and cannot be configured",
+                    field=f"{where}.headers.{name}",
+                )
+            if not value.isprintable() or not value.isascii():
+                # Shown by name only: a header value is often a credential.
+                raise ConfigError(
+                    f"{where}.headers.{name}: the value must be printable ASCII "
+                    "(no line breaks or control characters)",
                     field=f"{where}.headers.{name}",
                 )

@@ -67,6 +67,8 @@ def test_allow_remote_accepts_a_remote_url() -> None:
         ({"name": "a", "socket": "/s", "retries": 3}, "handlers.http[0].retries: unknown key"),
         ({"name": "a", "socket": "/s", "headers": {"ce-id": "x"}}, "handlers.http[0].headers"),
         ({"name": "a", "socket": "/s", "headers": {"Content-Type": "x"}}, "set by the bridge"),
+        ({"name": "a", "socket": "/s", "headers": {"X A": "x"}}, "not a valid header name"),
+        ({"name": "a", "socket": "/s", "headers": {"X-A": "x\r\nY: 1"}}, "headers.X-A: the value"),
     ],
 )
 def test_bad_entries_are_refused_naming_the_key(entry: dict[str, Any], message: str) -> None:
