@@ -116,6 +116,7 @@ class Endpoint:
         # own task (what ``asyncio.timeout`` does) would be taken for the pipeline's
         # watchdog or an outside cancellation.
         call = asyncio.ensure_future(self._post(event))
+        call.add_done_callback(_retrieved)
         try:
             done, _ = await asyncio.wait((call,), timeout=self.timeout_s)
         except BaseException:
@@ -189,6 +190,13 @@ class Endpoint:
             "last_error": breaker.last_error,
             "required": self.config.required,
         }
+
+
+def _retrieved(call: asyncio.Future[Answer]) -> None:
+    # A call given up on (timed out, or its handler cancelled) may still end in an
+    # error nobody awaits: retrieve it, so asyncio does not report it as lost.
+    if not call.cancelled():
+        call.exception()
 
 
 class Endpoints:
