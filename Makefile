@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint typecheck bench fuzz clean
+.PHONY: venv run test test-fast lint typecheck bench fuzz pictures clean
 
 # Stamps record what was installed, so a changed pyproject.toml reinstalls.
 $(VENV)/.installed-run: pyproject.toml
@@ -28,6 +28,12 @@ run: $(VENV)/.installed-run
 test: venv lint typecheck
 	$(BIN)/pytest
 
+## Unit and contract tests, under a minute (~45 s on 2 busy CPUs): the machine's RabbitMQ and
+## NATS, Kafka brokers started by the tests. Leaves out the RabbitMQ failure-contract cases, which
+## boot a private RabbitMQ node (~20 s more; `make test` runs them).
+test-fast: venv
+	$(BIN)/pytest -q tests/unit tests/contract -k "not (test_failure_contract and rabbitmq)"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check bridge
@@ -42,6 +48,13 @@ bench: venv
 ## Fuzz the API (schemathesis on the served OpenAPI document, thousands of cases) and the decoders.
 fuzz: venv
 	EVBRIDGE_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -s tests/fuzz
+
+## Redraw the committed pictures: docs/architecture.dot and .svg (needs Graphviz's `dot`) from
+## the imports, and docs/dashboard.png from a one-minute run of the bridge (matplotlib).
+pictures: venv
+	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/python -m tests.docs.architecture
+	$(BIN)/python -m tests.docs.dashboard
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -7,7 +7,7 @@ The public API for handler authors and embedders::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from bridge.bus import Bus
+from bridge.bus import Bus, current_bus
 from bridge.config import Config, load_config, parse_config
 from bridge.errors import (
     BridgeError,
@@ -23,6 +23,7 @@ from bridge.errors import (
 from bridge.event import Event
 from bridge.handlers import Context, Handler, HandlerRegistry, Skip, StopChain, on
 from bridge.inject import Depends
+from bridge.resources import resource
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.signature import HandlerSignatureError
 from bridge.typed import EventData
@@ -58,7 +59,9 @@ __all__ = [
     "StopChain",
     "TemplateError",
     "__version__",
+    "current_bus",
     "load_config",
     "on",
     "parse_config",
+    "resource",
 ]

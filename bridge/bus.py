@@ -9,25 +9,24 @@ async with Bus(config) as bus:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
-import msgspec
-
-from bridge.config import Config, load_config
-from bridge.delivery import Publisher
-from bridge.dispatch import Dispatch
-from bridge.durable import DurableDelivery
-from bridge.errors import BridgeError, SpoolError
+from bridge.businfo import BusInfo
+from bridge.config import Config, parse_config
 from bridge.event import Event
 from bridge.eventpath import EventPath, Lifecycle
 from bridge.handlers import Handler, HandlerRegistry, import_modules
 from bridge.handlers import (
     registry as default_registry,
 )
+from bridge.hub import Hub, SubscriberBudget
+from bridge.inject import resources_of
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.middleware import Middleware
@@ -37,24 +36,49 @@ from bridge.pipeline import Watchdog
 from bridge.policy import OnError, check_on_error
 from bridge.policy import raise_errors as raise_errors_of
 from bridge.prefer import Preference
+from bridge.resources import OpenResources
 from bridge.results import EmitResult
 from bridge.routing import Router
-from bridge.sinks.base import Health, Sink, get_sink_type
-from bridge.subscriptions import Hub, Overflow, SubscriberBudget, Subscription
+from bridge.sends import Sends
+from bridge.sinks.base import Sink
+from bridge.sinkset import SinkSet
+from bridge.spoolview import SpoolView
+from bridge.subscriptions import Overflow, Subscription
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, pattern_of
-from bridge.webhooks.handler import Endpoints
 
 log = logging.getLogger("bridge.bus")
 
-_HEALTH_TIMEOUT_S = 5.0
+#: ``Bus()``'s config: events stay in memory (the sidecar's default writes a file).
+_IN_MEMORY: dict[str, Any] = {
+    "sinks": [{"name": "memory", "type": "memory"}],
+    "routes": [{"name": "all", "match": "*", "sink": "memory"}],
+}
+
+_CURRENT: contextvars.ContextVar[Bus | None] = contextvars.ContextVar(
+    "evbridge_current_bus", default=None
+)
 
 
-class Bus:
+def current_bus() -> Bus:
+    """The bus running the current handler, or whose ``async with`` block this is in.
+
+    For code that does not pass the bus around. A `LookupError` elsewhere.
+    """
+    bus = _CURRENT.get()
+    if bus is None:
+        raise LookupError(
+            "no current bus: current_bus() works inside a handler and inside `async with bus:`"
+        )
+    return bus
+
+
+class Bus(SpoolView, BusInfo):
     """Runs handlers for events and publishes notification events to sinks.
 
-    ``Bus()`` uses the embedded default config (one ``file`` sink, route
-    ``"*"``). Handlers registered with ``@on`` are seen by every bus; the
+    ``Bus()`` keeps events in memory (one ``memory`` sink, route ``"*"``);
+    nothing is written to the working directory (``evbridge serve`` with no
+    config keeps its ``file`` sink). Handlers registered with ``@on`` are seen by every bus; the
     modules named in ``handlers.modules`` (and the ``evbridge.handlers``
     entry-point group) are imported when the bus is built. `subscribe`
     adds handlers to this bus only.
@@ -73,35 +97,21 @@ class Bus:
         registry: HandlerRegistry | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config if config is not None else load_config(env={})
+        self.config = config if config is not None else parse_config(_IN_MEMORY, env={})
         handlers = self.config.handlers
         import_modules(
             handlers.modules,
+            path=handlers.path,
             entry_point_group="evbridge.handlers" if handlers.entry_points else None,
         )
         self.metrics = metrics if metrics is not None else METRICS
         self.registry = HandlerRegistry(parent=registry or default_registry)
-        #: ``handlers.http``: the application's endpoints as handlers (`bridge.webhooks`).
-        self.endpoints = Endpoints(
-            handlers.http, self.registry, default_timeout_s=handlers.timeout_s
-        )
         self.router = Router(self.config.routes)
-        self.sinks: dict[str, Sink] = {}
-        self._publishers: dict[str, Publisher] = {}
-        for sink_config in self.config.sinks:
-            sink_type = get_sink_type(sink_config.type)
-            sink = sink_type.factory(sink_config)
-            self.sinks[sink_config.name] = sink
-            self._publishers[sink_config.name] = Publisher(
-                sink, coalesce=sink_type.coalesce, metrics=self.metrics
-            )
-        durable = (
-            DurableDelivery(self.config, self._publishers, metrics=self.metrics)
-            if DurableDelivery.needed(self.config)
-            else None
-        )
-        #: Each route's choice between publishing now and spooling (`bridge.dispatch`).
-        self._dispatch = Dispatch(self.config, self._publishers, durable)
+        #: Sinks, publishers, routes' sync or spooled choice, ``handlers.http`` endpoints.
+        self._sinkset = SinkSet(self.config, self.metrics, self.registry)
+        self.endpoints = self._sinkset.endpoints
+        self.sinks: dict[str, Sink] = self._sinkset.sinks
+        self._dispatch = self._sinkset.dispatch
         self._timeout = handlers.timeout_s
         self._concurrency = handlers.concurrency
         #: Runs the plain ``def`` handlers (never the loop's default executor).
@@ -113,6 +123,10 @@ class Bus:
             else None
         )
         self._life = Lifecycle()
+        #: Opened at `start` for the handlers that depend on them (`bridge.resources`).
+        self._resources = OpenResources()
+        self._sent = Sends(self.metrics)
+        self._ambient: list[contextvars.Token[Bus | None]] = []
         #: Wrapped around every handler call, in order (`use`, ``handlers.middleware``).
         self._middleware: list[Middleware] = load_middleware(handlers.middleware)
         self._path = EventPath(
@@ -128,43 +142,51 @@ class Bus:
             cancel_grace_s=handlers.cancel_grace_s,
             max_depth=handlers.max_depth,
             middleware=self._middleware,
+            resources=self._resources,
         )
         limits = self.config.limits
         self._hub = Hub(
-            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes)
+            self.metrics,
+            SubscriberBudget(limits.max_total_subscriber_bytes, limits.max_subscriber_bytes),
         )
         self.name = "root"
 
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every sink (concurrently). A sink that fails to start stops the others."""
+        """Open the resources the handlers depend on, then start every sink (concurrently).
+
+        A resource that fails to open, or a sink that fails to start, stops the others.
+        """
         if self._life.started:
             return
-        results = await asyncio.gather(
-            *(s.start() for s in self.sinks.values()), return_exceptions=True
-        )
-        failed = [
-            (name, r)
-            for name, r in zip(self.sinks, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if failed:
-            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
-            name, exc = failed[0]
-            if isinstance(exc, BridgeError):
-                raise exc
-            raise BridgeError(
-                f"sink {name!r} failed to start: {type(exc).__name__}: {exc}", code="sink_start"
-            ) from exc
+        await self.open_resources()
         try:
-            await self._dispatch.start()
+            await self._sinkset.start()
         except BaseException:
-            await asyncio.gather(*(s.stop() for s in self.sinks.values()), return_exceptions=True)
+            await self._resources.close()
             raise
         self._life.started = True
         if self._loopwatch is not None:
             self._loopwatch.start()
+        if not self.sinks and not self.config.routes:
+            # Most often a config file that was not the one meant (empty, or the wrong path).
+            log.warning(
+                "the config has no sinks and no routes: handlers run, but every "
+                "notification event is refused with no_route (docs/configuration.md)",
+                extra={"sinks": 0, "routes": 0},
+            )
+
+    async def open_resources(self) -> int:
+        """Open what the handlers' ``Depends`` on `bridge.resources` ask for (`start` does);
+        returns how many."""
+        wanted = resources_of(h.params for h in self.registry.all())
+        await self._resources.open(wanted)
+        return len(wanted)
+
+    async def close_resources(self) -> None:
+        """Close the open resources, last opened first (`stop` does)."""
+        await self._resources.close()
 
     async def stop(self) -> None:
         """Wait for publishes in flight, then stop every sink.
@@ -175,26 +197,21 @@ class Bus:
         if not self._life.started:
             return
         self._life.started = False
+        # Events handed to `send` still running: they finish (or are logged) first.
+        await self._sent.wait(self.config.shutdown.grace_s)
         # First, so that the report comes even if a sink then takes too long to stop.
         self._threads.close()
-        await self.endpoints.close()
         # What was accepted is on disk; delivery gets shutdown.grace_s to drain it.
-        await self._dispatch.stop(self.config.shutdown.grace_s)
-        await asyncio.gather(
-            *(p.wait_idle() for p in self._publishers.values()), return_exceptions=True
-        )
-        results = await asyncio.gather(
-            *(s.stop() for s in self.sinks.values()), return_exceptions=True
-        )
-        for name, result in zip(self.sinks, results, strict=True):
-            if isinstance(result, Exception):
-                log.warning("sink %s did not stop cleanly: %s", name, result)
+        await self._sinkset.stop(self.config.shutdown.grace_s)
+        await self._resources.close()
         self._watchdog.close()
         if self._loopwatch is not None:
             self._loopwatch.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
+        # `current_bus()` in the body (a contextvar: this task and what it starts).
+        self._ambient.append(_CURRENT.set(self))
         return self
 
     async def __aexit__(
@@ -203,61 +220,14 @@ class Bus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._ambient:
+            with contextlib.suppress(ValueError):  # exited in another context than entered
+                _CURRENT.reset(self._ambient.pop())
         await self.stop()
 
     @property
     def started(self) -> bool:
         return self._life.started
-
-    # --- durable delivery ---------------------------------------------------
-
-    @property
-    def durable(self) -> DurableDelivery | None:
-        """The spool and its deliverer, when some route delivers durably; else None."""
-        return self._dispatch.durable
-
-    @property
-    def has_spool(self) -> bool:
-        """True when some route delivers durably, so the bus has a spool."""
-        return self._dispatch.durable is not None
-
-    @property
-    def honours_prefer(self) -> bool:
-        """Whether `emit`'s ``delivery`` (a request's ``Prefer``) counts:
-        ``delivery.allow_override``. The rule is in `bridge.dispatch`."""
-        return self._dispatch.honours_prefer
-
-    def sinks_behind_spool(self) -> frozenset[str]:
-        """Sinks only the background deliverer publishes to (no sync route reaches
-        them): while one is down, events are still accepted."""
-        durable = self._dispatch.durable
-        return durable.sinks_behind_spool() if durable is not None else frozenset()
-
-    def spool_status(self) -> dict[str, object] | None:
-        """What waits in the spool (pending, dead letters, disk use, ``full``,
-        ``write_error``), for ``/readyz`` and ``/v1/info``; None without a spool."""
-        durable = self._dispatch.durable
-        return durable.describe() if durable is not None else None
-
-    def spool_refusals(self) -> list[str]:
-        """Why the spool refuses new events right now (readiness is 503), if it does."""
-        durable = self._dispatch.durable
-        reasons: list[str] = []
-        if durable is not None and durable.full:
-            reasons.append("the spool is full: new events are refused until delivery frees space")
-        if durable is not None and durable.write_error is not None:
-            reasons.append(f"the spool cannot write: {durable.write_error}")
-        return reasons
-
-    async def replay_dead_letters(self, sink: str | None = None) -> int:
-        """Move the local dead letters (of ``sink``, or all) back to be delivered again.
-
-        Raises `SpoolError` without a spool (`has_spool` says) or when the spool fails.
-        """
-        durable = self._dispatch.durable
-        if durable is None:
-            raise SpoolError("durable delivery is not configured: no spool", code="no_spool")
-        return await durable.replay_dead_letters(sink)
 
     # --- scopes and subscriptions -------------------------------------------
 
@@ -270,7 +240,7 @@ class Bus:
         child = copy.copy(self)
         child.name = f"{self.name}/{name}"
         # Scopes share one bound in bytes: memory is the process's, not a scope's.
-        child._hub = self._hub if shared else Hub(self._hub.budget)
+        child._hub = self._hub if shared else Hub(self.metrics, self._hub.budget)
         return child
 
     def subscription(
@@ -287,34 +257,21 @@ class Bus:
         subscriptions of the bus share ``limits.max_total_subscriber_bytes``.
         See `bridge.subscriptions` for the queueing and overflow guarantees.
         """
-        return Subscription(
+        subscription = Subscription(
             self._hub,
             tuple(pattern_of(p)[0] for p in patterns),
             max_queue=max_queue,
             overflow=overflow,
             max_queue_bytes=max_queue_bytes,
         )
+        # Live from this line: an event emitted before ``async with`` is not missed.
+        self._hub.add(subscription)
+        return subscription
 
     @property
     def subscriber_budget(self) -> SubscriberBudget:
         """The bytes all subscriptions of this bus (and its scopes) hold, and their bound."""
         return self._hub.budget
-
-    async def health(self) -> dict[str, Health]:
-        """Every sink's health check, run concurrently, each bounded in time."""
-
-        async def check(sink: Sink) -> Health:
-            try:
-                return await asyncio.wait_for(sink.healthcheck(), _HEALTH_TIMEOUT_S)
-            except TimeoutError:
-                return Health(
-                    ok=False, detail=f"health check timed out after {_HEALTH_TIMEOUT_S:g}s"
-                )
-            except Exception as exc:
-                return Health(ok=False, detail=f"{type(exc).__name__}: {exc}")
-
-        results = await asyncio.gather(*(check(s) for s in self.sinks.values()))
-        return dict(zip(self.sinks, results, strict=True))
 
     # --- handlers -----------------------------------------------------------
 
@@ -378,14 +335,37 @@ class Bus:
         """
         check_on_error(on_error, where="emit()")
         errors: list[BaseException] | None = [] if raise_errors else None
-        result = (
-            await self._path.run(
-                (event,), 0, self._concurrency, delivery, self._hub, on_error, errors
-            )
-        )[0]
+        token = _CURRENT.set(self) if _CURRENT.get() is not self else None
+        try:
+            result = (
+                await self._path.run(
+                    (event,), 0, self._concurrency, delivery, self._hub, on_error, errors
+                )
+            )[0]
+        finally:
+            if token is not None:
+                _CURRENT.reset(token)
         if errors:
             raise_errors_of(result, errors)
         return result
+
+    def send(
+        self,
+        event: Event | EventData,
+        *,
+        delivery: Preference | None = None,
+        on_error: OnError | None = None,
+    ) -> asyncio.Task[EmitResult]:
+        """Emit ``event`` in the background: fire and forget, no ``await`` needed.
+
+        Returns the task, which the caller may await for the `EmitResult`. An
+        exception it ends with (the bus is not started, a misuse) is logged and
+        counted (``evbridge_errors_total{stage="send"}``) whether or not anyone
+        awaits it; handler and sink failures are in the result and logged as
+        for `emit`. `stop` waits for sends still running (up to ``shutdown.grace_s``).
+        """
+        check_on_error(on_error, where="send()")
+        return self._sent.start(self.emit(event, delivery=delivery, on_error=on_error))
 
     async def emit_many(
         self,
@@ -404,36 +384,17 @@ class Bus:
         ``on_error`` is as for `emit`.
         """
         check_on_error(on_error, where="emit_many()")
-        return await self._path.run(
-            list(events), 0, concurrency or self._concurrency, delivery, self._hub, on_error
-        )
+        token = _CURRENT.set(self) if _CURRENT.get() is not self else None
+        try:
+            return await self._path.run(
+                list(events), 0, concurrency or self._concurrency, delivery, self._hub, on_error
+            )
+        finally:
+            if token is not None:
+                _CURRENT.reset(token)
 
     # --- introspection ------------------------------------------------------
 
     def handlers(self) -> list[Handler]:
         """Every handler this bus runs, in run order."""
         return self.registry.all()
-
-    def describe(self) -> Mapping[str, Any]:
-        """Routes and handlers, for ``/v1/info``."""
-        return {
-            "routes": [
-                {
-                    "name": r.name,
-                    "match": r.match,
-                    "sink": r.sink,
-                    "key": r.key,
-                    **msgspec.to_builtins(r.options),
-                }
-                for r in self.router.routes
-            ],
-            "handlers": [
-                {
-                    "name": h.name,
-                    "pattern": h.pattern,
-                    "priority": h.priority,
-                    "timeout_s": h.timeout or self._timeout,
-                }
-                for h in self.handlers()
-            ],
-        }

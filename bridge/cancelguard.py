@@ -33,7 +33,7 @@ import logging
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 
 if TYPE_CHECKING:
     from bridge.event import Event
@@ -43,6 +43,10 @@ log = logging.getLogger("bridge.pipeline")
 HandlerCoroutine = Coroutine[Any, Any, object]
 
 #: Handler tasks that ignored their cancellation, kept alive until they end.
+#: One set for the process, not one per bus: an abandoned task outlives the run
+#: (and the bus) that left it, and `bridge.server.run.run_to_exit` cancels them all
+#: at exit. So ``evbridge_handler_tasks_abandoned`` is the process's count, shown in
+#: the default metrics; each run's ``errors{abandoned}`` goes to its ``metrics``.
 ABANDONED: Final[set[asyncio.Task[None]]] = set()
 METRICS.handler_threads.abandoned = ABANDONED.__len__
 
@@ -68,7 +72,7 @@ class Abandoned(Exception):
 class Resume:
     """``await Resume(coro, waiting, ...)``: the rest of a handler that suspended on ``waiting``."""
 
-    __slots__ = ("coro", "event", "grace", "name", "slot", "waiting")
+    __slots__ = ("coro", "event", "grace", "metrics", "name", "slot", "waiting")
 
     def __init__(
         self,
@@ -79,6 +83,7 @@ class Resume:
         name: str = "",
         grace: float = 0.0,
         event: Event | None = None,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.coro = coro
         self.waiting = waiting
@@ -87,6 +92,8 @@ class Resume:
         self.name = name
         self.grace = grace
         self.event = event
+        #: Where an abandoned run is counted (the running bus's).
+        self.metrics = metrics
 
     def __await__(self) -> Generator[Any, Any, None]:
         coro, waiting = self.coro, self.waiting
@@ -123,10 +130,13 @@ class Resume:
                     return
 
     def _outside(self) -> bool:
-        """Whether someone other than the watchdog (alone) has cancelled the task."""
+        """Whether someone other than the watchdog (alone) has cancelled the task and not
+        taken it back: cancellations still pending beyond the watchdog's own. A handler's
+        ``asyncio.timeout`` cancels the task too, but uncancels it before raising its
+        TimeoutError, so that one does not count."""
         slot = self.slot
         assert slot is not None
-        return not slot.fired or slot.task.cancelling() > slot.base + 1
+        return slot.task.cancelling() > slot.base + (1 if slot.fired else 0)
 
     def _check_caller(self, cancellation: asyncio.CancelledError) -> None:
         # The handler caught the caller's cancellation and ended: the cancellation still stands.
@@ -178,7 +188,7 @@ class Resume:
                 self.grace,
                 extra={"handler": self.name},
             )
-        METRICS.error("handler", "abandoned")
+        self.metrics.error("handler", "abandoned")
 
 
 async def _unattended(coro: HandlerCoroutine, waiting: object) -> None:

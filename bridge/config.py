@@ -7,12 +7,13 @@ dotted key path and the bad value. With no file at all, the embedded default
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar, Final
 
 import msgspec
 import yaml
@@ -20,8 +21,20 @@ import yaml
 from bridge.configparse import check_name, convert
 from bridge.errors import ConfigError
 from bridge.routeconfig import DeadLetterConfig, RouteConfig, parse_route
+from bridge.sections import (
+    AuthConfig,
+    DeliveryConfig,
+    HandlersConfig,
+    LimitsConfig,
+    ListenConfig,
+    LoggingConfig,
+    MetricsConfig,
+    RetryConfig,
+    Section,
+    ShutdownConfig,
+)
 from bridge.sinks.base import SinkConfig, get_sink_type
-from bridge.webhookconfig import HttpHandlerConfig, check_http_handlers
+from bridge.webhookconfig import check_http_handlers
 
 __all__ = [
     "AuthConfig",
@@ -36,155 +49,13 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ShutdownConfig",
+    "config_path",
     "default_config_text",
     "default_source",
     "load_config",
     "load_yaml",
     "parse_config",
 ]
-
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-
-
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class ListenConfig(_Section, frozen=True, kw_only=True):
-    """API listeners; either may be null (off). ``unix_mode`` is octal text."""
-
-    tcp: str | None = "127.0.0.1:8787"
-    unix: str | None = "./evbridge.sock"
-    unix_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
-    unix_group: str | None = None
-
-
-class MetricsConfig(_Section, frozen=True, kw_only=True):
-    """The separate listener for /metrics, /healthz and /readyz (null: off)."""
-
-    tcp: str | None = "127.0.0.1:9464"
-
-
-class AuthConfig(_Section, frozen=True, kw_only=True):
-    """``token`` (or env ``EVBRIDGE_TOKEN``): a bearer token every API request must carry."""
-
-    token: str | None = None
-
-
-class LimitsConfig(_Section, frozen=True, kw_only=True):
-    """Bounds on what one client can make the bridge hold (docs/guarantees.md).
-
-    ``max_body_bytes``: 413 above it (checked against Content-Length before
-    reading, and while reading a chunked body). ``max_batch``: 413 for more
-    items in one batch. ``max_inflight``: 429 while this many events are being
-    processed. ``max_connections``: open connections on the TCP and Unix
-    listeners together (the metrics listener has a budget of its own); beyond
-    it a new connection gets 503 and is closed. ``header_timeout_s``: from a
-    request's first byte to the end of its headers; ``body_timeout_s``: from
-    there to the end of its body; over either, 408 and the connection closes.
-    ``keepalive_timeout_s``: an idle keep-alive connection is closed after it
-    (keep it above your HTTP client's pool idle timeout).
-
-    Memory, in bytes (docs/guarantees.md, "Memory"): ``max_inflight_bytes``,
-    request bodies being processed, all listeners together (429 beyond; each
-    request reserves its ``Content-Length``, or ``max_body_bytes`` for a chunked
-    body, before it is read; at least ``max_body_bytes``).
-    ``max_subscriber_bytes``: one subscriber's queue (its default, and the most
-    ``?max_queue_bytes=`` may ask for); ``max_total_subscriber_bytes``: all
-    subscribers' queues together. Beyond either, the overflow policy applies.
-    ``first_request_timeout_s``: from accepting a connection to the end of its
-    first request's headers (a connection that never sends is closed after it).
-    ``unix_reserved_connections``: slots of ``max_connections`` only the Unix
-    socket may take, so TCP clients cannot lock the local app out.
-    ``max_nesting_depth``: arrays/objects nested deeper than this in an event
-    are refused with 400 (decoders recurse; this keeps them far from the limit).
-    """
-
-    max_body_bytes: PositiveInt = 1024 * 1024
-    max_batch: PositiveInt = 10_000
-    max_inflight: PositiveInt = 10_000
-    max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
-    max_connections: PositiveInt = 1024
-    max_subscribers: PositiveInt = 64
-    max_subscriber_bytes: PositiveInt = 16 * 1024 * 1024
-    max_total_subscriber_bytes: PositiveInt = 64 * 1024 * 1024
-    header_timeout_s: PositiveFloat = 10.0
-    body_timeout_s: PositiveFloat = 30.0
-    keepalive_timeout_s: PositiveFloat = 300.0
-    first_request_timeout_s: PositiveFloat = 5.0
-    unix_reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
-    max_nesting_depth: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
-
-
-class ShutdownConfig(_Section, frozen=True, kw_only=True):
-    """``grace_s``: how long in-flight work may take to finish after SIGTERM."""
-
-    grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
-
-
-class HandlersConfig(_Section, frozen=True, kw_only=True):
-    """Handler modules to import, default timeout, follow-up depth limit, and how
-    many events of one batch may be processed concurrently.
-
-    ``threads``: the threads that run plain ``def`` handlers (their own pool: the
-    bridge's I/O never waits for it); a run waiting for a free one counts against
-    its handler's timeout. ``cancel_grace_s``: how long a cancelled ``async def``
-    handler may take to end; one that catches the cancellation and goes on past
-    it is abandoned (see docs/guarantees.md, "Handlers").
-    """
-
-    modules: tuple[str, ...] = ()
-    timeout_s: PositiveFloat = 5.0
-    max_depth: PositiveInt = 8
-    concurrency: PositiveInt = 64
-    entry_points: bool = True
-    #: Warn (naming the handler) when the event loop is blocked this long; 0 turns it off.
-    loop_warn_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
-    threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
-    cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
-    #: ``module:callable`` async middleware wrapped around every handler call, in order
-    #: (`bridge.middleware`).
-    middleware: tuple[str, ...] = ()
-    #: The application's HTTP endpoints run as handlers (`bridge.webhooks`).
-    http: tuple[HttpHandlerConfig, ...] = ()
-
-
-class LoggingConfig(_Section, frozen=True, kw_only=True):
-    format: Literal["text", "json"] = "text"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class RetryConfig(_Section, frozen=True, kw_only=True):
-    """Retries of spooled events after a retriable failure: exponential backoff from
-    ``initial_s`` up to ``max_s``, with jitter. An event is given up on (dead-lettered)
-    after ``max_attempts`` attempts or ``max_age_s`` seconds after it was accepted,
-    whichever comes first; null means no limit of that kind."""
-
-    initial_s: PositiveFloat = 0.1
-    max_s: PositiveFloat = 30.0
-    max_attempts: PositiveInt | None = None
-    max_age_s: PositiveFloat | None = 86400.0
-
-
-class DeliveryConfig(_Section, frozen=True, kw_only=True):
-    """``mode``: ``sync`` answers after the broker confirmed; ``durable`` answers after
-    the event is fsync'd to the spool in ``spool_dir`` and delivers in the background.
-    ``allow_override`` lets a request choose with ``Prefer: respond-async`` / ``wait=N``.
-
-    Memory, in bytes: ``window_bytes``, the spooled events one sink's deliverer
-    holds in memory (read ahead, in flight, waiting for a retry); ``tail_bytes``,
-    the newest spooled records kept in memory so that a caught-up deliverer need
-    not read them back from disk. Both are charged three times the records'
-    size on disk (the record plus the event objects decoded from it)."""
-
-    mode: Literal["sync", "durable"] = "sync"
-    spool_dir: str = "./evbridge-spool"
-    max_spool_bytes: PositiveInt = 1024 * 1024 * 1024
-    window_bytes: PositiveInt = 16 * 1024 * 1024
-    tail_bytes: PositiveInt = 8 * 1024 * 1024
-    allow_override: bool = True
-    retry: RetryConfig = RetryConfig()
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -202,6 +73,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "source": "The CloudEvents `source` of events that set none (or env `EVBRIDGE_SOURCE`).",
+        "handlers": "Handler modules and how handlers run.",
+        "sinks": "The brokers and files events are delivered to; each has a `name` and a `type`.",
+        "routes": "Ordered rules, first match wins: event type pattern to sink and destination.",
+        "listen": "The API listeners.",
+        "metrics": "The metrics and probes listener.",
+        "auth": "API authentication.",
+        "limits": "Bounds on what clients can make the bridge hold.",
+        "shutdown": "Graceful shutdown.",
+        "logging": "Log format and level.",
+        "delivery": "Sync or durable delivery, the spool and retries.",
+    }
+
     def sink(self, name: str) -> SinkConfig:
         """The sink config called ``name``."""
         for sink in self.sinks:
@@ -210,7 +95,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         raise KeyError(name)
 
 
-_SECTIONS: dict[str, type[_Section]] = {
+_SECTIONS: dict[str, type[Section]] = {
     "handlers": HandlersConfig,
     "listen": ListenConfig,
     "metrics": MetricsConfig,
@@ -239,8 +124,48 @@ def _parse_sink(raw: object, where: str) -> SinkConfig:
     return parsed
 
 
+#: ``EVBRIDGE_*`` names that are not config overrides: the config file's path, the
+#: socket path the Helm chart gives the app container (a shell running both may have
+#: it), and the fuzz suite's example count (``make fuzz``).
+_NOT_OVERRIDES: Final = frozenset({"EVBRIDGE_CONFIG", "EVBRIDGE_SOCKET", "EVBRIDGE_FUZZ_EXAMPLES"})
+_SPECIAL: Final = ("EVBRIDGE_TOKEN", "EVBRIDGE_SOURCE")
+
+
+def env_names() -> list[str]:
+    """Every ``EVBRIDGE_*`` name the config reads."""
+    overrides = [
+        f"EVBRIDGE_{section.upper()}_{key.upper()}"
+        for section, kind in _SECTIONS.items()
+        for key in kind.__struct_fields__
+    ]
+    return [*_SPECIAL, "EVBRIDGE_CONFIG", *overrides]
+
+
+def _named_by_sinks(raw: dict[str, Any]) -> set[str]:
+    """Variables the raw sinks' ``*_env`` keys name (a secret may be called ``EVBRIDGE_*``)."""
+    sinks = raw.get("sinks")
+    return {
+        value
+        for sink in (sinks if isinstance(sinks, list) else [])
+        if isinstance(sink, Mapping)
+        for key, value in sink.items()
+        if isinstance(key, str) and key.endswith("_env") and isinstance(value, str)
+    }
+
+
+def _unknown_env(var: str) -> ConfigError:
+    close = difflib.get_close_matches(var, env_names(), n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md#environment"
+    return ConfigError(f"{var}: no such setting; {hint}", field=var)
+
+
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``."""
+    """Apply ``EVBRIDGE_<SECTION>_<KEY>`` and ``EVBRIDGE_TOKEN`` / ``EVBRIDGE_SOURCE``.
+
+    Any other ``EVBRIDGE_*`` name is refused (a typo would otherwise be ignored
+    silently), with the closest real name, except `_NOT_OVERRIDES` and the
+    variables the sinks' ``*_env`` keys name.
+    """
     if env.get("EVBRIDGE_TOKEN"):
         raw.setdefault("auth", {})
         if not isinstance(raw["auth"], dict):
@@ -248,14 +173,15 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         raw["auth"]["token"] = env["EVBRIDGE_TOKEN"]
     if env.get("EVBRIDGE_SOURCE"):
         raw["source"] = env["EVBRIDGE_SOURCE"]
+    named = _named_by_sinks(raw)
     for var, text in env.items():
-        if not var.startswith("EVBRIDGE_"):
+        if not var.startswith("EVBRIDGE_") or var in _SPECIAL or var in _NOT_OVERRIDES:
+            continue
+        if var in named:
             continue
         section, _, key = var[len("EVBRIDGE_") :].lower().partition("_")
-        if section not in _SECTIONS or not key:
-            continue
-        if key not in _SECTIONS[section].__struct_fields__:
-            raise ConfigError(f"{var}: {section} has no key {key!r}", field=var)
+        if section not in _SECTIONS or key not in _SECTIONS[section].__struct_fields__:
+            raise _unknown_env(var)
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{section}: must be a mapping", field=section)
@@ -265,8 +191,26 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             target[key] = text
 
 
-def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
-    """Validate a decoded config mapping (plus env overrides) into a `Config`."""
+def _handler_path(handlers: HandlersConfig, directory: Path | None) -> HandlersConfig:
+    """``handlers.path`` made absolute: relative to ``directory`` (else the current
+    directory), with ``directory`` itself first."""
+    base = directory if directory is not None else Path.cwd()
+    entries = ([directory] if directory is not None else []) + [base / p for p in handlers.path]
+    resolved = tuple(dict.fromkeys(os.path.normpath(p.absolute()) for p in entries))
+    return msgspec.structs.replace(handlers, path=resolved)
+
+
+def parse_config(
+    raw: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Validate a decoded config mapping (plus env overrides) into a `Config`.
+
+    ``directory`` is the config file's: handler modules there import, and a
+    relative ``handlers.path`` is resolved against it (else the current directory).
+    """
     data: dict[str, Any] = dict(raw or {})
     _env_overrides(data, os.environ if env is None else env)
     raw_sinks = data.pop("sinks", None) or []
@@ -309,10 +253,30 @@ def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = 
         seen.add(route.name)
     return msgspec.structs.replace(
         config,
+        handlers=_handler_path(config.handlers, Path(directory) if directory else None),
         source=config.source or default_source(),
         sinks=tuple(sinks.values()),
         routes=routes,
     )
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, where: str) -> str:
+    """A YAML error as lines: the file, then line and column, the problem and the line
+    itself with a caret under the column (PyYAML's own text quotes ``<unicode string>``)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{where}: not valid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark
+    lines = [
+        f"{where}: not valid YAML",
+        f"  line {mark.line + 1}, column {mark.column + 1}: {exc.problem}",
+    ]
+    source = text.splitlines()
+    if mark.line < len(source):
+        lines += [f"    {source[mark.line]}", f"    {' ' * mark.column}^"]
+    if exc.context and exc.context_mark is not None:
+        context = exc.context_mark
+        lines.append(f"  ({exc.context} at line {context.line + 1}, column {context.column + 1})")
+    return "\n".join(lines)
 
 
 def load_yaml(text: str, where: str) -> dict[str, Any]:
@@ -320,7 +284,7 @@ def load_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(exc, text, where)) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -333,16 +297,26 @@ def default_config_text() -> str:
     return resources.files("bridge").joinpath("default.yaml").read_text()
 
 
+def config_path(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The file `load_config` reads for ``path``: ``path``, else ``$EVBRIDGE_CONFIG``;
+    None means the embedded default."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    return None if chosen is None else os.fspath(chosen)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
     """Load ``path`` (or ``$EVBRIDGE_CONFIG``, or the embedded default) into a `Config`."""
     env = os.environ if env is None else env
-    chosen = path if path is not None else env.get("EVBRIDGE_CONFIG") or None
+    chosen = config_path(path, env)
     if chosen is None:
         return parse_config(load_yaml(default_config_text(), "default config"), env)
     try:
         text = Path(chosen).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc.strerror}") from None
-    return parse_config(load_yaml(text, str(chosen)), env)
+    return parse_config(load_yaml(text, str(chosen)), env, directory=Path(chosen).parent)

@@ -29,8 +29,12 @@ def _lookup(raw: object, path: str) -> object:
     return value
 
 
-def convert(raw: object, kind: type[Any], prefix: str) -> Any:
-    """``msgspec.convert(raw, kind)``; a failure is a `ConfigError` at ``prefix`` + its path."""
+def convert(raw: object, kind: type[Any], prefix: str, whole: object = None) -> Any:
+    """``msgspec.convert(raw, kind)``; a failure is a `ConfigError` at ``prefix`` + its path.
+
+    ``whole``: what to quote for an error about ``raw`` itself, when ``raw`` is only
+    part of what the user wrote (a route's options without its ``match`` and ``sink``).
+    """
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
@@ -43,6 +47,12 @@ def convert(raw: object, kind: type[Any], prefix: str) -> Any:
             sub = f"{sub}.{unknown.group(1)}"
             where = f"{prefix}{sub}".lstrip(".")
             raise ConfigError(f"{where}: unknown key", field=where) from None
+        missing = re.search(r"missing required field `([^`]*)`", problem)
+        if missing:
+            where = f"{prefix}{sub}.{missing.group(1)}".lstrip(".")
+            container = whole if not sub and whole is not None else _lookup(raw, sub)
+            shown = shown_config_value(sub, container)
+            raise ConfigError(f"{where}: is required (in {shown})", field=where) from None
         where = f"{prefix}{sub}".lstrip(".") or prefix.lstrip(".") or "(top level)"
         bad = shown_config_value(sub, _lookup(raw, sub))
         raise ConfigError(f"{where}: {problem} (got {bad})", field=where) from None

@@ -44,6 +44,7 @@ class Context:
         "event",
         "follow_ups",
         "max_depth",
+        "resources",
         "scope",
     )
 
@@ -60,6 +61,8 @@ class Context:
         self._decoded: dict[type[Any], Any] | None = None
         #: This event's resolved dependencies and their cleanups (`bridge.inject`), once any.
         self.scope: Any = None
+        #: The bus's open resources (`bridge.resources.OpenResources`), set by the bus.
+        self.resources: Any = None
         # The loop's thread: `emit` from any other thread goes through the loop.
         self._thread = threading.get_ident()
 

@@ -190,6 +190,11 @@ class Destination:
         """True when some option is rendered per event."""
         return bool(self._templates)
 
+    @property
+    def template_names(self) -> frozenset[str]:
+        """The options (attribute names) rendered per event; the others are literal."""
+        return frozenset(self._templates)
+
     def options_for(self, event: Event) -> RouteOptions:
         """The options as rendered for ``event``, guarded and checked.
 

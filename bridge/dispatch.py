@@ -9,12 +9,18 @@ The rule for ``Prefer`` (with ``delivery.allow_override: true``; otherwise it
 is ignored) depends on the event's own route and on nothing else:
 
 - ``respond-async``: spooled, answered ``spooled`` (202), where the bus has a
-  spool (some route is durable). A bus without a spool publishes it now.
+  spool (some route is durable). A bus without a spool publishes it now, and
+  the result says so (``preference_not_applied``).
 - ``wait=N``: published now, whatever the route's ``delivery``, and the answer
   waits at most N seconds for the broker. What is not confirmed by then is
   spooled (202) where the bus has a spool, else rejected ``sink_timeout``
   (503, retriable). The publish goes on either way, so the event can arrive
   twice if the caller sends it again.
+
+With ``delivery.allow_override: false`` a request cannot choose: ``wait=N`` is
+ignored, and so is ``respond-async`` on a durable route (it is spooled anyway);
+``respond-async`` on a sync route is refused (`PreferenceRefused`), since
+ignoring it would answer slower than the caller asked, and silently.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Protocol
 from bridge.config import Config
 from bridge.delivery import Outcome, Publisher
 from bridge.durable import DurableDelivery, Result
-from bridge.errors import SinkUnavailable
+from bridge.errors import PreferenceRefused, SinkUnavailable
 from bridge.prefer import Preference
 from bridge.sinks.base import Outgoing
 
@@ -129,22 +135,54 @@ class BoundedPublish:
         return (await self.deliver((item,)))[0]
 
 
+class Refuse:
+    """Every event rejected with one error (a preference the config does not allow)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: PreferenceRefused) -> None:
+        self.error = error
+
+    async def deliver(self, items: Sequence[Outgoing]) -> Sequence[Result]:
+        return [self.error] * len(items)
+
+    async def deliver_one(self, item: Outgoing) -> Result:
+        return self.error
+
+
 class RouteDelivery:
     """One route's delivery: which `Channel` an event of it takes, given its request's
     `Preference` (the rule is in the module docstring)."""
 
-    __slots__ = ("_allow_override", "_default", "_publish", "_spool")
+    __slots__ = ("_allow_override", "_default", "_publish", "_refuse", "_spool")
 
     def __init__(
-        self, publish: Publish, spool: Spool | None, *, durable: bool, allow_override: bool
+        self,
+        publish: Publish,
+        spool: Spool | None,
+        *,
+        durable: bool,
+        allow_override: bool,
+        route: str = "",
     ) -> None:
         self._publish = publish
         self._spool = spool
         self._default: Channel = spool if durable and spool is not None else publish
         self._allow_override = allow_override
+        self._refuse = Refuse(
+            PreferenceRefused(
+                f"Prefer: respond-async: route {route!r} delivers synchronously and "
+                "delivery.allow_override is false, so a request cannot make it durable; "
+                "send it without Prefer: respond-async"
+            )
+        )
 
     def channel(self, preference: Preference | None) -> Channel:
-        if preference is None or not self._allow_override:
+        if preference is None:
+            return self._default
+        if not self._allow_override:
+            if preference.mode == "durable" and self._default is self._publish:
+                return self._refuse
             return self._default
         if preference.mode == "durable":
             return self._spool if self._spool is not None else self._publish
@@ -163,7 +201,7 @@ class Dispatch:
         self, config: Config, publishers: Mapping[str, Publisher], durable: DurableDelivery | None
     ) -> None:
         self.durable = durable
-        #: Whether a request's ``Prefer`` is read at all (``delivery.allow_override``).
+        #: Whether a request's ``Prefer`` may choose the mode (``delivery.allow_override``).
         self.honours_prefer = config.delivery.allow_override
         publish = {name: Publish(p) for name, p in publishers.items()}
         spools = {name: Spool(durable, name) for name in publishers} if durable is not None else {}
@@ -173,6 +211,7 @@ class Dispatch:
                 spools.get(r.sink),
                 durable=durable is not None and durable.is_durable_route(r.name),
                 allow_override=self.honours_prefer,
+                route=r.name,
             )
             for r in config.routes
         }

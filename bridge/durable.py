@@ -18,7 +18,8 @@ from bridge.config import Config
 from bridge.deliverer import Deliverer
 from bridge.delivery import Outcome, Publisher
 from bridge.errors import BridgeError, SpoolFull
-from bridge.metrics import METRICS, Metrics, SpoolGauges
+from bridge.gauges import SpoolGauges
+from bridge.metrics import METRICS, Metrics
 
 # Re-exported: the server imports the request's preference from here.
 from bridge.prefer import Preference, parse_prefer
@@ -69,6 +70,7 @@ class DurableDelivery:
             sink_prefix=codec.sink_prefix,
             max_bytes=settings.max_spool_bytes,
             tail_bytes=settings.tail_bytes,
+            metrics=metrics,
         )
         self.deliverer = Deliverer(
             self.spool,

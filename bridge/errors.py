@@ -8,7 +8,16 @@ never from message text.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
+
+#: The page with a section per error code (its anchor is the code itself).
+TROUBLESHOOTING: Final = "docs/troubleshooting.md"
+
+
+def help_for(code: str) -> str:
+    """Where an error body's ``help`` points: the section of ``code`` on the
+    troubleshooting page (``docs/troubleshooting.md#no_route``)."""
+    return f"{TROUBLESHOOTING}#{code}"
 
 
 class BridgeError(Exception):
@@ -27,7 +36,12 @@ class BridgeError(Exception):
 
     def to_dict(self) -> dict[str, str | None]:
         """The JSON error body shape shared by the HTTP API and results."""
-        return {"code": self.code, "message": self.message, "field": self.field}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "field": self.field,
+            "help": help_for(self.code),
+        }
 
 
 class ConfigError(BridgeError):
@@ -46,6 +60,13 @@ class NoRoute(BridgeError):
     """A notification event matched no routing rule: never dropped silently."""
 
     code = "no_route"
+
+
+class PreferenceRefused(BridgeError):
+    """``Prefer: respond-async`` for a sync route where ``delivery.allow_override`` is
+    false: the request asked for what the config forbids, so it is refused, not ignored."""
+
+    code = "preference_refused"
 
 
 class TemplateError(BridgeError):

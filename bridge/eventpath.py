@@ -23,16 +23,17 @@ from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
 from bridge.event import Event
 from bridge.handlers import Context, HandlerRegistry
+from bridge.hub import Hub
 from bridge.inject import close as close_scope
 from bridge.metrics import Metrics
 from bridge.middleware import Middleware
 from bridge.pipeline import Slot, Watchdog, run_handlers
 from bridge.policy import OnError
 from bridge.prefer import Preference
+from bridge.resources import OpenResources
 from bridge.results import Delivery, EmitResult, ErrorInfo, HandlerOutcome
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing
-from bridge.subscriptions import Hub
 from bridge.threads import HandlerThreads
 from bridge.typed import EventData, to_event
 
@@ -117,6 +118,7 @@ class EventPath:
         cancel_grace_s: float,
         max_depth: int,
         middleware: Sequence[Middleware] = (),
+        resources: OpenResources | None = None,
     ) -> None:
         self._registry = registry
         self._router = router
@@ -133,6 +135,7 @@ class EventPath:
         #: The bus's middleware list (`Bus.use` appends to it), shared with its scopes.
         self._middleware = middleware
         self._unhandled_log = UnhandledLog()
+        self._resources = resources
 
     def _prepare(self, event: Event | EventData) -> Event:
         if not isinstance(event, Event):
@@ -174,9 +177,11 @@ class EventPath:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
             else:
                 results.append(self._result(h, outcome))
+                if delivery is not None and delivery.mode == "durable":
+                    results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
-        if hub.subscriptions:
+        if hub.refs:
             for h, result in zip(handled, results, strict=True):
                 hub.publish(h.event, result.status)
         if parents:
@@ -210,6 +215,7 @@ class EventPath:
             self._unhandled_log.note(event.type)
             return _Handled(event, [], [])
         ctx = Context(event, depth, max_depth=self._max_depth)
+        ctx.resources = self._resources
         try:
             outcomes, rejection = await run_handlers(
                 handlers,
@@ -353,3 +359,17 @@ class EventPath:
         return EmitResult(
             event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
         )
+
+
+#: Why ``Prefer: respond-async`` was answered ``published``: only a bus without a
+#: spool does that (the rule is in `bridge.dispatch`).
+_NO_SPOOL: Final = (
+    "Prefer: respond-async was not applied: no route is durable, so there is no spool; "
+    "the event was delivered synchronously"
+)
+
+
+def _not_async(result: EmitResult) -> EmitResult:
+    if result.status != "published":
+        return result
+    return msgspec.structs.replace(result, preference_not_applied=_NO_SPOOL)

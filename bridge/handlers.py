@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
+import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -73,6 +74,7 @@ class Handler:
     __slots__ = (
         "call",
         "data_type",
+        "direct",
         "durations",
         "fn",
         "inject_async",
@@ -133,6 +135,8 @@ class Handler:
             getattr(target, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.inline = inline
+        #: ``async def`` called as ``call(event, ctx)``: the pipeline's shortest path.
+        self.direct = self.call is not None and self.is_async
         #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
         self.on_error = check_on_error(on_error, where=owner)
         self.seq = next(_seq)
@@ -247,15 +251,31 @@ def on(
     return decorate
 
 
-def import_modules(modules: tuple[str, ...], *, entry_point_group: str | None) -> None:
+def import_modules(
+    modules: tuple[str, ...], *, path: tuple[str, ...] = (), entry_point_group: str | None
+) -> None:
     """Import configured handler modules (and the entry-point group), so their
-    ``@on`` decorators register. An import failure names the module."""
+    ``@on`` decorators register. An import failure names the module.
+
+    ``path`` (``handlers.path``) is appended to ``sys.path`` first: appended, so a
+    file next to the config never shadows an installed module of the same name.
+    """
+    added = [entry for entry in path if entry not in sys.path]
+    if added:
+        sys.path.extend(added)
+        importlib.invalidate_caches()  # a directory made after startup is searched too
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)
         except Exception as exc:
+            where = (
+                f" (searched sys.path, which includes {', '.join(path)})"
+                if isinstance(exc, ModuleNotFoundError) and path
+                else ""
+            )
             raise ConfigError(
-                f"handlers.modules[{i}]: importing {module!r} failed: {type(exc).__name__}: {exc}",
+                f"handlers.modules[{i}]: importing {module!r} failed: "
+                f"{type(exc).__name__}: {exc}{where}",
                 field=f"handlers.modules[{i}]",
             ) from exc
     if entry_point_group:

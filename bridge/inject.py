@@ -4,9 +4,11 @@ A handler parameter whose default is ``Depends(factory)`` gets what
 ``factory`` gives. The factory may be a sync or async function, or a sync or
 async generator: its value is what it yields, and the code after ``yield``
 runs once the event's handlers have all run (also when the handler raised).
-A factory's own parameters are resolved by the same rules as a handler's
-(`bridge.signature`): the `Event`, the `Context`, the typed data, or further
-``Depends``. A factory runs on the loop: keep sync ones cheap.
+With ``use_cache=False`` the value is the handler's own, and so is the cleanup:
+it runs as soon as that handler finished. A factory's own parameters are
+resolved by the same rules as a handler's (`bridge.signature`): the `Event`,
+the `Context`, the typed data, or further ``Depends``. A factory runs on the
+loop: keep sync ones cheap.
 
 Each factory runs at most once per event and its value is shared by that
 event's handlers, unless ``Depends(factory, use_cache=False)``. A value of
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from bridge.metrics import METRICS
+from bridge.resources import is_resource
 
 log = logging.getLogger("bridge.handlers")
 
@@ -40,6 +43,7 @@ FUNCTION: Final = 0
 COROUTINE: Final = 1
 GENERATOR: Final = 2
 ASYNC_GENERATOR: Final = 3
+RESOURCE: Final = 4  # `bridge.resources`: opened by the bus, its value shared by all events
 
 
 class Depends:
@@ -96,8 +100,10 @@ class Dependency:
         self.params = params
         self.use_cache = use_cache
         call = getattr(factory, "__call__", None)  # noqa: B004 - callable objects
-        if inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(call):
-            self.kind: int = ASYNC_GENERATOR
+        if is_resource(factory):
+            self.kind: int = RESOURCE
+        elif inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(call):
+            self.kind = ASYNC_GENERATOR
         elif inspect.isgeneratorfunction(factory) or inspect.isgeneratorfunction(call):
             self.kind = GENERATOR
         elif inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(call):
@@ -110,13 +116,16 @@ class Dependency:
 
 
 class Scope:
-    """One event's resolved dependencies (by factory) and the generators still open."""
+    """One event's resolved dependencies (by factory) and the generators still open:
+    ``open`` (cached, shared by the event's handlers: closed after the last one) and
+    ``own`` (``use_cache=False``: closed after the handler that asked)."""
 
-    __slots__ = ("cache", "open")
+    __slots__ = ("cache", "open", "own")
 
     def __init__(self) -> None:
         self.cache: dict[Callable[..., Any], Any] = {}
         self.open: list[Any] = []
+        self.own: list[Any] = []
 
 
 class Unset(Exception):
@@ -159,10 +168,12 @@ def resolve_now(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, An
             value = scope.cache[dep.factory]
         else:
             args = resolve_now(dep.params, event, ctx) if dep.params else {}
-            if dep.kind == GENERATOR:
+            if dep.kind == RESOURCE:
+                value = ctx.resources.get(dep.factory)
+            elif dep.kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
-                scope.open.append(gen)
+                (scope.open if dep.use_cache else scope.own).append(gen)
             else:
                 value = dep.factory(**args)
             if dep.use_cache:
@@ -194,27 +205,51 @@ async def resolve(params: tuple[Param, ...], event: Any, ctx: Any) -> dict[str, 
                 value = dep.factory(**args)
             elif kind == COROUTINE:
                 value = await dep.factory(**args)
+            elif kind == RESOURCE:
+                value = ctx.resources.get(dep.factory)
             elif kind == GENERATOR:
                 gen = dep.factory(**args)
                 value = next(gen)
-                scope.open.append(gen)
+                (scope.open if dep.use_cache else scope.own).append(gen)
             else:
                 agen = dep.factory(**args)
                 value = await agen.__anext__()
-                scope.open.append(agen)
+                (scope.open if dep.use_cache else scope.own).append(agen)
             if dep.use_cache:
                 scope.cache[dep.factory] = value
         kwargs[param.name] = _checked(param, dep, value)
     return kwargs
 
 
-async def close(scope: Scope, event: Any) -> None:
-    """Run the code after ``yield`` of every generator dependency, last opened first.
+def resources_of(plans: Iterable[tuple[Param, ...] | None]) -> list[Callable[..., Any]]:
+    """The resources (`bridge.resources`) these parameter plans depend on, in the order
+    they are first asked for, each once."""
+    found: dict[Callable[..., Any], None] = {}
+
+    def walk(params: tuple[Param, ...]) -> None:
+        for param in params:
+            dep = param.dependency
+            if dep is None:
+                continue
+            walk(dep.params)
+            if dep.kind == RESOURCE:
+                found.setdefault(dep.factory, None)
+
+    for params in plans:
+        if params:
+            walk(params)
+    return list(found)
+
+
+async def close(scope: Scope, event: Any, *, own: bool = False) -> None:
+    """Run the code after ``yield`` of the open generator dependencies, last opened
+    first: the event's shared ones, or (``own``) those of the handler that just ran.
 
     A failing cleanup is logged and counted; the others still run.
     """
-    while scope.open:
-        gen = scope.open.pop()
+    gens = scope.own if own else scope.open
+    while gens:
+        gen = gens.pop()
         try:
             if inspect.isasyncgen(gen):
                 await gen.__anext__()

@@ -11,12 +11,19 @@ pairs after the sentence in text format, top-level keys in JSON format::
     2026-11-22T07:25:00.123Z info  bridge.server: listening on tcp 127.0.0.1:8787 listener=tcp
     {"time":"2026-11-22T07:25:00.123Z","level":"info","logger":"bridge.server",
      "message":"listening on tcp 127.0.0.1:8787","listener":"tcp"}
+
+Broker libraries are quiet below ``debug`` (`LibraryFilter`): their records
+below WARNING are dropped, their "cannot reach the broker" records (which
+repeat every few seconds while a broker is down) are demoted to DEBUG, since
+the bridge logs one line per sink state change itself, and any other record
+they repeat is written once a minute at most.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
@@ -115,12 +122,72 @@ class MalformedHttpFilter(logging.Filter):
         return True
 
 
+#: The loggers of the broker (and event loop) libraries, by prefix.
+LIBRARY_LOGGERS: Final = ("aiokafka", "aiormq", "aio_pika", "nats", "asyncio")
+
+#: Library records that only say the broker cannot be reached (the bridge's own
+#: sink state line says it once): (logger, message template). Pinned against the
+#: installed libraries by tests/unit/test_logs.py.
+UNREACHABLE: Final = frozenset(
+    {
+        ("aiokafka", 'Unable connect to "%s:%s": %s'),
+        ("aiokafka", "Unable connect to node with id %s: %s"),
+        ("aiokafka", "Unable to update metadata from %s"),
+        ("aiokafka", 'Unable to request metadata from "%s:%s": %s'),
+        ("aiokafka", "Unable to request metadata from node with id %s: %r"),
+        ("aiormq.connection", "error when creating transport: %r"),
+    }
+)
+
+#: Seconds within which a library record with the same template is written once.
+REPEAT_S: Final = 60.0
+_MAX_TEMPLATES: Final = 1000
+
+
+def _is_library(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in LIBRARY_LOGGERS)
+
+
+class LibraryFilter(logging.Filter):
+    """Broker libraries' records, unless ``debug``: below WARNING dropped, the
+    "cannot reach the broker" ones (`UNREACHABLE`) demoted to DEBUG (so dropped),
+    and a template already written within `REPEAT_S` seconds held back (the next
+    one written carries ``repeated``, how many were)."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.debug or not _is_library(record.name):
+            return True
+        key = (record.name, record.msg if isinstance(record.msg, str) else str(record.msg))
+        if key in UNREACHABLE:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        if record.levelno < logging.WARNING:
+            return False
+        if len(self._last) > _MAX_TEMPLATES:  # messages built without a template: no growth
+            self._last.clear()
+        now = time.monotonic()
+        last, held = self._last.get(key, (-REPEAT_S, 0))
+        if now - last < REPEAT_S:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.repeated = held
+        return True
+
+
 def setup_logging(
     format: Format = "text", level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Route every log record to ``stream`` (stderr) in ``format`` at ``level``."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    debug = level.lower() == "debug"
+    handler.addFilter(LibraryFilter(debug))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -131,3 +198,6 @@ def setup_logging(
         server_log.addFilter(MalformedHttpFilter())
     # evbridge logs one line per outcome itself; aiohttp's access log would double it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in LIBRARY_LOGGERS:
+        # Cheaper than the filter for the common case: below WARNING, not even created.
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)

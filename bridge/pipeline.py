@@ -43,6 +43,7 @@ from bridge.cancelguard import Abandoned, Resume
 from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
 from bridge.inject import Unset, resolve, resolve_now
+from bridge.inject import close as close_scope
 from bridge.metrics import BUCKETS, METRICS
 from bridge.middleware import Middleware, through
 from bridge.policy import OnError, rejection
@@ -133,9 +134,11 @@ async def _invoke(
             returned = call(event, ctx)
         else:
             returned = await _in_thread(handler, slot, threads, call, event, ctx)
-    else:
-        params = handler.params
-        assert params is not None, "a plan without call has params"
+        await _drive(returned, handler, event, slot, cancel_grace)
+        return
+    params = handler.params
+    assert params is not None, "a plan without call has params"
+    try:
         kwargs = (
             await resolve(params, event, ctx)
             if handler.inject_async
@@ -145,6 +148,18 @@ async def _invoke(
             returned = handler.target(**kwargs)
         else:
             returned = await _in_thread(handler, slot, threads, partial(handler.target, **kwargs))
+        await _drive(returned, handler, event, slot, cancel_grace)
+    finally:
+        scope = ctx.scope
+        if scope is not None and scope.own:
+            # ``use_cache=False`` generators: the handler's own, closed as it ends.
+            await close_scope(scope, event, own=True)
+
+
+async def _drive(
+    returned: object, handler: Handler, event: Event, slot: Slot, cancel_grace: float
+) -> None:
+    """Await what a handler call returned, when it is awaitable."""
     if type(returned) is not CoroutineType:
         if returned is not None and inspect.isawaitable(returned):
             await returned
@@ -164,8 +179,10 @@ async def _invoke(
 async def _in_thread(
     handler: Handler, slot: Slot, threads: HandlerThreads, fn: Callable[..., Any], *args: Any
 ) -> object:
+    # Kept on the slot while it runs: a timeout's message says whether it ever started.
     job = slot.job = threads.submit(handler.name, slot.deadline, fn, *args)
-    raised = await job.future
+    raised = await job.future  # a CancelledError leaves slot.job for that message
+    slot.job = None
     if raised is not None:
         raise raised
     returned, job.returned = job.returned, None
@@ -213,9 +230,9 @@ async def run_handlers(
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
-        failure: BaseException | None = None
+        # ``failure`` (the exception) is set, and read, only when the outcome is ``error``.
+        failure: BaseException
         outcome: Outcome
-        slot.job = None
         abandoned = False
         start = perf_counter()
         slot.deadline = start + timeout
@@ -225,12 +242,11 @@ async def run_handlers(
                 ctx.data = ctx.decode(handler.data_type)
             elif ctx.data is not event.data:
                 ctx.data = event.data
-            call = handler.call
-            if call is not None and handler.is_async and not middleware:
+            if handler.direct and not middleware:
                 # Most handlers: stepped here, up to its first suspension, as ``await``
                 # would; most end there. ``next`` with a default: a coroutine that returns
                 # None raises nothing.
-                coro = call(event, ctx)
+                coro = handler.call(event, ctx)  # type: ignore[misc]  # direct: call is set
                 waiting = next(coro.__await__(), _DONE)
                 if waiting is not _DONE:
                     await Resume(
@@ -251,6 +267,7 @@ async def run_handlers(
                 if task.uncancel() > slot.base:
                     raise
                 outcome, error = TIMEOUT, _timed_out(timeout, slot.job, threads)
+                slot.job = None
             elif task.cancelling() > slot.base:
                 raise
             else:
@@ -305,6 +322,7 @@ async def run_handlers(
             slot.deadline = _INF
         if slot.fired:
             slot.fired = False
+            slot.job = None
             if outcome != TIMEOUT:
                 # The handler swallowed the watchdog's cancellation: still a timeout.
                 task.uncancel()
@@ -332,10 +350,12 @@ async def run_handlers(
             break
         if outcome in (ERROR, TIMEOUT):
             if errors is not None:
-                errors.append(failure or TimeoutError(f"handler {handler.name} {error}"))
+                errors.append(
+                    failure if outcome == ERROR else TimeoutError(f"handler {handler.name} {error}")
+                )
             policy = handler.on_error or on_error
             if policy == "reject":
-                return outcomes, rejection(run, failure)
+                return outcomes, rejection(run, failure if outcome == ERROR else None)
             if policy == "stop":
                 break
     return outcomes, None

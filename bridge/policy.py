@@ -27,7 +27,6 @@ from bridge.results import TIMEOUT, EmitResult, ErrorInfo, HandlerOutcome
 
 OnError = Literal["continue", "stop", "reject"]
 ON_ERROR: Final = ("continue", "stop", "reject")
-HANDLER_FAILED: Final = "handler_failed"
 
 
 def check_on_error(value: object, *, where: str) -> OnError | None:
@@ -41,11 +40,10 @@ def rejection(run: HandlerOutcome, failure: BaseException | None) -> ErrorInfo:
     """The ``handler_failed`` rejection for the run that rejected its event."""
     retriable = run.outcome == TIMEOUT or getattr(failure, "retriable", False) is True
     return ErrorInfo(
-        HANDLER_FAILED,
-        f"handler {run.name} failed ({run.error or run.outcome}) and its policy is "
+        code="handler_failed",
+        message=f"handler {run.name} failed ({run.error or run.outcome}) and its policy is "
         "on_error=reject: the event was not published",
-        None,
-        retriable,
+        retriable=retriable,
     )
 
 

@@ -6,14 +6,19 @@ Two defences, both applied by `scrub`:
   given inline in a URL or through an environment variable) is registered
   with `register` / `register_config` and replaced by ``***`` wherever it
   appears, whoever wrote the text (evbridge, aiokafka, aio-pika, a handler);
-- the password part of any ``scheme://user:password@host`` URL is masked,
-  which also covers URLs seen before the config could be read (a config
-  error quoting a bad value).
+- the credentials of any ``scheme://user:password@host`` URL are masked,
+  user and password alike (``scheme://***:***@host``; a user alone, which
+  may be a token, as ``***@``), which also covers URLs seen before the
+  config could be read (a config error quoting a bad value).
+
+One rule for every place a URL is shown: logs, HTTP error bodies,
+``/readyz``, ``/v1/info`` and ``evbridge check`` all show what `mask_url`
+(a URL on its own) or `scrub` (free text) make of it.
 
 Guarantee: text passed through `scrub` contains no registered secret and no
-URL password. Secrets shorter than `MIN_SECRET_LEN` characters are not
-registered (masking every ``"ab"`` would make logs unreadable); URL passwords
-are masked whatever their length.
+URL user or password. Secrets shorter than `MIN_SECRET_LEN` characters are
+not registered (masking every ``"ab"`` would make logs unreadable); URL
+credentials are masked whatever their length.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK: Final = "***"
 MIN_SECRET_LEN: Final = 4
 
-_URL_PASSWORD: Final = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"<>]*:)[^\s/@'\"<>]+@"
+# ``scheme://user[:password]@``: the userinfo ends at the first ``@`` before any ``/``.
+_URL_USERINFO: Final = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:'\"<>]*)"
+    r"(?P<password>:[^\s/@'\"<>]*)?@"
 )
 # Config keys whose values are secrets wherever they appear.
 _SECRET_KEYS: Final = frozenset({"token", "password", "secret", "url"})
@@ -112,14 +119,34 @@ def register_config(config: Any) -> None:
     register(*secrets_of(config))
 
 
+def _masked_userinfo(match: re.Match[str]) -> str:
+    if not match["user"] and not match["password"]:
+        return match[0]  # ``scheme://@host``: nothing to hide
+    return f"{match['head']}{MASK}{':' + MASK if match['password'] else ''}@"
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it as ``***``."""
+    return _URL_USERINFO.sub(_masked_userinfo, text) if "://" in text else text
+
+
+def mask_url(url: str) -> str:
+    """A URL as it is shown anywhere (logs, errors, health details): its user and
+    password as ``***`` and no query string (which may carry credentials too)."""
+    try:
+        parts = urlsplit(url)
+        url = urlunsplit(parts._replace(query=""))
+    except ValueError:
+        pass
+    return mask_credentials(url)
+
+
 def scrub(text: str) -> str:
-    """``text`` with registered secrets and URL passwords replaced by ``***``."""
+    """``text`` with registered secrets and URL credentials replaced by ``***``."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    if "://" in text:
-        text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
-    return text
+    return mask_credentials(text)
 
 
 def scrub_value(value: Any) -> Any:

@@ -6,6 +6,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from bridge.errors import help_for
+
 Outcome = Literal["ok", "error", "timeout", "skipped", "stopped"]
 Status = Literal["handled", "published", "spooled", "rejected"]
 
@@ -60,7 +62,11 @@ class EmitResult(msgspec.Struct, frozen=True):
     (every delivery confirmed by its broker), ``spooled`` (fsync'd to the local
     spool, delivered in the background) or ``rejected`` (``error`` says why;
     ``error.retriable`` tells whether sending it again may succeed).
-    Handler failures never change the status: they are in ``handlers``.
+    Handler failures are in ``handlers`` and do not change the status, except
+    under a handler's ``on_error="reject"`` (`bridge.policy`): then it is
+    ``rejected`` with code ``handler_failed`` and nothing was published.
+    ``preference_not_applied`` says why a request's ``Prefer: respond-async``
+    was not applied (the event was delivered synchronously).
     """
 
     id: str
@@ -70,6 +76,7 @@ class EmitResult(msgspec.Struct, frozen=True):
     deliveries: list[Delivery] = []
     follow_ups: list[EmitResult] = []
     error: ErrorInfo | None = None
+    preference_not_applied: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The JSON shape of the HTTP API (durations in milliseconds)."""
@@ -90,7 +97,16 @@ class EmitResult(msgspec.Struct, frozen=True):
             "follow_ups": [f.to_api() for f in self.follow_ups] if self.follow_ups else [],
         }
         if self.error is not None:
-            out["error"] = msgspec.to_builtins(self.error)
+            error = self.error
+            out["error"] = {
+                "code": error.code,
+                "message": error.message,
+                "field": error.field,
+                "retriable": error.retriable,
+                "help": help_for(error.code),
+            }
+        if self.preference_not_applied is not None:
+            out["preference_not_applied"] = self.preference_not_applied
         return out
 
 

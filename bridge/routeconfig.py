@@ -9,7 +9,7 @@ router and the deliverer share the compiled form.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -17,10 +17,6 @@ from bridge.configparse import check_name, convert
 from bridge.destinations import Destination, template_options
 from bridge.errors import ConfigError
 from bridge.sinks.base import RouteOptions, SinkConfig, get_sink_type
-
-_ROUTE_KEYS = frozenset(
-    {"name", "match", "sink", "key", "delivery", "dead_letter", "allow", "deny"}
-)
 
 
 class DeadLetterConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +60,20 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: The compiled options and key, set at config load (`destination` builds it otherwise).
     compiled: Destination | None = None
 
+    #: The keys every route has, one line of meaning each (docs/configuration.md is
+    #: generated from them); the other keys of a route are its sink type's route options.
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "name": "The route's name in logs, metrics and `/v1/info`.",
+        "match": "Event type pattern: exact text, or a glob (`*` matches across dots).",
+        "sink": "Name of the sink (in `sinks`) the matching events go to.",
+        "key": "Template for the partition / routing key; default: the event's own `key`.",
+        "delivery": "`sync` or `durable` for this route; null: `delivery.mode`.",
+        "dead_letter": "Where undeliverable events go: `{sink: NAME, <that sink's route "
+        "options>}`; null: none.",
+        "allow": "Per template option, glob patterns a rendered value must match (one of them).",
+        "deny": "Per template option, glob patterns a rendered value must not match.",
+    }
+
     @property
     def destination(self) -> Destination:
         """The compiled destination (validated at load for a parsed config)."""
@@ -72,6 +82,10 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True):
         return Destination.compile(
             self.options, f"route {self.name}", self.allow, self.deny, self.key or None
         )
+
+
+#: The keys common to every route; all others are the sink type's route options.
+_ROUTE_KEYS = frozenset(RouteConfig.field_docs)
 
 
 def _sink_named(name: object, where: str, sinks: Mapping[str, SinkConfig]) -> SinkConfig:
@@ -101,7 +115,7 @@ def parse_route(
     name = common.get("name", f"route{index}")
     check_name(name, f"{where}.name")
     sink = _sink_named(common["sink"], f"{where}.sink", sinks)
-    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}")
+    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}", raw)
     key = common.get("key")
     if key is not None and not isinstance(key, str):
         raise ConfigError(
@@ -174,6 +188,6 @@ def _parse_dead_letter(
         raise ConfigError(f"{where}: must be a mapping with a 'sink' (got {raw!r})", field=where)
     sink = _sink_named(raw.get("sink"), f"{where}.sink", sinks)
     rest = {k: v for k, v in raw.items() if k != "sink"}
-    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}")
+    options: RouteOptions = convert(rest, get_sink_type(sink.type).route, f".{where}", raw)
     compiled = Destination.compile(options, where)
     return DeadLetterConfig(sink=sink.name, options=options, compiled=compiled)

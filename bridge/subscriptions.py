@@ -6,7 +6,7 @@ Guarantees:
 - each subscriber has its own queue, bounded in events (``max_queue``) and in
   bytes (``max_queue_bytes``, as `bridge.memory.event_cost` estimates them),
   and all subscribers of a bus (its scopes included) share one bound in bytes
-  (`SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
+  (`bridge.hub.SubscriberBudget`, ``limits.max_total_subscriber_bytes``), so a slow
   subscriber never slows the pipeline and memory stays bounded however many
   never read. On overflow a subscriber either loses its oldest queued events
   (``drop_oldest``; the next item it reads carries ``dropped``) or is
@@ -17,12 +17,18 @@ Guarantees:
   is dropped for that subscriber (or disconnects it);
 - with no subscribers, publishing an event costs one length check and keeps
   nothing;
-- leaving the ``async with`` block frees the subscription at once.
+- a subscription made with `bridge.bus.Bus.subscription` receives from that
+  line on, before ``async with`` or the first ``async for`` (a request sent
+  right after subscribing cannot race its answer); leaving the ``async with``
+  block (or ``close()``) frees it at once, and one never closed is freed when it
+  is garbage-collected: the hub holds its subscriptions weakly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -32,18 +38,13 @@ import msgspec
 
 from bridge.errors import BridgeError
 from bridge.event import Event
-from bridge.memory import ByteBudget, event_cost
-from bridge.metrics import METRICS
+from bridge.hub import Bound, Hub
+from bridge.memory import event_cost
 from bridge.results import Status
 from bridge.routing import compile_glob
 
 Overflow = Literal["drop_oldest", "disconnect"]
 OVERFLOW_POLICIES: Final = ("drop_oldest", "disconnect")
-#: Which bound made a subscriber lose events: the label of the overflow metrics.
-Bound = Literal["max_queue", "max_queue_bytes", "max_total_subscriber_bytes"]
-#: Defaults of `bridge.config.LimitsConfig` (for a `Hub` built without a config).
-DEFAULT_QUEUE_BYTES: Final = 16 * 1024 * 1024
-DEFAULT_TOTAL_BYTES: Final = 64 * 1024 * 1024
 
 
 class SubscriptionOverflow(BridgeError):
@@ -74,14 +75,18 @@ class Subscription:
 
     # Slots: `offer` runs per event per subscriber and reads most of these.
     __slots__ = (
+        "__weakref__",
         "_budget",
         "_drops_oldest",
         "_hub",
         "_max",
+        "_max_queue_drops",
         "_overflow",
         "_queue",
         "_read_seq",
+        "_ref",
         "_seq",
+        "_thread",
         "_waiter",
         "closed",
         "dropped",
@@ -119,6 +124,8 @@ class Subscription:
         )
         self._hub = hub
         self._budget = budget
+        # The hot path's counter, looked up once: the hub's (its bus's metrics).
+        self._max_queue_drops = hub.dropped["max_queue"]
         self._max = max_queue
         self.max_bytes = max_bytes
         self._overflow = overflow
@@ -136,6 +143,11 @@ class Subscription:
         #: The bound that disconnected it (``overflow="disconnect"``), once it did.
         self.overflow_bound: Bound | None = None
         self.closed = False
+        #: How the hub holds it (weakly), once added.
+        self._ref: weakref.ref[Subscription] | None = None
+        # The loop's thread: collected in another one (a cycle freed by the collector in
+        # a handler thread), it leaves its cleanup to the loop (`Hub.bury`).
+        self._thread = threading.get_ident()
 
     def offer(self, event: Event, status: Status, cost: int | None = None) -> None:
         """Queue an event without ever waiting (called by the hub, which passes
@@ -154,7 +166,7 @@ class Subscription:
             self.queued_bytes -= freed
             budget.used -= freed
             self.dropped += 1
-            _DROPPED_MAX_QUEUE.value += 1
+            self._max_queue_drops.value += 1
         if (
             self.queued_bytes + cost > self.max_bytes
             or budget.used + cost > budget.limit
@@ -202,12 +214,12 @@ class Subscription:
 
     def _count_drop(self, bound: Bound) -> None:
         self.dropped += 1
-        _DROPPED[bound].value += 1
+        self._hub.dropped[bound].value += 1
 
     def _disconnect(self, bound: Bound) -> None:
         self.overflowed = True
         self.overflow_bound = bound
-        _DISCONNECTED[bound].value += 1
+        self._hub.disconnected[bound].value += 1
         self._wake()
 
     def shed(self) -> None:
@@ -293,6 +305,17 @@ class Subscription:
     ) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        # Never closed and no longer referenced: give back its bytes and its place.
+        # (``closed`` is unset when ``__init__`` refused its arguments.)
+        if getattr(self, "closed", True):
+            return
+        if threading.get_ident() == self._thread:
+            self.close()
+        else:
+            self.closed = True
+            self._hub.bury(self._ref, self.queued_bytes)
+
     def close(self) -> None:
         """Stop receiving and free the queue; iteration ends after this."""
         if not self.closed:
@@ -302,80 +325,3 @@ class Subscription:
             self.queued_bytes = 0
             self._queue.clear()
             self._wake()
-
-
-class SubscriberBudget(ByteBudget):
-    """The bound in bytes that all subscriptions of a bus and its scopes share
-    (``limits.max_total_subscriber_bytes``), and each one's default
-    (``limits.max_subscriber_bytes``)."""
-
-    __slots__ = ("members", "queue_bytes")
-
-    def __init__(
-        self, limit: int = DEFAULT_TOTAL_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES
-    ) -> None:
-        super().__init__(limit)
-        self.queue_bytes = queue_bytes
-        self.members: list[Subscription] = []
-
-    def make_room(self, size: int) -> bool:
-        """Shed from the subscription holding the most bytes until ``size`` fits."""
-        while self.used + size > self.limit:
-            victim = max(self.members, key=_queued_bytes, default=None)
-            if victim is None or not victim.queued_bytes:
-                return False
-            victim.shed()
-        return True
-
-
-def _queued_bytes(subscription: Subscription) -> int:
-    return subscription.queued_bytes
-
-
-class Hub:
-    """The subscriptions of one bus scope; ``budget`` may be shared with other scopes."""
-
-    def __init__(self, budget: SubscriberBudget | None = None) -> None:
-        self.budget = budget if budget is not None else SubscriberBudget()
-        self.subscriptions: list[Subscription] = []
-        # Which subscriptions want a type: matching globs per event would cost
-        # more than the queueing itself.
-        self._by_type: dict[str, tuple[Subscription, ...]] = {}
-
-    def add(self, subscription: Subscription) -> None:
-        self.subscriptions.append(subscription)
-        self.budget.members.append(subscription)
-        self._by_type.clear()
-        _SUBSCRIBERS.inc()
-
-    def remove(self, subscription: Subscription) -> None:
-        try:
-            self.subscriptions.remove(subscription)
-        except ValueError:
-            return
-        self.budget.members.remove(subscription)
-        self._by_type.clear()
-        _SUBSCRIBERS.dec()
-
-    def _for_type(self, type_: str) -> tuple[Subscription, ...]:
-        found = self._by_type.get(type_)
-        if found is None:
-            if len(self._by_type) >= 4096:
-                self._by_type.clear()
-            found = self._by_type[type_] = tuple(s for s in self.subscriptions if s.matches(type_))
-        return found
-
-    def publish(self, event: Event, status: Status) -> None:
-        """Offer an event to every matching subscription (never waits)."""
-        subscriptions = self._for_type(event.type)
-        if subscriptions:
-            cost = event_cost(event)
-            for subscription in subscriptions:
-                subscription.offer(event, status, cost)
-
-
-_SUBSCRIBERS = METRICS.subscribers
-_BOUNDS: Final[tuple[Bound, ...]] = ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes")
-_DROPPED: Final = {bound: METRICS.subscription_dropped.child(bound) for bound in _BOUNDS}
-_DISCONNECTED: Final = {bound: METRICS.subscription_disconnected.child(bound) for bound in _BOUNDS}
-_DROPPED_MAX_QUEUE: Final = _DROPPED["max_queue"]

@@ -34,7 +34,8 @@ from itertools import count
 from time import perf_counter
 from typing import Any
 
-from bridge.metrics import METRICS, Metrics, ThreadGauges
+from bridge.gauges import ThreadGauges
+from bridge.metrics import METRICS, Metrics
 
 log = logging.getLogger("bridge.handlers")
 

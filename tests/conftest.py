@@ -1,4 +1,5 @@
-"""Shared fixtures. Real-broker fixtures live in tests/brokers.py (a plugin)."""
+"""Shared fixtures. Real-broker fixtures live in tests/brokers.py (a plugin);
+tests/machine_watch.py checks the machine's RabbitMQ and NATS were not restarted meanwhile."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from bridge.handlers import HandlerRegistry
 
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["pytester", "tests.brokers", "tests.machine_watch"]
 
 
 @pytest.fixture

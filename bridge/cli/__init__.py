@@ -1,4 +1,4 @@
-"""The ``evbridge`` command: ``serve``, ``check``, ``emit``, ``version``.
+"""The ``evbridge`` command: ``serve``, ``check``, ``emit``, ``init``, ``version``.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets
 ``run``; `COMMANDS` lists them in help order, so another module's commands
@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 import bridge
+from bridge.cli.init import add_init
 from bridge.cli.spool import add_spool
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
@@ -52,9 +53,11 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def _setup_logging(args: argparse.Namespace, config: Config | None) -> None:
+def _setup_logging(
+    args: argparse.Namespace, config: Config | None, default_level: str = "info"
+) -> None:
     fmt = args.log_format or (config.logging.format if config else "text")
-    level = args.log_level or (config.logging.level if config else "info")
+    level = args.log_level or (config.logging.level if config else default_level)
     setup_logging(fmt, level)
 
 
@@ -84,8 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        _setup_logging(args, None)
-        log.error("config error: %s", exc.message, extra={"field": exc.field})
+        # Not a log record: no config means no log format yet, and a YAML error spans
+        # lines (file, line and column, the source line) that a text record would escape.
+        print(f"evbridge serve: config error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(args, config)
     try:
@@ -114,7 +118,10 @@ def _add_check(sub: Subparsers) -> None:
         "health check. Exit 0 when everything passes, 1 otherwise.",
     )
     _config_option(parser)
-    _logging_options(parser)
+    parser.add_argument("--log-format", choices=("text", "json"), help="default: text")
+    parser.add_argument(
+        "--log-level", choices=LEVELS, help="default: error (the table reports each problem)"
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -127,7 +134,8 @@ def _add_check(sub: Subparsers) -> None:
 def _check(args: argparse.Namespace) -> int:
     from bridge.server.check import run_check
 
-    _setup_logging(args, None)
+    # The table reports every problem; log lines would only repeat it ahead of it.
+    _setup_logging(args, None, default_level="error")
     where = args.config or os.environ.get("EVBRIDGE_CONFIG") or "embedded default config"
     report = _run(run_check(args.config, where, timeout=args.timeout))
     print(report.text())
@@ -254,6 +262,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve,
     _add_check,
     _add_emit,
+    add_init,
     add_spool,
     _add_version,
 ]

@@ -1,10 +1,14 @@
 """``evbridge spool status | verify | dead-letters | replay-dead-letters``.
 
-The spool directory is ``delivery.spool_dir`` of the config (``--config``), or
-``--dir``. ``status``, ``verify`` and ``dead-letters`` only read, so they work
-while the bridge runs. ``replay-dead-letters`` changes the spool: with the
-bridge stopped it does so itself; with the bridge running it asks the bridge
-(``POST /v1/spool/dead-letters/replay``), which owns the spool.
+The spool directory is ``--dir``, or ``delivery.spool_dir`` of the config
+``serve`` would read (``--config``, else ``$EVBRIDGE_CONFIG``, else the
+embedded default). ``status``, ``verify`` and ``dead-letters`` only read, so
+they work while the bridge runs. ``replay-dead-letters`` changes the spool:
+with the bridge stopped it does so itself; with the bridge running it asks the
+bridge (``POST /v1/spool/dead-letters/replay``), which owns the spool.
+
+No command creates a spool: where there is none, each says where it looked
+(and why there) and exits 1.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from bridge.config import load_config
+from bridge.config import config_path, load_config
 from bridge.errors import BridgeError, ConfigError
 
 if TYPE_CHECKING:
@@ -71,31 +76,69 @@ def add_spool(sub: Any) -> None:
     replay.set_defaults(run=_replay)
 
 
+class NoSpool(BridgeError):
+    """There is no spool where the command looked; the message says where and why there.
+    A command-line outcome, never an HTTP answer: it has no code of its own."""
+
+
 def _directory(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
     return Path(load_config(args.config).delivery.spool_dir)
 
 
+def _existing(args: argparse.Namespace) -> Path:
+    """The spool directory; `NoSpool` (exit 1, like any `BridgeError`) when it holds none."""
+    from bridge.spool.inspect import spool_exists
+
+    directory = _directory(args)
+    if spool_exists(directory):
+        return directory
+    if args.dir:
+        why = "--dir"
+    else:
+        source = config_path(args.config)
+        why = f"delivery.spool_dir of {source or 'the embedded default config'}"
+    raise NoSpool(
+        f"no spool at {directory.absolute()} ({why}); "
+        "name the bridge's config with --config (or $EVBRIDGE_CONFIG) or the spool with --dir"
+    )
+
+
 def _age(oldest_ns: int | None) -> str:
     return "-" if not oldest_ns else f"{(time.time_ns() - oldest_ns) / 1e9:.1f}s"
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A command step failed (why is printed); ``status`` is the exit status."""
+
+    status: int
+
+
+def _attempt(step: Callable[[], T], *, os_error: str = "cannot read the spool") -> T | _Failed:
+    """``step()``, or why it failed printed as one line: a config error is a usage error
+    (exit 2); any other evbridge error (a hostile entry, a refusing bridge) or an OS
+    error (``os_error`` says what could not be done) fails the command (exit 1)."""
+    try:
+        return step()
+    except ConfigError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return _Failed(EXIT_USAGE)
+    except BridgeError as exc:
+        print(f"evbridge spool: {exc.message}", file=sys.stderr)
+        return _Failed(EXIT_FAIL)
+    except OSError as exc:
+        print(f"evbridge spool: {os_error}: {exc}", file=sys.stderr)
+        return _Failed(EXIT_FAIL)
 
 
 def _inspect(args: argparse.Namespace) -> Inspection | int:
     """The spool's inspection, or the exit status after printing why there is none."""
     from bridge.spool.inspect import inspect
 
-    try:
-        return inspect(_directory(args))
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except BridgeError as exc:  # a hostile entry: one line naming it
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    found = _attempt(lambda: inspect(_existing(args)))
+    return found.status if isinstance(found, _Failed) else found
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -104,9 +147,6 @@ def _status(args: argparse.Namespace) -> int:
         return found
     if args.json:
         print(msgspec.json.encode(found.to_dict()).decode())
-        return EXIT_OK
-    if not found.exists:
-        print(f"no spool at {found.directory}")
         return EXIT_OK
     state = f"in use by pid {found.owner}" if found.owner else "not in use"
     print(f"spool {found.directory} ({state}): {found.disk_bytes} bytes on disk")
@@ -148,19 +188,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import dead_letters
 
-    try:
-        directory = _directory(args)
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        views = list(_limited(dead_letters(directory, args.sink), args.limit))
-    except BridgeError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot read the spool: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    views = _attempt(lambda: list(_limited(dead_letters(_existing(args), args.sink), args.limit)))
+    if isinstance(views, _Failed):
+        return views.status
+    if not views and not args.json:
+        print("no dead letters" + (f" of sink {args.sink!r}" if args.sink else ""))
     for view in views:
         if args.json:
             print(msgspec.json.encode(view).decode())
@@ -182,22 +214,19 @@ def _limited(items: Iterator[T], limit: int) -> Iterator[T]:
 def _replay(args: argparse.Namespace) -> int:
     from bridge.spool.inspect import owner_pid
 
-    try:
-        directory = _directory(args)
-    except ConfigError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if owner_pid(directory) is not None or args.socket or args.url:
-            moved = asyncio.run(_replay_remote(args))
-        else:
-            moved = asyncio.run(_replay_local(directory, args.sink))
-    except BridgeError as exc:
-        print(f"evbridge spool: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except OSError as exc:
-        print(f"evbridge spool: cannot reach the running bridge: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+    remote = bool(args.socket or args.url)
+    directory = _attempt(lambda: _directory(args) if remote else _existing(args))
+    if isinstance(directory, _Failed):
+        return directory.status
+
+    def replay() -> int:
+        if remote or owner_pid(directory) is not None:
+            return asyncio.run(_replay_remote(args))
+        return asyncio.run(_replay_local(directory, args.sink))
+
+    moved = _attempt(replay, os_error="cannot reach the running bridge")
+    if isinstance(moved, _Failed):
+        return moved.status
     print(f"{moved} dead letters moved back to the spool")
     return EXIT_OK
 

@@ -5,10 +5,13 @@
 - `standalone_app` builds a self-starting API app (embedding, aiohttp test client).
 
 Modules: ``app`` (apps, routes, middleware), ``api`` (``/v1`` handlers),
-``probes`` (``/healthz``, ``/readyz``, ``/metrics``), ``ingest`` (content types
-to events), ``auth``, ``listeners`` (sockets), ``errors`` (JSON errors and
-status mapping), ``state`` (the `Sidecar`), ``run`` (lifecycle and signals),
-``check`` (``evbridge check``), ``client`` (``evbridge emit``).
+``probes`` (``/healthz``, ``/readyz``, ``/metrics``), ``body`` (reading a body
+under the limits), ``ingest`` (content types to events), ``auth``, ``gate`` (the
+token and admission middlewares), ``listeners`` (sockets), ``limits`` (body and
+connection limits), ``connections`` (where they are enforced), ``_aiohttp``
+(every aiohttp internal the server relies on), ``errors`` (JSON errors and status
+mapping), ``state`` (the `Sidecar`), ``run`` (lifecycle and signals), ``check``
+(``evbridge check``), ``client`` (``evbridge emit``).
 """
 
 from bridge.server.app import LISTENER, SIDECAR, create_app, standalone_app

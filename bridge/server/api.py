@@ -1,8 +1,14 @@
 """The ``/v1`` endpoints: post one event, post a batch, info, the OpenAPI document.
 
 One `Api` object per listener holds everything a request needs, looked up
-once: the bus, the limits, the auth check and the metric children for its
-transport. The per-request path does no regex compiles and no metric lookups.
+once: the bus, the limits and the metric children for its transport. The
+per-request path does no regex compiles and no metric lookups.
+
+Both event routes run in one skeleton, the `Api.requests` middleware: it counts
+the request, tracks it for shutdown, turns every refusal into one counted, logged
+JSON error, and answers ``503 outcome_unknown`` when shutdown cuts it off. The
+token and admission are middlewares too (`bridge.server.gate`), inside it, so a
+request refused there is counted and logged the same way.
 """
 
 from __future__ import annotations
@@ -13,19 +19,16 @@ from importlib import resources
 from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
-from aiohttp import hdrs, web
-from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp import web
 from prometheus_client import Counter
 
 import bridge
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
-from bridge.metrics import METRICS
 from bridge.prefer import Preference, parse_prefer
 from bridge.redact import scrub, scrub_value
 from bridge.results import EmitResult
-from bridge.server._aiohttp import ContentEncodingError, HttpProcessingError
-from bridge.server.auth import BearerAuth
+from bridge.server.body import UnframedBody, read_body
 from bridge.server.errors import (
     RETRY_AFTER_S,
     ApiError,
@@ -33,8 +36,9 @@ from bridge.server.errors import (
     json_response,
     status_for,
 )
+from bridge.server.gate import Handler, route_path, ticket
 from bridge.server.ingest import decode_batch, decode_event
-from bridge.server.limits import send_continue
+from bridge.server.paths import BATCH_PATH, EVENTS_PATH
 from bridge.server.state import Sidecar
 
 log = logging.getLogger("bridge.server")
@@ -42,8 +46,6 @@ log = logging.getLogger("bridge.server")
 Transport = Literal["tcp", "unix"]
 
 _RETRY: Final = {"Retry-After": RETRY_AFTER_S}
-#: Request state: the connection cannot carry another request after this one's answer.
-_CLOSE: Final = "evbridge.close_connection"
 
 
 def _outcome_unknown() -> ApiError:
@@ -53,33 +55,6 @@ def _outcome_unknown() -> ApiError:
         "evbridge shut down while this request was processed (shutdown.grace_s ran out): "
         "its events may or may not have been published; retry on another instance if "
         "duplicates are acceptable",
-    )
-
-
-#: Content-Encodings aiohttp decodes while reading a body (``identity``: none).
-CONTENT_CODINGS: Final = (
-    ("identity", "gzip", "deflate")
-    + (("br",) if HAS_BROTLI else ())
-    + (("zstd",) if HAS_ZSTD else ())
-)
-
-
-def check_content_encoding(headers: Any) -> None:
-    """Refuse a ``Content-Encoding`` the body would not be decoded from: 415.
-
-    aiohttp passes a body with an unknown coding (or a list of codings) through
-    undecoded, which would hand compressed bytes to the decoders as if they
-    were the event.
-    """
-    coding = headers.get(hdrs.CONTENT_ENCODING)
-    if coding is None or coding.strip().lower() in CONTENT_CODINGS:
-        return
-    raise ApiError(
-        415,
-        "unsupported_content_encoding",
-        f"unsupported Content-Encoding {coding[:64]!r}; use one of {', '.join(CONTENT_CODINGS)}",
-        field="Content-Encoding",
-        headers={"Accept-Encoding": ", ".join(CONTENT_CODINGS)},
     )
 
 
@@ -100,15 +75,18 @@ class Api:
         # A batch larger than max_inflight could never be admitted: refuse it as too large.
         self.max_batch = min(limits.max_batch, limits.max_inflight)
         self.max_depth = limits.max_nesting_depth
-        token = sidecar.config.auth.token
-        self.auth = BearerAuth(token) if token and transport == "tcp" else None
         self.stats = sidecar.stats
-        self._received = METRICS.events_received.labels(transport)
-        self._duration_event = METRICS.request_duration.labels(transport, "events")
-        self._duration_batch = METRICS.request_duration.labels(transport, "batch")
+        self.metrics = sidecar.metrics
+        self._received = self.metrics.events_received.labels(transport)
+        duration = self.metrics.request_duration
+        #: The event routes (which `requests` wraps), each with its duration histogram.
+        self._durations = {
+            EVENTS_PATH: duration.labels(transport, "events"),
+            BATCH_PATH: duration.labels(transport, "batch"),
+        }
         self._rejected: dict[str, Counter] = {}
         self._openapi = openapi_document()
-        # `Prefer: respond-async` / `wait=N` count where delivery.allow_override is true.
+        # `Preference-Applied` only where delivery.allow_override lets `Prefer` choose.
         self._honour_prefer = self.bus.honours_prefer
 
     # --- helpers -------------------------------------------------------------------
@@ -116,73 +94,23 @@ class Api:
     def _count_rejected(self, code: str, count: int = 1) -> None:
         child = self._rejected.get(code)
         if child is None:
-            child = self._rejected[code] = METRICS.events_rejected.labels(code)
+            child = self._rejected[code] = self.metrics.events_rejected.labels(code)
         child.inc(count)
-        METRICS.errors.labels("ingest", code).inc(count)
+        self.metrics.errors.labels("ingest", code).inc(count)
         self.stats.rejected += count
 
-    def _reservation(self, request: web.Request) -> int:
-        """Bytes to reserve under ``limits.max_inflight_bytes`` before reading the body:
-        its ``Content-Length``, or ``max_body_bytes`` when the size is not known ahead
-        (chunked, or compressed: the limit applies to the decoded body)."""
-        length = request.content_length
-        if length is None or "Content-Encoding" in request.headers:
-            return self.max_body
-        return min(length, self.max_body)
-
-    def _settle(self, reserved: int, body: bytes) -> int:
-        """Give back what a body reserved at `_reservation` did not use; what stays."""
-        if len(body) < reserved:
-            self.sidecar.release(0, reserved - len(body))
-            return len(body)
-        return reserved
-
     async def _read(self, request: web.Request) -> bytes:
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            raise ApiError(
-                413,
-                "body_too_large",
-                f"the body is {length} bytes; limits.max_body_bytes is {self.max_body}",
-            )
-        check_content_encoding(request.headers)
-        # Every check the headers decide is done: only now may the client send its body.
-        await send_continue(request)
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(
-                413, "body_too_large", f"the body is over limits.max_body_bytes ({self.max_body})"
-            ) from None
-        except ConnectionError:
-            raise ApiError(
-                400, "incomplete_body", "the client closed the connection before the body ended"
-            ) from None
-        except web.RequestPayloadError as exc:
-            # The parser stopped mid-body: nothing after it on this connection can be framed.
-            # Close after the answer, and mark the body ended so aiohttp does not try to
-            # drain it (which would raise the same error again, unhandled).
-            request[_CLOSE] = True
-            request.content.feed_eof()
-            if isinstance(exc.__cause__, ContentEncodingError):
-                coding = request.headers.get(hdrs.CONTENT_ENCODING, "")
-                raise ApiError(
-                    400,
-                    "invalid_content_encoding",
-                    f"the body is not valid {coding[:64]!r} data (Content-Encoding)",
-                    field="Content-Encoding",
-                ) from None
-            cause = exc.__cause__
-            detail = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
-            raise ApiError(400, "bad_request", f"malformed request body: {detail}") from None
+        body = await read_body(request, self.max_body)
+        ticket(request).settle(body)
+        return body
 
-    def _refused(self, request: web.Request, exc: ApiError, count: int = 1) -> web.Response:
+    def _refused(self, request: web.Request, exc: ApiError) -> web.Response:
         """A whole request refused: count it, log one line, answer the JSON error."""
-        self._count_rejected(exc.code, count)
+        self._count_rejected(exc.code)
         # Not force-closed on 413: aiohttp reads and drops the unread body (bounded by its
         # lingering time), so the client can finish sending and read this answer.
         response = from_api_error(exc)
-        if request.get(_CLOSE):
+        if isinstance(exc, UnframedBody):
             response.force_close()
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
@@ -198,34 +126,20 @@ class Api:
             )
         return response
 
-    # --- POST /v1/events ---------------------------------------------------------------
+    # --- the skeleton of both event routes ------------------------------------------------
 
-    async def post_event(self, request: web.Request) -> web.Response:
+    @web.middleware
+    async def requests(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Run an event request (`post_event`, `post_batch`); other routes pass through."""
+        duration = self._durations.get(route_path(request) or "")
+        if duration is None:
+            return await handler(request)
         start = perf_counter()
         sidecar = self.sidecar
         self.stats.requests += 1
         sidecar.request_started()
         try:
-            if self.auth is not None:
-                self.auth.check(request.headers)
-            reserved_bytes = self._reservation(request)
-            sidecar.admit(1, reserved_bytes)
-            try:
-                body = await self._read(request)
-                reserved_bytes = self._settle(reserved_bytes, body)
-                self._received.inc()
-                headers = request.headers
-                try:
-                    event = decode_event(
-                        headers.get("Content-Type"), headers, body, max_depth=self.max_depth
-                    )
-                except InvalidEvent as exc:
-                    raise ApiError(400, exc.code, exc.message, field=exc.field) from None
-                preference = self._preference(request)
-                result = await self.bus.emit(event, delivery=preference)
-            finally:
-                sidecar.release(1, reserved_bytes)
-            response = self._answer(request, result, preference)
+            response = await handler(request)
         except ApiError as exc:
             response = self._refused(request, exc)
         except BridgeError as exc:  # the bus refused to emit at all (e.g. stopped)
@@ -237,18 +151,31 @@ class Api:
             response = self._refused(request, _outcome_unknown())
         finally:
             sidecar.request_done()
-        self._duration_event.observe(perf_counter() - start)
+        duration.observe(perf_counter() - start)
         return response
 
+    # --- POST /v1/events ---------------------------------------------------------------
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        """One event: its result, with the status of its outcome (200, 202, 4xx, 5xx)."""
+        body = await self._read(request)
+        self._received.inc()
+        headers = request.headers
+        try:
+            event = decode_event(
+                headers.get("Content-Type"), headers, body, max_depth=self.max_depth
+            )
+        except InvalidEvent as exc:
+            raise ApiError(400, exc.code, exc.message, field=exc.field) from None
+        preference = self._preference(request)
+        result = await self.bus.emit(event, delivery=preference)
+        return self._answer(result, preference)
+
     def _preference(self, request: web.Request) -> Preference | None:
-        """The request's ``Prefer`` (RFC 7240), where the config lets it choose the mode."""
-        if not self._honour_prefer:
-            return None
+        """The request's ``Prefer`` (RFC 7240); the bus applies, ignores or refuses it."""
         return parse_prefer(request.headers.get("Prefer"))
 
-    def _answer(
-        self, request: web.Request, result: EmitResult, preference: Preference | None = None
-    ) -> web.Response:
+    def _answer(self, result: EmitResult, preference: Preference | None = None) -> web.Response:
         """The result as the response: 200, or 202 once spooled. Rejections were logged
         by the bus or the publisher."""
         error = result.error
@@ -269,7 +196,7 @@ class Api:
                 extra={"status": status, "transport": self.transport},
             )
         headers = _RETRY if status in (429, 503) else None
-        if preference is not None:
+        if preference is not None and self._honour_prefer:
             if result.status == "spooled" and preference.mode == "durable":
                 headers = {"Preference-Applied": "respond-async"}
             elif result.status == "published" and preference.wait_s is not None:
@@ -279,50 +206,22 @@ class Api:
     # --- POST /v1/events/batch ---------------------------------------------------------
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        start = perf_counter()
-        sidecar = self.sidecar
-        self.stats.requests += 1
-        sidecar.request_started()
-        try:
-            if self.auth is not None:
-                self.auth.check(request.headers)
-            reserved_bytes = self._reservation(request)
-            sidecar.admit(1, reserved_bytes)
-            reserved = 1
-            try:
-                body = await self._read(request)
-                reserved_bytes = self._settle(reserved_bytes, body)
-                headers = request.headers
-                items = decode_batch(
-                    headers.get("Content-Type"),
-                    headers,
-                    body,
-                    max_items=self.max_batch,
-                    max_depth=self.max_depth,
-                )
-                self._received.inc(len(items))
-                events = [item for item in items if isinstance(item, Event)]
-                if len(events) > reserved:
-                    sidecar.admit(len(events) - reserved)
-                    reserved = len(events)
-                preference = self._preference(request)
-                results = await self.bus.emit_many(events, delivery=preference) if events else []
-            finally:
-                sidecar.release(reserved, reserved_bytes)
-            response = json_response(self._batch_body(items, results))
-        except ApiError as exc:
-            response = self._refused(request, exc)
-        except BridgeError as exc:
-            response = self._refused(request, ApiError(status_for(exc), exc.code, exc.message))
-        except asyncio.CancelledError:
-            self.stats.cancelled += 1
-            if not sidecar.absorb_cut_off():
-                raise
-            response = self._refused(request, _outcome_unknown())
-        finally:
-            sidecar.request_done()
-        self._duration_batch.observe(perf_counter() - start)
-        return response
+        """A batch: 200 with one result per item; the admission grows to its events."""
+        body = await self._read(request)
+        headers = request.headers
+        items = decode_batch(
+            headers.get("Content-Type"),
+            headers,
+            body,
+            max_items=self.max_batch,
+            max_depth=self.max_depth,
+        )
+        self._received.inc(len(items))
+        events = [item for item in items if isinstance(item, Event)]
+        ticket(request).grow(len(events))
+        preference = self._preference(request)
+        results = await self.bus.emit_many(events, delivery=preference) if events else []
+        return json_response(self._batch_body(items, results))
 
     def _batch_body(
         self, items: list[Event | InvalidEvent], results: list[EmitResult]
@@ -373,8 +272,6 @@ class Api:
     async def info(self, request: web.Request) -> web.Response:
         """``GET /v1/info``: no secret in it (sink details and routes are scrubbed,
         sink configs are not shown at all)."""
-        if self.auth is not None:
-            self.auth.check(request.headers)
         sidecar = self.sidecar
         config = sidecar.config
         health = await sidecar.health() if sidecar.phase == "running" else {}
@@ -414,6 +311,4 @@ class Api:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        if self.auth is not None:
-            self.auth.check(request.headers)
         return web.Response(body=self._openapi, content_type="application/json")

@@ -22,17 +22,15 @@ from typing import Final, Literal
 from aiohttp import web
 from prometheus_client import Histogram
 
+from bridge.bus import Bus
 from bridge.config import Config
-from bridge.metrics import METRICS
 from bridge.server.api import Api
+from bridge.server.auth import BearerAuth
+from bridge.server.connections import CONNECTION_GUARD, ConnectionGuard, connection_limits
 from bridge.server.errors import ApiError, error_response, from_api_error, from_http_exception
-from bridge.server.limits import (
-    CONNECTION_GUARD,
-    ConnectionBudget,
-    ConnectionGuard,
-    Throttled,
-    connection_limits,
-)
+from bridge.server.gate import Middleware, admission, require_token
+from bridge.server.limits import ConnectionBudget, Throttled
+from bridge.server.paths import BATCH_PATH, EVENTS_PATH, PROBE_PATHS
 from bridge.server.probes import Probes
 from bridge.server.requestid import install as install_request_ids
 from bridge.server.requestid import request_ids
@@ -63,8 +61,9 @@ _log_not_implemented: Final = Throttled(
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as a JSON body: router misses, body limits, and anything unforeseen."""
+    # Counted in the sidecar's metrics (its bus's), read per error: errors are rare.
     if request.method not in KNOWN_METHODS:
-        METRICS.error("ingest", "not_implemented")
+        request.app[SIDECAR].metrics.error("ingest", "not_implemented")
         _log_not_implemented(method=request.method[:32])
         return error_response(
             501,
@@ -84,7 +83,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        METRICS.error("ingest", "internal_error")
+        request.app[SIDECAR].metrics.error("ingest", "internal_error")
         return error_response(500, "internal_error", "evbridge failed to answer; see its log")
 
 
@@ -101,21 +100,30 @@ def _timed(handler: Handler, child: Histogram) -> Handler:
 
 def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
     probes = Probes(sidecar)
-    for path, name, handler in (
-        ("/healthz", "healthz", probes.healthz),
-        ("/readyz", "readyz", probes.readyz),
-        ("/metrics", "metrics", probes.metrics),
-    ):
-        app.router.add_get(path, _timed(handler, METRICS.request_duration.labels(transport, name)))
+    handlers = {"healthz": probes.healthz, "readyz": probes.readyz, "metrics": probes.metrics}
+    for path in PROBE_PATHS:
+        name = path.lstrip("/")
+        child = sidecar.metrics.request_duration.labels(transport, name)
+        app.router.add_get(path, _timed(handlers[name], child))
 
 
 def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
-    """The aiohttp application for one listener."""
+    """The aiohttp application for one listener.
+
+    Every request passes, in order: its request id, the connection's deadlines, JSON
+    errors, and on an API listener the event-request skeleton, the token (TCP with
+    ``auth.token``: every route but the probes) and admission (the event routes).
+    """
     limits = sidecar.config.limits
-    app = web.Application(
-        middlewares=[request_ids, connection_limits, json_errors],
-        client_max_size=limits.max_body_bytes,
-    )
+    api = Api(sidecar, listener) if listener != "metrics" else None
+    middlewares: list[Middleware] = [request_ids, connection_limits, json_errors]
+    if api is not None:
+        token = sidecar.config.auth.token
+        middlewares.append(api.requests)
+        if token and listener == "tcp":
+            middlewares.append(require_token(BearerAuth(token)))
+        middlewares.append(admission(sidecar))
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
     install_request_ids(app)
     app[SIDECAR] = sidecar
     app[LISTENER] = listener
@@ -128,27 +136,35 @@ def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     )
     # TCP may not take the slots kept for the Unix socket (the local app's way in).
     reserved = limits.unix_reserved_connections if listener == "tcp" else 0
-    app[CONNECTION_GUARD] = ConnectionGuard(limits, listener, budget, reserved=reserved)
-    if listener == "metrics":
+    app[CONNECTION_GUARD] = ConnectionGuard(
+        limits, listener, budget, reserved=reserved, metrics=sidecar.metrics
+    )
+    if api is None:
         _add_probes(app, sidecar, "tcp")
         return app
-    api = Api(sidecar, listener)
-    app.router.add_post("/v1/events", api.post_event)
-    app.router.add_post("/v1/events/batch", api.post_batch)
-    duration = METRICS.request_duration
+    # Timed by `Api.requests`, like every other part of an event request.
+    app.router.add_post(EVENTS_PATH, api.post_event)
+    app.router.add_post(BATCH_PATH, api.post_batch)
+    duration = sidecar.metrics.request_duration
     app.router.add_get("/v1/info", _timed(api.info, duration.labels(listener, "info")))
     app.router.add_get(
         "/v1/openapi.json", _timed(api.openapi, duration.labels(listener, "openapi"))
     )
-    add_spool_routes(app, sidecar, listener)
-    add_subscribe_routes(app, sidecar, listener)
+    add_spool_routes(app, sidecar)
+    add_subscribe_routes(app, sidecar)
     _add_probes(app, sidecar, listener)
     return app
 
 
-def standalone_app(config: Config, listener: Literal["tcp", "unix"] = "tcp") -> web.Application:
-    """An API app that starts its own sidecar on startup and stops it on cleanup."""
-    sidecar = Sidecar(config)
+def standalone_app(
+    config: Config, listener: Literal["tcp", "unix"] = "tcp", *, bus: Bus | None = None
+) -> web.Application:
+    """An API app that starts its own sidecar on startup and stops it on cleanup.
+
+    ``bus`` (default: a new ``Bus(config)``) is the bus it serves; ``/metrics``
+    scrapes that bus's `bridge.metrics.Metrics`.
+    """
+    sidecar = Sidecar(config, bus)
     app = create_app(sidecar, listener)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

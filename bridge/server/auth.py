@@ -1,8 +1,9 @@
 """Bearer-token auth for the TCP API listener, and the rule that protects it.
 
-With ``auth.token`` (or env ``EVBRIDGE_TOKEN``) set, every ``/v1/*`` request
-on the TCP listener must carry ``Authorization: Bearer <token>``; the
-comparison is constant-time. The Unix socket relies on its file permissions
+With ``auth.token`` (or env ``EVBRIDGE_TOKEN``) set, every request on the TCP
+listener must carry ``Authorization: Bearer <token>`` (the
+`bridge.server.gate.require_token` middleware); the comparison is
+constant-time. The Unix socket relies on its file permissions
 (``listen.unix_mode``, ``listen.unix_group``). ``/healthz``, ``/readyz`` and
 ``/metrics`` stay open, as they are on the metrics listener, so probes and
 scrapers need no secret.

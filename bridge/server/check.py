@@ -4,7 +4,10 @@ Config load validates every route's destinations, dead-letter ones included,
 so an invalid one fails the ``config`` line with its key path.
 
 Each sink is started, checked and stopped on its own (each bounded in time),
-so one broker that is down does not hide the state of the others. No line
+so one broker that is down does not hide the state of the others. While a
+healthy sink is started, each route's destination on it (and each dead-letter
+destination) is checked, one line per route, by the sink's `DestinationCheck`
+where it has one: the topic, exchange or stream exists, or why it cannot be told. No line
 shows a secret: every detail goes through `bridge.redact.scrub`, with the
 config's secrets registered as soon as it is loaded.
 """
@@ -13,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge.bus import Bus
 from bridge.config import Config, RouteConfig, load_config
+from bridge.destinations import Destination
 from bridge.errors import BridgeError, ConfigError
 from bridge.redact import register_config, scrub
 from bridge.server.auth import check_exposure
 from bridge.server.listeners import MAX_UNIX_PATH, parse_tcp
-from bridge.sinks.base import Sink
+from bridge.sinks.base import DestinationCheck, Sink
 
 
 @dataclass
@@ -77,7 +82,14 @@ def _check_listen(config: Config, report: Report) -> None:
     report.add("listen", True, ", ".join(parts))
 
 
-async def _check_sink(name: str, kind: str, sink: Sink, timeout: float, report: Report) -> None:  # noqa: ASYNC109
+async def _check_sink(
+    name: str,
+    kind: str,
+    sink: Sink,
+    routes: Sequence[RouteConfig],
+    timeout: float,  # noqa: ASYNC109
+    report: Report,
+) -> None:
     what = f"sink {name} ({kind})"
     try:
         await asyncio.wait_for(sink.start(), timeout)
@@ -91,6 +103,9 @@ async def _check_sink(name: str, kind: str, sink: Sink, timeout: float, report: 
     try:
         health = await asyncio.wait_for(sink.healthcheck(), timeout)
         report.add(what, health.ok, health.detail or ("healthy" if health.ok else "unhealthy"))
+        if health.ok and isinstance(sink, DestinationCheck):
+            for label, destination in _destinations(name, routes):
+                await _check_destination(f"{label} -> {name}", sink, destination, timeout, report)
     except TimeoutError:
         report.add(what, False, f"health check did not answer within {timeout:g}s")
     except Exception as exc:
@@ -100,6 +115,37 @@ async def _check_sink(name: str, kind: str, sink: Sink, timeout: float, report: 
             await asyncio.wait_for(sink.stop(), timeout)
         except Exception as exc:
             report.add(what, False, f"did not stop cleanly: {type(exc).__name__}: {exc}")
+
+
+def _destinations(sink: str, routes: Sequence[RouteConfig]) -> list[tuple[str, Destination]]:
+    """The destinations on ``sink``: each route's, and each route's dead-letter one."""
+    found = [(f"route {r.name}", r.destination) for r in routes if r.sink == sink]
+    found += [
+        (f"route {r.name} dead letters", r.dead_letter.destination)
+        for r in routes
+        if r.dead_letter is not None and r.dead_letter.sink == sink
+    ]
+    return found
+
+
+async def _check_destination(
+    what: str,
+    sink: DestinationCheck,
+    destination: Destination,
+    timeout: float,  # noqa: ASYNC109
+    report: Report,
+) -> None:
+    try:
+        health = await asyncio.wait_for(
+            sink.check_destination(destination.options, destination.template_names), timeout
+        )
+    except TimeoutError:
+        report.add(what, False, f"destination check did not answer within {timeout:g}s")
+        return
+    except Exception as exc:
+        report.add(what, False, f"destination check failed: {type(exc).__name__}: {exc}")
+        return
+    report.add(what, health.ok, health.detail)
 
 
 def _describe_route(route: RouteConfig) -> str:
@@ -127,8 +173,17 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
     report.add(
         "handlers",
         True,
-        f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules",
+        f"{len(bus.handlers())} handlers from {len(config.handlers.modules)} configured modules"
+        + (f" (importable from {', '.join(config.handlers.path)})" if config.handlers.path else ""),
     )
+    try:
+        opened = await bus.open_resources()
+    except BridgeError as exc:
+        report.add("resources", False, exc.message)
+    else:
+        await bus.close_resources()
+        if opened:
+            report.add("resources", True, f"{opened} opened and closed")
     report.add(
         "routes",
         True,
@@ -136,6 +191,9 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
     )
     kinds = {s.name: s.type for s in config.sinks}
     await asyncio.gather(
-        *(_check_sink(name, kinds[name], sink, timeout, report) for name, sink in bus.sinks.items())
+        *(
+            _check_sink(name, kinds[name], sink, config.routes, timeout, report)
+            for name, sink in bus.sinks.items()
+        )
     )
     return report

@@ -16,7 +16,8 @@ refused one for the slow scan that finds the field's name.
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Final, TypeVar
 
 from bridge.errors import InvalidEvent
 from bridge.server.errors import ApiError
@@ -28,6 +29,41 @@ _BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
 # msgpack container headers: fixmap, fixarray, array16/32, map16/32.
 _MSGPACK_CONTAINERS: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _MSGPACK_OTHER: Final = bytes(range(256)).translate(None, _MSGPACK_CONTAINERS)
+
+
+_I = TypeVar("_I")
+_T = TypeVar("_T")
+
+
+def per_item(
+    items: Iterable[_I | InvalidEvent], convert: Callable[[_I], _T]
+) -> list[_T | InvalidEvent]:
+    """``convert`` applied to each item of a batch; an item already invalid, or one
+    ``convert`` refuses with `InvalidEvent`, stays in its place as that error, so one bad
+    item never fails the others."""
+    out: list[_T | InvalidEvent] = []
+    for item in items:
+        if isinstance(item, InvalidEvent):
+            out.append(item)
+            continue
+        try:
+            out.append(convert(item))
+        except InvalidEvent as exc:
+            out.append(exc)
+    return out
+
+
+def depth_checked(
+    items: Iterable[bytes], check: Callable[[bytes, int], None], limit: int
+) -> list[bytes | InvalidEvent]:
+    """Each item of a batch, or the `InvalidEvent` ``check`` (`check_json`,
+    `check_msgpack`) raised for it."""
+
+    def checked(item: bytes) -> bytes:
+        check(item, limit)
+        return item
+
+    return per_item(items, checked)
 
 
 def too_deep(limit: int, field: str | None) -> InvalidEvent:
@@ -140,15 +176,7 @@ def split_json_array(body: bytes, limit: int) -> list[bytes | InvalidEvent] | No
         elif char == ord(",") and depth == 1:
             items.append(body[start : match.start()].strip())
             start = match.end()
-    out: list[bytes | InvalidEvent] = []
-    for item in items:
-        try:
-            check_json(item, limit)
-        except InvalidEvent as exc:
-            out.append(exc)
-            continue
-        out.append(item)
-    return out
+    return depth_checked(items, check_json, limit)
 
 
 # --- msgpack ----------------------------------------------------------------------
@@ -259,13 +287,4 @@ def split_msgpack_array(body: bytes, limit: int) -> list[bytes | InvalidEvent] |
     spans, deep_at, _ = _msgpack_items(body, allowed, split=True)
     if deep_at < 0:
         return None
-    out: list[bytes | InvalidEvent] = []
-    for start, end in spans:
-        item = body[start:end]
-        try:
-            check_msgpack(item, limit)
-        except InvalidEvent as exc:
-            out.append(exc)
-            continue
-        out.append(item)
-    return out
+    return depth_checked((body[start:end] for start, end in spans), check_msgpack, limit)

@@ -1,7 +1,7 @@
 """JSON error responses and the mapping from rejections to HTTP statuses.
 
-Every error the API sends has the body
-``{"error": {"code": "...", "message": "...", "field": ...}}`` and a status
+Every error the API sends has the body ``{"error": {"code": "...", "message":
+"...", "field": ..., "help": "docs/troubleshooting.md#<code>"}}`` and a status
 chosen here, never an HTML page and never a 500 for anything a client can send.
 """
 
@@ -13,7 +13,8 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, help_for
+from bridge.redact import scrub
 from bridge.results import ErrorInfo
 
 #: Seconds a client should wait before retrying a 429 or 503.
@@ -30,6 +31,7 @@ _STATUS_BY_CODE: Final = {
     "invalid_batch": 400,
     "template_error": 400,
     "destination_refused": 400,
+    "preference_refused": 400,
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -102,7 +104,11 @@ def json_response(
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+    """The JSON error body: ``help`` points to the code's section of the troubleshooting
+    page; the message is scrubbed like a log line (`bridge.redact`)."""
+    return {
+        "error": {"code": code, "message": scrub(message), "field": field, "help": help_for(code)}
+    }
 
 
 def error_response(

@@ -42,7 +42,14 @@ from bridge.event import (
     decode_msgpack,
     from_structured,
 )
-from bridge.server.depth import check_json, check_msgpack, split_json_array, split_msgpack_array
+from bridge.server.depth import (
+    check_json,
+    check_msgpack,
+    depth_checked,
+    per_item,
+    split_json_array,
+    split_msgpack_array,
+)
 from bridge.server.errors import ApiError
 
 JSON: Final = "application/json"
@@ -315,7 +322,7 @@ def decode_batch(
     decode_item: Callable[[bytes], Event]
     if media == NDJSON:
         lines = _split_ndjson(body)
-        items, decode_item = _depth_checked(lines, max_depth), decode_json
+        items, decode_item = depth_checked(lines, check_json, max_depth), decode_json
     elif media in (JSON, CLOUDEVENTS_BATCH):
         split = split_json_array(body, max_depth)
         items = split if split is not None else _split_array(body, _raw_list_json, "JSON")
@@ -336,25 +343,4 @@ def decode_batch(
             field=None,
         )
     trace = trace_context(headers)
-    out: list[Event | InvalidEvent] = []
-    for item in items:
-        if isinstance(item, InvalidEvent):
-            out.append(item)
-            continue
-        try:
-            out.append(with_trace(decode_item(item), trace))
-        except InvalidEvent as exc:
-            out.append(exc)
-    return out
-
-
-def _depth_checked(lines: list[bytes], limit: int) -> list[bytes | InvalidEvent]:
-    out: list[bytes | InvalidEvent] = []
-    for line in lines:
-        try:
-            check_json(line, limit)
-        except InvalidEvent as exc:
-            out.append(exc)
-            continue
-        out.append(line)
-    return out
+    return per_item(items, lambda item: with_trace(decode_item(item), trace))

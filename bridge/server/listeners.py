@@ -8,7 +8,6 @@ is serving is never stolen.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import grp
@@ -17,10 +16,7 @@ import socket
 import stat
 from typing import Final
 
-from aiohttp import web
-
 from bridge.errors import BridgeError, ConfigError
-from bridge.server.limits import CONNECTION_GUARD
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_UNIX_PATH: Final = 107
@@ -156,27 +152,3 @@ def remove_unix(path: str, inode: int | None) -> None:
     with contextlib.suppress(OSError):
         if inode is None or os.lstat(path).st_ino == inode:
             os.unlink(path)
-
-
-class GuardedSite(web.SockSite):
-    """A `web.SockSite` whose connections are made by the app's `ConnectionGuard`.
-
-    aiohttp has no hook for the protocol of a new connection: the site hands
-    its server to ``loop.create_server`` as the factory. This site hands over
-    `ConnectionGuard.protocol_factory` instead, which enforces
-    ``limits.max_connections`` and the header/body deadlines
-    (`bridge.server.limits`). It reuses `web.SockSite`'s socket, backlog and
-    stop; `tests/integration/test_abuse_clients.py` pins that it still works.
-    """
-
-    __slots__ = ()
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        runner = self._runner
-        server = runner.server
-        assert server is not None
-        assert isinstance(runner, web.AppRunner)
-        factory = runner.app[CONNECTION_GUARD].protocol_factory(server)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)

@@ -10,3 +10,8 @@ from typing import Final
 
 #: ``evbridge spool replay-dead-letters`` asks a running sidecar here (`bridge.server.spool_admin`).
 REPLAY_PATH: Final = "/v1/spool/dead-letters/replay"
+#: One event, and a batch of events (`bridge.server.api`).
+EVENTS_PATH: Final = "/v1/events"
+BATCH_PATH: Final = "/v1/events/batch"
+#: Liveness, readiness and the Prometheus scrape (`bridge.server.probes`): open to anyone.
+PROBE_PATHS: Final = ("/healthz", "/readyz", "/metrics")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.metrics import METRICS
 from bridge.server.errors import RETRY_AFTER_S, json_response
 from bridge.server.state import Sidecar
 
@@ -30,7 +29,7 @@ class Probes:
         return json_response(body, 503, {"Retry-After": RETRY_AFTER_S})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Every collector in Prometheus text format."""
-        response = web.Response(body=generate_latest(METRICS.registry))
+        """Every collector of the sidecar's bus (`Sidecar.metrics`) in Prometheus text format."""
+        response = web.Response(body=generate_latest(self.sidecar.metrics.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

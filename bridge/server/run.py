@@ -39,11 +39,12 @@ from aiohttp import web
 import bridge
 from bridge.config import Config
 from bridge.errors import ConfigError
+from bridge.server._aiohttp import GuardedSite
 from bridge.server.app import Listener, create_app
 from bridge.server.auth import check_exposure
+from bridge.server.connections import CONNECTION_GUARD
 from bridge.server.listeners import (
     BACKLOG,
-    GuardedSite,
     absolute,
     bind_tcp,
     bind_unix,
@@ -114,8 +115,10 @@ async def _start_site(sidecar: Sidecar, listener: Listener, sock: socket.socket)
         shutdown_timeout=_CUT_OFF_S,
     )
     await runner.setup()
+    # Connections are made by the app's guard (limits.max_connections and the deadlines).
+    protocols = runner.app[CONNECTION_GUARD].protocol_factory
     try:
-        await GuardedSite(runner, sock, backlog=BACKLOG).start()
+        await GuardedSite(runner, sock, protocols, backlog=BACKLOG).start()
     except BaseException:
         await runner.cleanup()
         raise

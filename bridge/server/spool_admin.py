@@ -7,9 +7,8 @@ import msgspec
 from aiohttp import web
 
 from bridge.errors import SpoolError
-from bridge.server.auth import BearerAuth
+from bridge.server._aiohttp import send_continue
 from bridge.server.errors import ApiError, json_response, status_for
-from bridge.server.limits import send_continue
 from bridge.server.paths import REPLAY_PATH
 from bridge.server.state import Sidecar
 
@@ -21,14 +20,10 @@ class _ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
 _decode = msgspec.json.Decoder(_ReplayRequest).decode
 
 
-def add_spool_routes(app: web.Application, sidecar: Sidecar, listener: str) -> None:
+def add_spool_routes(app: web.Application, sidecar: Sidecar) -> None:
     """Add the spool administration endpoints to an API listener's app."""
-    token = sidecar.config.auth.token
-    auth = BearerAuth(token) if token and listener == "tcp" else None
 
     async def replay(request: web.Request) -> web.Response:
-        if auth is not None:
-            auth.check(request.headers)
         if not sidecar.bus.has_spool:
             raise ApiError(404, "not_found", "durable delivery is not configured: no spool")
         await send_continue(request)

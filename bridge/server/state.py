@@ -14,7 +14,6 @@ from typing import Any, Final, Literal
 
 from bridge.bus import Bus
 from bridge.config import Config
-from bridge.metrics import METRICS
 from bridge.redact import register_config
 from bridge.server.errors import ApiError
 from bridge.server.limits import ConnectionBudget
@@ -49,6 +48,8 @@ class Sidecar:
         register_config(config)
         self.config = config
         self.bus = bus if bus is not None else Bus(config)
+        #: Where the HTTP side counts: the bus's own, so ``/metrics`` scrapes that bus.
+        self.metrics = self.bus.metrics
         self.phase: Phase = "starting"
         #: Events admitted and not finished (a batch counts its size).
         self.inflight = 0
@@ -79,10 +80,8 @@ class Sidecar:
 
     async def start(self) -> None:
         """Start the bus (every sink); the sidecar then accepts events."""
-        METRICS.inflight.set_function(lambda: float(self.inflight))
-        METRICS.inflight_bytes.set_function(lambda: float(self.inflight_bytes))
-        budget = self.bus.subscriber_budget
-        METRICS.subscription_queued_bytes.set_function(lambda: float(budget.used))
+        self.metrics.inflight.set_function(lambda: float(self.inflight))
+        self.metrics.inflight_bytes.set_function(lambda: float(self.inflight_bytes))
         await self.bus.start()
         self.phase = "running"
         self.started_at = monotonic()
@@ -95,7 +94,7 @@ class Sidecar:
         if self.phase in ("draining", "stopped"):
             return
         self.phase = "draining"
-        METRICS.ready.set(0)
+        self.metrics.ready.set(0)
 
     async def stop(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, reported when hit
         """Stop the bus (flush and stop sinks) within ``timeout`` s; False if it took longer.
@@ -242,7 +241,7 @@ class Sidecar:
         elif self.phase != "running":
             reasons.append("shutting down: not accepting events")
         ready = not reasons
-        METRICS.ready.set(1 if ready else 0)
+        self.metrics.ready.set(1 if ready else 0)
         body: dict[str, Any] = {"ready": ready, "phase": self.phase, "sinks": sinks}
         spool = self.bus.spool_status()
         if spool is not None:

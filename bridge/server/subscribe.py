@@ -31,7 +31,6 @@ from aiohttp import web
 
 from bridge.errors import BridgeError
 from bridge.event import to_plain
-from bridge.server.auth import BearerAuth
 from bridge.server.errors import ApiError
 from bridge.server.state import Sidecar
 from bridge.subscriptions import (
@@ -90,12 +89,10 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
 
 
 class SubscribeEndpoint:
-    """The handler for one listener; the stream count is shared through the sidecar."""
+    """The handler of every API listener; the stream count is shared through the sidecar."""
 
-    def __init__(self, sidecar: Sidecar, listener: str) -> None:
+    def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
-        token = sidecar.config.auth.token
-        self.auth = BearerAuth(token) if token and listener == "tcp" else None
 
     def _options(self, request: web.Request) -> tuple[list[str], int, int, Overflow, float, bool]:
         patterns = request.query.getall("type", []) or ["*"]
@@ -127,8 +124,6 @@ class SubscribeEndpoint:
         return patterns, max_queue, max_queue_bytes, cast(Overflow, overflow), heartbeat, named
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.auth is not None:
-            self.auth.check(request.headers)
         patterns, max_queue, max_queue_bytes, overflow, heartbeat, named = self._options(request)
         sidecar = self.sidecar
         if not sidecar.accepting:
@@ -198,6 +193,6 @@ class SubscribeEndpoint:
             return
 
 
-def add_subscribe_routes(app: web.Application, sidecar: Sidecar, listener: str) -> None:
+def add_subscribe_routes(app: web.Application, sidecar: Sidecar) -> None:
     """Serve ``GET /v1/subscribe`` on an API listener."""
-    app.router.add_get("/v1/subscribe", SubscribeEndpoint(sidecar, listener).handle)
+    app.router.add_get("/v1/subscribe", SubscribeEndpoint(sidecar).handle)

@@ -12,13 +12,16 @@ import builtins
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from bridge.errors import ConfigError, SinkError
 from bridge.event import Event
 from bridge.results import Delivery
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 
 class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -29,6 +32,12 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     #: Config fields whose values are secrets: redacted in logs, /v1/info and `check`.
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: One line of meaning per config key (docs/configuration.md is generated from these;
+    #: a key without one fails the generator). Subclasses list their own keys only.
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "name": "The sink's name, which routes give as their `sink`.",
+        "type": "The sink type: `file`, `kafka`, `rabbitmq`, `nats`, `memory` or a plug-in's.",
+    }
 
 
 class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,6 +50,8 @@ class RouteOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     #: Per option, glob patterns of the broker's internal destinations (Kafka's ``__*``
     #: topics, say): a value rendered from a template that matches one is refused.
     internal: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: One line of meaning per route option, as `SinkConfig.field_docs`.
+    field_docs: ClassVar[Mapping[str, str]] = {}
 
     def destination(self, sink: str) -> str:
         """A short text naming where events go (topic, exchange, file path)."""
@@ -93,6 +104,35 @@ class Sink(Protocol):
     async def stop(self) -> None: ...
 
 
+@runtime_checkable
+class DestinationCheck(Protocol):
+    """What a sink may add for ``evbridge check``: whether a route's destination exists.
+
+    Optional, so that a sink without it still is a `Sink`. ``options`` are the
+    route's literal values; the options named in ``templated`` are templates (only
+    rendered per event, so not checkable here). Called on a started, healthy
+    sink; must not create anything and must not publish. ``ok=False`` when
+    events would be refused (a missing topic, exchange or stream).
+    """
+
+    async def check_destination(
+        self, options: RouteOptions, templated: frozenset[str]
+    ) -> Health: ...
+
+
+@runtime_checkable
+class MetricsAware(Protocol):
+    """What a sink may add to count in the metrics of the bus that built it.
+
+    Optional, so that a sink without it still is a `Sink` (its toolkit parts then
+    count in the process default, `bridge.metrics.METRICS`). The bus calls
+    ``bind_metrics`` once, right after the factory and before ``start``: two
+    buses with a sink of the same name then keep their own ``evbridge_sink_up``.
+    """
+
+    def bind_metrics(self, metrics: Metrics) -> None: ...
+
+
 class SinkType(msgspec.Struct, frozen=True):
     """A registered sink type: its config and route classes and its factory.
 
@@ -116,6 +156,11 @@ _BUILTIN = {
     "nats": "bridge.sinks.nats",
 }
 _registry: dict[str, SinkType] = {}
+
+
+def builtin_sink_types() -> tuple[str, ...]:
+    """The ``type`` names of the sinks that ship with evbridge."""
+    return tuple(_BUILTIN)
 
 
 def register_sink_type(sink_type: SinkType) -> None:

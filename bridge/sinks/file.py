@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import msgspec
 
@@ -26,6 +26,10 @@ class FileConfig(SinkConfig, frozen=True, kw_only=True):
     """``type: file``. A relative ``path`` is relative to the working directory."""
 
     path: str
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "path": "The JSON Lines file events are appended to (created with its directory).",
+    }
 
 
 class FileRoute(RouteOptions, frozen=True, kw_only=True):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from bridge.errors import SinkError
 from bridge.results import Delivery
@@ -14,11 +15,19 @@ class MemoryConfig(SinkConfig, frozen=True, kw_only=True):
 
     max_events: int = 100_000
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "max_events": "Events kept (the oldest are dropped first).",
+    }
+
 
 class MemoryRoute(RouteOptions, frozen=True, kw_only=True):
     """``topic`` is only a label here: it shows up as the delivery's destination."""
 
     topic: str | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "topic": "A label only: shown as the delivery's destination.",
+    }
 
     def destination(self, sink: str) -> str:
         return self.topic or sink

@@ -25,7 +25,7 @@ import msgspec
 from bridge.config import RouteConfig
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import Event
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.routing import Router
 from bridge.sinks.base import Outgoing, RouteOptions
 from bridge.spool.throttle import Throttled
@@ -152,7 +152,11 @@ class Decoder:
         self,
         route_types: Mapping[str, type[RouteOptions]],
         routes: Sequence[RouteConfig] | None = None,
+        *,
+        metrics: Metrics = METRICS,
     ) -> None:
+        #: Where refused records are counted (the deliverer's, which is the bus's).
+        self._metrics = metrics
         self._options = {sink: msgspec.msgpack.Decoder(cls) for sink, cls in route_types.items()}
         # Most records of a route carry the same options: decode each distinct one once.
         self._seen: dict[tuple[str, bytes], RouteOptions] = {}
@@ -198,7 +202,7 @@ class Decoder:
 
     def _refuse(self, sink: str, why: str) -> InvalidRecord:
         """Count, log (once per interval) and build the error for one invalid record."""
-        METRICS.error("spool_recovery", InvalidRecord.code)
+        self._metrics.error("spool_recovery", InvalidRecord.code)
         self._invalid.note("spooled record for sink %s refused: %s", sink, why)
         return InvalidRecord(f"the spooled record was refused: {why}")
 

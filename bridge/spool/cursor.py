@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import BinaryIO, Final, Protocol
 
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.spool.framing import Damage, SegmentFormat, read_format, scan_segment
 from bridge.spool.layout import Head, ack_path, open_regular, read_acks, safe_head
 from bridge.spool.records import Segment, SpoolItem
@@ -50,9 +50,11 @@ class Cursor:
     waits for more. Records acknowledged in an earlier run are skipped.
     """
 
-    def __init__(self, spool: Source, sink: str) -> None:
+    def __init__(self, spool: Source, sink: str, *, metrics: Metrics = METRICS) -> None:
         self.spool = spool
         self.sink = sink
+        #: Where damage found while reading is counted (its spool's metrics).
+        self.metrics = metrics
         self._segment_id = -1
         self._offset = 0
         self._file: BinaryIO | None = None
@@ -127,7 +129,7 @@ class Cursor:
             if region.start in segment.known_damage:
                 continue
             segment.known_damage.add(region.start)
-            METRICS.spool_corrupt_records.inc()
+            self.metrics.spool_corrupt_records.inc()
             log.error(
                 "spool segment %s: %d bytes at offset %d went bad after they were written; skipped",
                 segment.path,

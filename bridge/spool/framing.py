@@ -243,6 +243,31 @@ class _Reader:
         self.buf = b"".join(parts)
         return have >= need
 
+    def skip_to(self, prefix: bytes) -> None:
+        """Move past the current byte to the next occurrence of ``prefix`` (or to EOF)."""
+        self.i += 1
+        while True:
+            found_at = self.buf.find(prefix, self.i)
+            if found_at >= 0:
+                self.i = found_at
+                return
+            # Keep the last len(prefix) - 1 bytes: a prefix may straddle the chunk boundary.
+            self.i = max(self.i, len(self.buf) - (len(prefix) - 1))
+            if self.eof:
+                self.i = len(self.buf)
+                return
+            self.fill(len(self.buf) - self.i + self.chunk)
+
+    def tail_damage(self, damage_start: int | None) -> Damage | None:
+        """At the end of a scan: the torn tail, from ``damage_start`` (a damaged region
+        still open) or from what is left unread (too short for a header); else None."""
+        stop = self.base + len(self.buf)
+        if damage_start is not None:
+            return Damage(damage_start, stop, True)
+        if self.i < len(self.buf):
+            return Damage(self.base + self.i, stop, True)
+        return None
+
 
 def _scan_keyed(
     file: BinaryIO, keyed: Keyed, start: int, end: int | None, chunk: int
@@ -287,22 +312,10 @@ def _scan_keyed(
         if damage_start is None:
             damage_start = r.base + r.i
         # Look further on only for a header that passes the keyed check.
-        r.i += 1
-        while True:
-            found_at = r.buf.find(b"EV", r.i)
-            if found_at >= 0:
-                r.i = found_at
-                break
-            r.i = max(r.i, len(r.buf) - 1)  # "EV" may straddle the chunk boundary
-            if r.eof:
-                r.i = len(r.buf)
-                break
-            r.fill(len(r.buf) - r.i + chunk)
-    stop = r.base + len(r.buf)
-    if damage_start is not None:
-        yield Damage(damage_start, stop, True)
-    elif r.i < len(r.buf):
-        yield Damage(r.base + r.i, stop, True)
+        r.skip_to(b"EV")
+    tail = r.tail_damage(damage_start)
+    if tail is not None:
+        yield tail
 
 
 def _valid_header(buf: bytes | bytearray, i: int, magic: bytes) -> tuple[int, int]:
@@ -364,20 +377,7 @@ def scan(
             yield Damage(damage_start, _file_end(file, end), True)
             return
         # Resynchronize: the next candidate header starts at the next magic.
-        r.i += 1
-        while True:
-            found_at = r.buf.find(magic, r.i)
-            if found_at >= 0:
-                r.i = found_at
-                break
-            # Keep the last 3 bytes: a magic may straddle the chunk boundary.
-            r.i = max(r.i, len(r.buf) - (len(magic) - 1))
-            if r.eof:
-                r.i = len(r.buf)
-                break
-            r.fill(len(r.buf) - r.i + chunk)
-    stop = r.base + len(r.buf)
-    if damage_start is not None:
-        yield Damage(damage_start, stop, True)
-    elif r.i < len(r.buf):
-        yield Damage(r.base + r.i, stop, True)
+        r.skip_to(magic)
+    tail = r.tail_damage(damage_start)
+    if tail is not None:
+        yield tail

@@ -31,6 +31,11 @@ from bridge.spool.layout import (
 )
 
 
+def spool_exists(directory: str | os.PathLike[str]) -> bool:
+    """True when ``directory`` holds a spool (one that `Spool.open` made)."""
+    return (Path(directory) / PENDING).is_dir()
+
+
 def owner_pid(directory: Path) -> int | None:
     """The pid of the process that holds the spool, or None if none does."""
     try:
@@ -137,7 +142,7 @@ def inspect(directory: str | os.PathLike[str]) -> Inspection:
     and `OSError` for a directory it cannot read.
     """
     root = Path(directory)
-    found = Inspection(root, exists=(root / PENDING).is_dir())
+    found = Inspection(root, exists=spool_exists(root))
     if not found.exists:
         return found
     found.owner = owner_pid(root)

@@ -18,7 +18,6 @@ from pathlib import Path
 from time import perf_counter
 
 from bridge.errors import SpoolError
-from bridge.metrics import METRICS
 from bridge.spool.framing import HEADER_SIZE, Damage, Keyed
 from bridge.spool.layout import (
     LOCK,
@@ -144,8 +143,6 @@ def recover(
     )
     dead_writer = AreaWriter(dead_dir, (dead_ids[-1] if dead_ids else 0) + 1, segment_bytes)
     report.duration_s = perf_counter() - start
-    METRICS.spool_recovered.inc(report.recovered)
-    METRICS.spool_corrupt_records.inc(report.corrupt)
     if report.recovered or report.corrupt or report.dead_letters:
         log.info(
             "spool %s recovered: %d pending records in %d segments, %d damaged regions "

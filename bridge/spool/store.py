@@ -29,18 +29,18 @@ from pathlib import Path
 from typing import Final
 
 from bridge.errors import SpoolError
-from bridge.metrics import METRICS
+from bridge.metrics import METRICS, Metrics
 from bridge.spool.cursor import READ_MAX_BYTES, Cursor
 from bridge.spool.deadletters import replay
+from bridge.spool.files import SpoolFiles
 from bridge.spool.framing import HEADER_SIZE
 from bridge.spool.health import WriteHealth
-from bridge.spool.job import Committer, Job, JobResult, run_job
-from bridge.spool.layout import DEAD, PENDING, Head
+from bridge.spool.job import Committer, Job, JobResult
+from bridge.spool.layout import Head
 from bridge.spool.ledger import Ledger
 from bridge.spool.records import RecoveryReport, Segment, SpoolItem, SpoolStatus
-from bridge.spool.recovery import lock, recover
 from bridge.spool.tail import TAIL_BYTES, TAIL_COST_PER_BYTE, Tail
-from bridge.spool.writer import AreaWriter, WriteFailed, remove_segment
+from bridge.spool.writer import WriteFailed
 
 __all__ = [
     "READ_MAX_BYTES",
@@ -58,8 +58,6 @@ log = logging.getLogger("bridge.spool")
 
 MIN_SEGMENT_BYTES: Final = 4096
 MAX_SEGMENT_BYTES: Final = 64 * 1024 * 1024
-#: Cursors read files in threads of their own (never the default executor).
-READER_THREADS: Final = 2
 
 
 def default_segment_bytes(max_bytes: int) -> int:
@@ -74,7 +72,9 @@ class Spool:
     needs to know of a record (see `bridge.spool.codec`). With
     ``sink_prefix(sink)``, the bytes all of a sink's records start with,
     cursors pick their records without decoding them (``accepted_ns`` of what
-    they return is then 0).
+    they return is then 0). ``metrics`` (default: the process-wide
+    `bridge.metrics.METRICS`) is where it and its cursors count: the bus's, for
+    the spool of a bus.
     """
 
     def __init__(
@@ -86,23 +86,20 @@ class Spool:
         max_bytes: int = 1 << 30,
         segment_bytes: int | None = None,
         tail_bytes: int = TAIL_BYTES,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.directory = Path(directory)
+        self.metrics = metrics
         self.head = head
         self.sink_prefix = sink_prefix
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or default_segment_bytes(max_bytes)
-        self._pending_dir = self.directory / PENDING
-        self._dead_dir = self.directory / DEAD
-        self._ledger = Ledger(self._pending_dir, max_bytes)
-        self._commit = Committer(self._write, self._apply, self._fail)
-        self._lock_fd: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._reader: ThreadPoolExecutor | None = None
-        self._health = WriteHealth(self._pending_dir, lambda: self._executor, lambda: self._closing)
-        self._pending_writer: AreaWriter | None = None
-        self._dead_writer: AreaWriter | None = None
-        self._ack_fds: dict[int, int] = {}
+        self._files = SpoolFiles(self.directory, head, self.segment_bytes)
+        self._ledger = Ledger(self._files.pending_dir, max_bytes)
+        self._commit = Committer(self._files.write, self._apply, self._fail)
+        self._health = WriteHealth(
+            self._files.pending_dir, lambda: self._files.executor, lambda: self._closing
+        )
         self._committed = asyncio.Event()
         #: Successful writes so far; pass it to `wait_committed` to wait for the next.
         self.commits = 0
@@ -116,25 +113,10 @@ class Spool:
         """Lock the directory, recover what is on disk, and start the writer."""
         if self._commit.running:
             return self.report
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="evbridge-spool")
-        self._reader = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="evbridge-spool-read")
-        loop = asyncio.get_running_loop()
-        try:
-            self.report = await loop.run_in_executor(self._executor, self._recover)
-        except SpoolError:
-            self._release()
-            raise
-        except OSError as exc:  # unreadable, read-only, ...: one line naming the path
-            self._release()
-            raise SpoolError(
-                f"cannot open the spool at {str(self.directory)!r}: {exc.strerror or exc}"
-                + (f": {exc.filename}" if exc.filename else ""),
-                code="spool_unusable",
-            ) from None
-        except BaseException:
-            self._release()
-            raise
-        self._commit.start(self._executor)
+        executor, self.report = await self._files.open(self._ledger)
+        self.metrics.spool_recovered.inc(self.report.recovered)
+        self.metrics.spool_corrupt_records.inc(self.report.corrupt)
+        self._commit.start(executor)
         return self.report
 
     async def close(self) -> None:
@@ -146,13 +128,15 @@ class Spool:
         self._committed.set()
         await self._health.stop()
         await self._commit.stop()
-        assert self._executor is not None
+        assert self._files.executor is not None
         done = [s for s in self._ledger.segments.values() if s.unacked <= 0 and not s.deleting]
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_files, done)
+        await asyncio.get_running_loop().run_in_executor(
+            self._files.executor, self._files.close, done
+        )
         for segment in done:
             del self._ledger.segments[segment.id]
             self._ledger.used -= segment.size + segment.ack_bytes
-        self._release()
+        self._files.release()
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -163,44 +147,7 @@ class Spool:
 
     def reader_executor(self) -> ThreadPoolExecutor:
         """The cursors' threads, owned by the spool: started by `open`, shut down by `close`."""
-        if self._reader is None:
-            raise SpoolError("the spool is not open", code="spool_closed")
-        return self._reader
-
-    def _release(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._reader is not None:
-            self._reader.shutdown(wait=True)
-            self._reader = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
-
-    def _close_files(self, delivered: list[Segment]) -> None:
-        """Writer thread: close every file; remove segments with nothing left to deliver."""
-        for writer in (self._pending_writer, self._dead_writer):
-            if writer is not None:
-                writer.close()
-        for fd in self._ack_fds.values():
-            os.close(fd)
-        self._ack_fds.clear()
-        for segment in delivered:
-            remove_segment(segment.path)
-
-    # --- recovery (writer thread) ---------------------------------------------
-
-    def _recover(self) -> RecoveryReport:
-        """Writer thread: lock the directory and take over what recovery found."""
-        self._lock_fd = lock(self.directory)
-        found = recover(
-            self.directory, self._pending_dir, self._dead_dir, self.head, self.segment_bytes
-        )
-        self._ledger.take_over(found)
-        self._pending_writer = found.pending_writer
-        self._dead_writer = found.dead_writer
-        return found.report
+        return self._files.reader_executor()
 
     # --- appending --------------------------------------------------------------
 
@@ -280,14 +227,7 @@ class Spool:
         """Wait until everything accepted or acknowledged so far is written."""
         await self._commit.flush()
 
-    # --- the writer -------------------------------------------------------------
-
-    def _write(self, job: Job) -> JobResult:
-        assert self._pending_writer is not None
-        assert self._dead_writer is not None
-        return run_job(
-            job, self._pending_writer, self._dead_writer, self._pending_dir, self._ack_fds
-        )
+    # --- the writer's results -------------------------------------------------------
 
     def _fail(self, job: Job, error: SpoolError) -> None:
         self._ledger.reserved -= job.reserved
@@ -302,7 +242,7 @@ class Spool:
             self._ledger.reserved -= job.reserved
             self._seal(pending.sealed)
             error = SpoolError(f"writing the spool failed: {pending}")
-            METRICS.error("spool", "write_failed")
+            self.metrics.error("spool", "write_failed")
             self._health.failures.note(
                 "spool write of %d records failed: %s (readiness is 503 until it can write)",
                 len(job.payloads),
@@ -321,8 +261,8 @@ class Spool:
             for future in job.waiters:
                 if not future.done():
                     future.set_result(None)
-            METRICS.spool_commit_duration.observe(result.seconds)
-            METRICS.spool_commit_records.observe(len(job.payloads))
+            self.metrics.spool_commit_duration.observe(result.seconds)
+            self.metrics.spool_commit_records.observe(len(job.payloads))
             self.commits += 1
             self._committed.set()
             self._committed = asyncio.Event()
@@ -365,14 +305,14 @@ class Spool:
         area, so a crash in between replays it twice, never zero times.
         Raises `SpoolFull` if they do not fit (what was moved so far stays moved).
         """
-        if not self._commit.running or self._executor is None:
+        executor = self._files.executor
+        if not self._commit.running or executor is None:
             raise SpoolError("the spool is not open", code="spool_closed")
-        assert self._dead_writer is not None
         return await replay(
-            self._dead_dir,
-            self._dead_writer,
+            self._files.dead_dir,
+            self._files.dead_writer,
             self.head,
-            executor=self._executor,
+            executor=executor,
             append=self.append,
             ledger=self._ledger,
             revive=revive,
@@ -383,7 +323,7 @@ class Spool:
 
     def cursor(self, sink: str) -> Cursor:
         """A reader of ``sink``'s pending records, from the oldest."""
-        return Cursor(self, sink)
+        return Cursor(self, sink, metrics=self.metrics)
 
     @property
     def segments(self) -> Mapping[int, Segment]:

@@ -9,7 +9,8 @@ missing topic stays missing.
 Neither broker can check credentials, so the "credentials refused" case is
 marked not applicable (the test skips it, saying why):
 - Tansu 0.6.0 has no SASL: the SaslHandshake answers UnsupportedSaslMechanism
-  whatever the credentials (the sink reports that as ``sink_rejected``, see
+  whatever the credentials (the sink reports that as a refused login,
+  ``unauthorized`` and retriable, see
   tests/integration/test_kafka_sink.py::test_rejected_credentials_...).
 - noida-db 0.2.3 offers SASL PLAIN but accepts any username and password
   (`test_noida_accepts_any_sasl_password` pins that, so the mark goes when it

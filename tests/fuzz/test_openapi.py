@@ -10,7 +10,7 @@ random positive and negative data) on the TCP listener of a real
 - the status, content type, headers and body are what the document declares
   for that operation and status;
 - invalid data (negative cases) is refused with a 4xx;
-- every 4xx carries the JSON error body ``{"error": {"code", "message", "field"}}``;
+- every 4xx carries the JSON error body ``{"error": {"code", "message", "field", "help"}}``;
 - a ``/v1/*`` request without the bearer token, or with a wrong one, gets 401.
 
 ``EVBRIDGE_FUZZ_EXAMPLES`` sets the random examples per operation (the
@@ -116,6 +116,7 @@ def json_error_body(ctx: CheckContext, response: Response, case: Case[Any]) -> b
     assert error["message"], body
     assert "field" in error, body
     assert error["field"] is None or isinstance(error["field"], str), body
+    assert error["help"] == f"docs/troubleshooting.md#{error['code']}", body
     return None
 
 
@@ -132,6 +133,7 @@ def batch_items_add_up(ctx: CheckContext, response: Response, case: Case[Any]) -
     for item in rejected:
         assert item["error"]["code"], item
         assert item["error"]["message"], item
+        assert item["error"]["help"] == f"docs/troubleshooting.md#{item['error']['code']}", item
     return None
 
 

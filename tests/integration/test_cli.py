@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 import yaml
 
 import bridge
+from tests.brokers import wait_until
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_process import PROBE_SINK_FILES, ServerProcess, evbridge_command
 
@@ -66,7 +70,7 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     done = run("--help")
     assert done.returncode == 0
-    for command in ("serve", "check", "emit", "version"):
+    for command in ("serve", "check", "emit", "init", "version"):
         assert command in done.stdout
     assert run().returncode == 2  # a command is required
 
@@ -124,6 +128,85 @@ def test_check_reports_each_failing_sink(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[-1] == "2 check(s) failed"
 
 
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: nothing listens there
+
+
+def test_check_against_unreachable_brokers_prints_only_its_table(tmp_path: Path) -> None:
+    port = unused_port()
+    config = {
+        "sinks": [
+            {"name": "k", "type": "kafka", "bootstrap_servers": f"127.0.0.1:{port}"},
+            {"name": "r", "type": "rabbitmq", "url": f"amqp://guest:guest@127.0.0.1:{port}/"},
+            {"name": "n", "type": "nats", "servers": f"nats://127.0.0.1:{port}"},
+        ],
+        "routes": [{"name": "all", "match": "*", "sink": "k", "topic": "t"}],
+    }
+    done = run("check", "--config", str(write_config(tmp_path, config)), "--timeout", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    for name, kind in (("k", "kafka"), ("r", "rabbitmq"), ("n", "nats")):
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"sink {name} ")]
+        assert f"sink {name} ({kind})" in line
+        assert "FAIL  cannot connect to" in line
+    assert done.stderr == ""  # no log line at all ahead of the table, a library's least of all
+    assert "aiokafka" not in done.stdout
+    assert "aiormq" not in done.stdout
+
+
+class SlammingDoor:
+    """A port that accepts each connection and closes it at once, counting them: a broker
+    that is down in a way clients retry every few seconds."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed by the test
+            while True:
+                connection, _ = self.server.accept()
+                self.accepted += 1
+                connection.close()
+
+
+async def test_serve_with_brokers_down_logs_one_line_per_sink_and_no_library_lines(
+    evbridge_server_factory: ServerFactory,
+) -> None:
+    kafka, rabbitmq = SlammingDoor(), SlammingDoor()
+    try:
+        config = {
+            "sinks": [
+                {"name": "k", "type": "kafka", "bootstrap_servers": f"127.0.0.1:{kafka.port}"},
+                {
+                    "name": "r",
+                    "type": "rabbitmq",
+                    "url": f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/",
+                },
+            ],
+            "routes": [{"name": "all", "match": "*", "sink": "k", "topic": "t"}],
+        }
+        server = evbridge_server_factory(config, wait_ready=False)
+        # aiokafka and aiormq logged an error for each of these reconnects before.
+        await wait_until(
+            lambda: kafka.accepted >= 8 and rabbitmq.accepted >= 4,
+            timeout=60,
+            what="reconnects to both brokers",
+        )
+    finally:
+        kafka.server.close()
+        rabbitmq.server.close()
+    records = server.logs()
+    libraries = [r for r in records if str(r.get("logger", "")).startswith(("aiokafka", "aiormq"))]
+    assert libraries == []
+    down = [r["message"] for r in records if " is down: " in r.get("message", "")]
+    assert sorted(m.split(" is down")[0] for m in down) == ["kafka sink k", "rabbitmq sink r"]
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
@@ -144,6 +227,82 @@ def test_check_reports_config_problems(
     assert done.returncode == 1
     assert expected in done.stdout
     assert "FAIL" in done.stdout
+
+
+# --- handler modules next to the config ---------------------------------------------------
+
+NEXT_TO_CONFIG = """\
+from bridge import on
+
+
+@on("app.*")
+def greet(event, ctx):
+    pass
+"""
+
+SHARED = """\
+from bridge import on
+
+
+@on("app.*")
+def audit(event, ctx):
+    pass
+"""
+
+
+def handler_tree(root: Path) -> Path:
+    """``root/app/config.yaml`` naming ``myapp.handlers`` (``root/app/myapp/handlers.py``) and
+    ``shared_handlers`` (``root/shared/``, through ``handlers.path``); returns the config."""
+    (root / "app" / "myapp").mkdir(parents=True)
+    (root / "app" / "myapp" / "handlers.py").write_text(NEXT_TO_CONFIG)
+    (root / "shared").mkdir()
+    (root / "shared" / "shared_handlers.py").write_text(SHARED)
+    config = {
+        "listen": {"tcp": "127.0.0.1:0", "unix": None},
+        "metrics": {"tcp": "127.0.0.1:0"},
+        "handlers": {
+            "modules": ["myapp.handlers", "shared_handlers"],
+            "path": ["../shared"],
+            "entry_points": False,
+        },
+        **MEMORY,
+    }
+    path = root / "app" / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_check_imports_handler_modules_next_to_the_config(tmp_path: Path) -> None:
+    config = handler_tree(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run("check", "--config", str(config), cwd=elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("handlers")]
+    assert "2 handlers from 2 configured modules" in line
+    assert f"importable from {tmp_path / 'app'}, {tmp_path / 'shared'}" in line
+
+
+def test_a_missing_handler_module_names_where_it_was_looked_for(tmp_path: Path) -> None:
+    config = handler_tree(tmp_path)
+    (tmp_path / "shared" / "shared_handlers.py").unlink()
+    done = run("check", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "No module named 'shared_handlers'" in done.stdout
+    assert str(tmp_path / "shared") in done.stdout
+
+
+def test_serve_imports_handler_modules_next_to_the_config(
+    tmp_path: Path, evbridge_server_factory: ServerFactory
+) -> None:
+    config = handler_tree(tmp_path)
+    server = evbridge_server_factory(config_file=False, args=("--config", str(config)))
+    status, _, body = server.sync_client("tcp").request(
+        "POST", "/v1/events", b'{"type": "app.started"}', {"Content-Type": "application/json"}
+    )
+    assert status == 200, body
+    ran = [(h["name"], h["outcome"]) for h in json.loads(body)["handlers"]]
+    assert sorted(ran) == [("myapp.handlers.greet", "ok"), ("shared_handlers.audit", "ok")]
 
 
 BAD_DEAD_LETTER = {

@@ -84,6 +84,23 @@ async def test_respond_async_in_sync_mode_and_a_strict_config(
     status, headers, body = await post(strict, "/v1/events", {"type": "x"}, {"Prefer": "wait=1"})
     assert (status, body["status"]) == (202, "spooled")
     assert "Preference-Applied" not in headers
+    # A durable route spools anyway; a sync one cannot be made durable: refused, not ignored.
+    strict_sync = evbridge_server_factory(
+        probe_config(tmp_path / "strict-sync", routes=routes, mode="sync", allow_override=False),
+        files=PROBE_SINK_FILES,
+    )
+    status, headers, body = await post(
+        strict_sync, "/v1/events", {"type": "other"}, {"Prefer": "respond-async"}
+    )
+    assert (status, body["status"]) == (400, "rejected")
+    assert body["error"]["code"] == "preference_refused"
+    assert "Prefer: respond-async" in body["error"]["message"]
+    assert "Preference-Applied" not in headers
+    status, headers, body = await post(
+        strict_sync, "/v1/events", {"type": "safe.a"}, {"Prefer": "respond-async"}
+    )
+    assert (status, body["status"]) == (202, "spooled")
+    assert "Preference-Applied" not in headers
 
 
 async def test_readiness_and_replay_endpoint(
@@ -192,3 +209,7 @@ async def test_prefer_is_the_same_whatever_the_other_routes_do(
     status, headers, body = await post(alone, "/v1/events", {"type": "other"}, async_)
     assert (status, body["status"]) == (200, "published")
     assert "Preference-Applied" not in headers
+    assert "delivered synchronously" in body["preference_not_applied"]
+    status, headers, body = await post(alone, "/v1/events/batch", [{"type": "other"}], async_)
+    assert status == 200
+    assert "delivered synchronously" in body["results"][0]["preference_not_applied"]

@@ -103,6 +103,13 @@ async def test_a_rejecting_handler_answers_422_and_nothing_is_published(
     assert (batch["accepted"], batch["rejected"]) == (1, 1)
     assert batch["results"][0]["error"]["code"] == "handler_failed"
 
+    # /v1/info shows each handler's policy.
+    async with srv.session("unix") as http, http.get("/v1/info") as reply:
+        info = await reply.json()
+    policies = {h["name"]: h["on_error"] for h in info["handlers"]}
+    assert policies["policy_handlers.check_stock"] == "reject"
+    assert policies["policy_handlers.after"] == "continue"
+
     # Handler classes with dependencies load from handlers.modules like functions.
     status, body = await srv.emit({"type": "audit.x", "kind": "domain"})
     assert status == 200, body

@@ -235,7 +235,7 @@ async def test_unknown_topic_is_a_502_with_its_code(
     assert body["error"]["retriable"] is False
 
 
-async def test_refused_credentials_are_a_502(
+async def test_refused_credentials_are_a_retriable_503(
     kafka_broker: KafkaBroker, evbridge_server_factory: ServerFactory
 ) -> None:
     config = kafka_config(
@@ -251,9 +251,10 @@ async def test_refused_credentials_are_a_502(
     )
     assert await ready_status(srv) == 503
     status, body = await srv.emit({"type": "x", "data": 1})
-    assert status == 502
-    assert body["error"]["code"] == "sink_rejected"
-    assert body["error"]["retriable"] is False
+    # The broker refused the sidecar's account, not the client: retriable, not a 401.
+    assert status == 503
+    assert body["error"]["code"] == "unauthorized"
+    assert body["error"]["retriable"] is True
     assert "s3cr3t-pw" not in json.dumps(body)
     assert "s3cr3t-pw" not in srv.log_path.read_text()
 

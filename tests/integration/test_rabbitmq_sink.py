@@ -319,17 +319,7 @@ async def test_a_message_that_closes_the_channel_fails_alone(
     make_sink: SinkFactory,
     dest: Destination,
     monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if request.node.callspec.params.get("make_sink") == "per-message":
-        # Known open defect of the portable path (used only if aiormq's internals move, which
-        # test_rabbitmq_internals.py and the version bound guard): a publish can still reach a
-        # channel the broker just closed, and the broker then closes the connection
-        # (CHANNEL_ERROR - expected 'channel.open'), about one run in two. The batched path,
-        # the one in use, holds the rule. Not strict, so the fix shows as XPASS.
-        request.applymarker(
-            pytest.mark.xfail(reason="per-message path: publish after channel close", strict=False)
-        )
     broker_refuses_ttl(monkeypatch)
     sink = await make_sink(exchange=dest.name, channels=1)
     first = [item(ttl_ms=POISON_TTL if i in (3, 7) else None) for i in range(12)]

@@ -15,7 +15,14 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.brokers import KafkaBroker, RabbitMQ, consume_all, create_topic, unique_name
+from tests.brokers import (
+    KafkaBroker,
+    RabbitMQ,
+    consume_all,
+    create_topic,
+    free_port,
+    unique_name,
+)
 from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_process import ServerProcess, evbridge_command
@@ -110,8 +117,8 @@ async def test_no_secret_in_logs_info_or_check(
             info = await r.json()
     _assert_no_secret(info_text, "/v1/info")
     details = {s["name"]: s["detail"] for s in info["sinks"]}
-    assert "amqp://guest:***@127.0.0.1:5672/" in details["inline"], details
-    assert "amqp://guest:***@127.0.0.1:5672/" in details["fromenv"], details
+    assert "amqp://***:***@127.0.0.1:5672/" in details["inline"], details
+    assert "amqp://***:***@127.0.0.1:5672/" in details["fromenv"], details
 
     # More reconnect attempts after the requests, so retries are covered too.
     def failures() -> int:
@@ -133,7 +140,7 @@ async def test_no_secret_in_logs_info_or_check(
         timeout=60,
     )
     assert check.returncode == 1, check.stdout + check.stderr
-    assert "amqp://guest:***@127.0.0.1:5672/" in check.stdout
+    assert "amqp://***:***@127.0.0.1:5672/" in check.stdout
     _assert_no_secret(check.stdout + check.stderr, "evbridge check output")
 
     assert srv.stop() == 0
@@ -292,3 +299,42 @@ async def test_rabbitmq_injection_is_400_and_nothing_is_published(
     assert message.message_id == "good-1"
     declared = await queue.channel.declare_queue(name, passive=True)
     assert declared.declaration_result.message_count == 0
+
+
+async def test_one_masking_rule_for_a_broker_url_in_logs_errors_and_readyz(
+    evbridge_server_factory: ServerFactory,
+) -> None:
+    """The user is masked like the password (a user name is no secret the process knows,
+    so only the URL rule can hide it): the same ``***:***@`` in the log, in the HTTP
+    error body and in /readyz."""
+    port = free_port()  # nothing listens: every connection attempt fails
+    shown = f"amqp://***:***@127.0.0.1:{port}/"
+    srv = evbridge_server_factory(
+        {
+            "sinks": [
+                {
+                    "name": "down",
+                    "type": "rabbitmq",
+                    "url": f"amqp://app-user-X1:{INLINE_PASSWORD}@127.0.0.1:{port}/",
+                    "connect_timeout_s": 1,
+                    "reconnect_max_s": 0.2,
+                }
+            ],
+            "routes": [{"name": "a", "match": "*", "sink": "down"}],
+        },
+        wait_ready=False,
+    )
+    line = await srv.wait_for_log(
+        functools.partial(_mentions, "rabbitmq sink down is down: cannot connect"),
+        what="the sink's connection failure",
+    )
+    async with srv.session("tcp") as http, http.post("/v1/events", json={"type": "a.x"}) as r:
+        assert r.status == 503
+        error_text = await r.text()
+    async with srv.session("metrics") as http, http.get("/readyz") as r:
+        assert r.status == 503
+        ready_text = await r.text()
+    for where, text in (("log", line["message"]), ("error", error_text), ("readyz", ready_text)):
+        assert shown in text, f"{where}: {text}"
+        assert "app-user-X1" not in text, f"{where}: {text}"
+        _assert_no_secret(text, where)

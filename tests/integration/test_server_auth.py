@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from bridge import parse_config
+from bridge.server import Sidecar, create_app
 from tests.integration.server_process import (
     ServerProcess,
     assert_conforms,
@@ -93,3 +98,63 @@ def test_non_loopback_tcp_without_token_refuses_to_start() -> None:
     with pytest.raises(AssertionError, match="exited with 2") as info:
         start_server({"listen": {"tcp": "0.0.0.0:0"}})
     assert "not a loopback address and no token is set" in str(info.value)
+
+
+#: Routes anyone may call: probes and scrapers need no secret. Every other route needs the token.
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _app(listener: Literal["tcp", "unix"]) -> web.Application:
+    config = parse_config(
+        {
+            "sinks": [{"name": "mem", "type": "memory"}],
+            "routes": [{"name": "all", "match": "*", "sink": "mem"}],
+            "handlers": {"entry_points": False},
+            "auth": {"token": TOKEN},
+        },
+        env={},
+    )
+    return create_app(Sidecar(config), listener)
+
+
+def _routes(app: web.Application) -> list[tuple[str, str]]:
+    routes = []
+    for route in app.router.routes():
+        resource = route.resource
+        assert resource is not None
+        path = resource.canonical
+        assert "{" not in path, f"{path} has a variable part: give this test a value for it"
+        routes.append((route.method, path))
+    return routes
+
+
+async def test_every_route_but_the_probes_needs_the_token() -> None:
+    """Enumerates the routes the TCP app registers, so a new route cannot forget the token."""
+    app = _app("tcp")
+    routes = _routes(app)
+    assert {("POST", "/v1/events"), ("GET", "/v1/subscribe"), ("GET", "/healthz")} <= set(routes)
+    assert {path for _, path in routes} >= OPEN_ROUTES
+    async with TestClient(TestServer(app)) as client:
+        for method, path in routes:
+            async with client.request(method, path, data=b"{}") as response:
+                if path in OPEN_ROUTES:
+                    assert response.status != 401, f"{method} {path} must not need the token"
+                    continue
+                assert response.status == 401, f"{method} {path} answered {response.status}"
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                if method != "HEAD":
+                    assert (await response.json())["error"]["code"] == "unauthorized"
+            async with client.request(
+                method, path, data=b"{}", headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as response:
+                assert response.status != 401, f"{method} {path} refused the right token"
+
+
+async def test_no_route_of_the_unix_app_needs_a_token() -> None:
+    app = _app("unix")
+    routes = _routes(app)
+    assert ("POST", "/v1/events/batch") in routes
+    async with TestClient(TestServer(app)) as client:
+        for method, path in routes:
+            async with client.request(method, path, data=b"{}") as response:
+                assert response.status != 401, f"{method} {path} on the Unix socket wants a token"

@@ -20,24 +20,43 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "bridge"
+PAGE = ROOT.parent / "docs" / "architecture.md"
 
 #: Edges allowed for now although they close a cycle or point up the layers; each names
 #: the work that removes it. The test fails once an edge here is gone, so the entry goes too.
 KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 #: The one-way flow, drivers first: ingest (server) -> bus -> pipeline (handlers) ->
-#: router -> sink, over the event model. A module may import its own layer and the
-#: layers after it, never one before it. Storage sits under the bus that drives it.
-#: Modules not listed (config, errors, metrics, durable delivery, ...) are not layered.
+#: dispatch -> storage -> router -> sink, over the event model. A module may import its
+#: own layer and the layers after it, never one before it. The bus's layer holds the
+#: event path and what it hands events to after their handlers: the subscriptions (which
+#: match types with the router's globs). Dispatch (sync and durable delivery: the
+#: deliverer, its lanes, retries and dead letters) drives storage, which sits under it and
+#: over the router (a spooled record's destination is resolved again when it is read back).
+#: Modules not listed (config, errors, metrics, ...) are not layered.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
-    ("bus", ("bridge.bus",)),
+    ("testing", ("bridge.testing", "bridge.pytest_plugin")),
+    (
+        "bus",
+        (
+            "bridge.bus",
+            "bridge.businfo",
+            "bridge.spoolview",
+            "bridge.sends",
+            "bridge.sinkset",
+            "bridge.eventpath",
+            "bridge.subscriptions",
+            "bridge.hub",
+        ),
+    ),
     (
         "pipeline",
         (
@@ -49,9 +68,23 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.policy",
             "bridge.middleware",
             "bridge.typed",
+            "bridge.resources",
+            "bridge.threads",
             "bridge.loopwatch",
             "bridge.cancelguard",
             "bridge.webhooks",
+        ),
+    ),
+    (
+        "dispatch",
+        (
+            "bridge.dispatch",
+            "bridge.delivery",
+            "bridge.durable",
+            "bridge.deliverer",
+            "bridge.lane",
+            "bridge.retry",
+            "bridge.deadletter",
         ),
     ),
     ("storage", ("bridge.spool",)),
@@ -322,6 +355,14 @@ def test_the_flow_only_imports_downstream() -> None:
                 f"{_where(imp.source, imp.target)}"
             )
     assert not wrong, "imports against the one-way flow:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_the_architecture_page_draws_the_layers_in_order() -> None:
+    """docs/architecture.md's picture has one row per layer of `LAYERS`, in its order."""
+    picture = PAGE.read_text().split("```")[1]
+    rows = re.findall(r"^ ([a-z]+) {2,}\S", picture, flags=re.MULTILINE)
+    assert rows[0] == "layer"  # the header
+    assert rows[1:] == [name for name, _ in LAYERS]
 
 
 def test_known_back_edges_still_exist() -> None:

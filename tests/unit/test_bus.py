@@ -268,6 +268,39 @@ async def test_a_cancelled_error_nobody_sent_is_the_handlers_error(
     assert result.status == "published"
 
 
+async def test_a_handlers_own_timeout_is_its_error_not_a_cancellation(
+    registry: HandlerRegistry,
+) -> None:
+    """``asyncio.timeout`` inside a handler cancels the event's task and takes the
+    cancellation back (uncancel): the handler's TimeoutError, not a CancelledError."""
+    bus = make_bus(registry)
+    after: list[str] = []
+
+    async def own_timeout(event: Event, ctx: Context) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+
+    async def own_wait_for(event: Event, ctx: Context) -> None:
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+
+    async def next_one(event: Event, ctx: Context) -> None:
+        after.append(event.id)
+
+    bus.subscribe("order.x", own_timeout, priority=2)
+    bus.subscribe("order.x", own_wait_for, priority=1)
+    bus.subscribe("order.x", next_one)
+    event = Event(type="order.x")
+    async with bus:
+        result = await bus.emit(event)
+    assert [(h.outcome, (h.error or "").split(":")[0]) for h in result.handlers] == [
+        ("error", "TimeoutError"),
+        ("error", "TimeoutError"),
+        ("ok", ""),
+    ]
+    assert after == [event.id]
+    assert result.status == "published"
+
+
 async def test_a_sync_run_waiting_for_a_thread_past_its_timeout_never_starts(
     registry: HandlerRegistry,
 ) -> None:

@@ -173,3 +173,28 @@ def test_bad_memory_bounds_name_key_and_value(
     error = error_of(raw)
     assert error.field == field
     assert fragment in str(error)
+
+
+def test_handler_path_starts_with_the_config_directory(tmp_path: Path) -> None:
+    path = tmp_path / "app" / "evbridge.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "sinks: [{name: m, type: memory}]\nroutes: [{match: '*', sink: m}]\n"
+        "handlers: {path: [lib, ../shared, /opt/handlers, .]}\n"
+    )
+    assert load_config(path, env={}).handlers.path == (
+        str(tmp_path / "app"),
+        str(tmp_path / "app" / "lib"),
+        str(tmp_path / "shared"),
+        "/opt/handlers",
+    )
+
+
+def test_handler_path_without_a_file_is_relative_to_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_config(minimal(), {}).handlers.path == ()
+    config = parse_config(minimal(handlers={"path": ["lib"]}), {})
+    assert config.handlers.path == (str(tmp_path / "lib"),)
+    assert load_config(env={}).handlers.path == ()  # the embedded default adds nothing

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from bridge.config import DeadLetterConfig, RetryConfig, RouteConfig
-from bridge.deliverer import HEADER_PREFIX, Deliverer, RetryPolicy
+from bridge.deadletter import HEADER_PREFIX
+from bridge.deliverer import Deliverer
 from bridge.delivery import Publisher
 from bridge.errors import SinkError, SinkRejected, SinkUnavailable
 from bridge.metrics import METRICS
 from bridge.results import Delivery
+from bridge.retry import RetryPolicy
 from bridge.sinks.base import Health, Outgoing
 from bridge.sinks.memory import MemoryRoute
 from bridge.spool import codec
@@ -374,7 +376,7 @@ async def test_the_window_is_bounded_in_bytes_and_still_delivers_everything(
     """``delivery.window_bytes``: with the broker stalled, a lane holds what its byte
     bound allows (each record charged COST_PER_BYTE times its size), not its count
     bound's worth of big events; a record is always let in, and everything arrives."""
-    from bridge.deliverer import COST_PER_BYTE
+    from bridge.lane import COST_PER_BYTE
 
     big = "x" * 64 * 1024
     sink = GatedSink("mem")

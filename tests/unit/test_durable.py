@@ -140,9 +140,35 @@ async def test_delivery_is_chosen_per_route_and_per_request(
     strict = config(tmp_path / "strict", mode="sync", routes=routes, allow_override=False)
     async with Bus(strict, registry=registry) as bus:
         durable = Preference("durable")
-        assert (await bus.emit(Event(type="other"), delivery=durable)).status == "published"
+        # A sync route cannot be made durable here: refused, naming the preference.
+        refused = await bus.emit(Event(type="other"), delivery=durable)
+        assert refused.status == "rejected"
+        assert refused.error is not None
+        assert refused.error.code == "preference_refused"
+        assert "Prefer: respond-async: route 'rest'" in refused.error.message
+        assert "delivery.allow_override is false" in refused.error.message
+        batch = await bus.emit_many([Event(type="other"), Event(type="safe.b")], delivery=durable)
+        assert [r.status for r in batch] == ["rejected", "spooled"]
+        assert (await bus.emit(Event(type="safe.c"), delivery=durable)).status == "spooled"
         sync = Preference("sync")
         assert (await bus.emit(Event(type="safe.a"), delivery=sync)).status == "spooled"
+
+
+async def test_respond_async_without_a_spool_says_it_was_delivered_synchronously(
+    registry: HandlerRegistry,
+) -> None:
+    raw = {"sinks": [{"name": "mem", "type": "memory"}], "routes": [{"match": "*", "sink": "mem"}]}
+    async with Bus(parse_config(raw, {}), registry=registry) as bus:
+        result = await bus.emit(Event(type="x"), delivery=Preference("durable"))
+        assert result.status == "published"
+        assert result.preference_not_applied is not None
+        assert "delivered synchronously" in result.preference_not_applied
+        assert "delivered synchronously" in result.to_api()["preference_not_applied"]
+        plain = await bus.emit(Event(type="x"))
+        assert plain.preference_not_applied is None
+        assert "preference_not_applied" not in plain.to_api()
+        waited = await bus.emit(Event(type="x"), delivery=Preference("sync", 5.0))
+        assert waited.preference_not_applied is None
 
 
 async def test_a_sync_wait_that_runs_out_spools_instead(

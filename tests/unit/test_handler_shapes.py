@@ -168,3 +168,18 @@ def test_on_refuses_at_registration(registry: HandlerRegistry, monkeypatch: Any)
             pass
 
     assert registry.all() == []
+
+
+def test_a_module_with_an_unsatisfiable_handler_fails_to_load_naming_it(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    from bridge.errors import ConfigError
+    from bridge.handlers import import_modules
+
+    (tmp_path / "bad_shape_handlers.py").write_text(
+        "from bridge import on\n@on('x')\nasync def needs(event, ctx, tenant):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"bad_shape_handlers\.needs: parameter 'tenant'") as info:
+        import_modules(("bad_shape_handlers",), entry_point_group=None)
+    assert info.value.field == "handlers.modules[0]"

@@ -143,3 +143,31 @@ async def test_a_failing_factory_is_the_handlers_error(registry: HandlerRegistry
     assert [(h.outcome, h.error) for h in result.handlers] == [
         ("error", "ConnectionError: database down")
     ]
+
+
+async def test_an_uncached_generator_is_cleaned_up_right_after_its_handler(
+    registry: HandlerRegistry,
+) -> None:
+    log: list[str] = []
+
+    def transaction() -> Iterator[str]:
+        log.append("begin")
+        try:
+            yield "tx"
+        finally:
+            log.append("end")
+
+    async def first(tx: str = Depends(transaction, use_cache=False)) -> None:
+        log.append("first")
+        raise ValueError("rolled back")
+
+    def second(tx: str = Depends(transaction, use_cache=False)) -> None:  # in a thread
+        log.append("second")
+
+    bus = make_bus(registry)
+    bus.subscribe("x", first)
+    bus.subscribe("x", second)
+    async with bus:
+        result = await bus.emit(Event(type="x", kind="domain"))
+    assert [h.outcome for h in result.handlers] == ["error", "ok"]
+    assert log == ["begin", "first", "end", "begin", "second", "end"]

@@ -148,11 +148,35 @@ def test_url_passwords_are_masked_without_registration(registry: None) -> None:
     text = "cannot connect to amqp://user:p%40ss-w0rd@host:5672/vh (got 'amqps://u:x@h')"
     shown = redact.scrub(text)
     assert "p%40ss-w0rd" not in shown
-    assert "amqp://user:***@host:5672/vh" in shown
-    assert "amqps://u:***@h" in shown
+    assert "amqp://***:***@host:5672/vh" in shown
+    assert "amqps://***:***@h" in shown
     assert redact.scrub("amqp://host:5672/ and http://h:80/a@b") == (
         "amqp://host:5672/ and http://h:80/a@b"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@h:5672/", "amqp://***:***@h:5672/"),
+        ("amqp://app@h/vh", "amqp://***@h/vh"),
+        ("nats://tok3n@h:4222", "nats://***@h:4222"),
+        ("amqp://:pw@h/", "amqp://***:***@h/"),
+        ("amqp://h:5672/", "amqp://h:5672/"),
+    ],
+)
+def test_one_rule_masks_user_and_password_alike(registry: None, url: str, shown: str) -> None:
+    """`scrub` (free text: logs, error bodies) and `mask_url` (a URL shown on its own:
+    health details, /readyz) agree, whether or not the value is a registered secret."""
+    assert redact.mask_url(url) == shown
+    line = f"cannot connect to {url}: refused"
+    assert redact.scrub(line) == f"cannot connect to {shown}: refused"
+    redact.register("guest")
+    assert redact.scrub(url) == shown
+
+
+def test_mask_url_drops_the_query(registry: None) -> None:
+    assert redact.mask_url("amqps://u:p@h/?heartbeat=15&password=x") == "amqps://***:***@h/"
 
 
 def test_secrets_of_a_config_come_from_the_token_urls_and_env(registry: None) -> None:
@@ -208,7 +232,7 @@ def test_config_errors_do_not_quote_secret_values(registry: None) -> None:
         )
     assert info.value.field == "sinks[0].url"
     assert "hunter2-pw" not in info.value.message
-    assert "ampq://u:***@h/" in info.value.message
+    assert "ampq://***:***@h/" in info.value.message
 
 
 # --- log formatting ------------------------------------------------------------------

@@ -83,9 +83,9 @@ def test_key_partitioning_matches_the_java_default_partitioner(key: bytes, parti
     [
         (kafka_errors.MessageSizeTooLargeError(), SinkRejected, "message_too_large"),
         (kafka_errors.RecordListTooLargeError(), SinkRejected, "message_too_large"),
-        (kafka_errors.TopicAuthorizationFailedError(), SinkRejected, "sink_rejected"),
-        (kafka_errors.ClusterAuthorizationFailedError(), SinkRejected, "sink_rejected"),
-        (kafka_errors.SaslAuthenticationFailed(), SinkRejected, "sink_rejected"),
+        (kafka_errors.TopicAuthorizationFailedError(), SinkUnavailable, "unauthorized"),
+        (kafka_errors.ClusterAuthorizationFailedError(), SinkUnavailable, "unauthorized"),
+        (kafka_errors.SaslAuthenticationFailed(), SinkUnavailable, "unauthorized"),
         (kafka_errors.UnknownTopicOrPartitionError(), SinkRejected, "unknown_topic"),
         (kafka_errors.InvalidTopicError(), SinkRejected, "invalid_topic"),
         (kafka_errors.CorruptRecordException(), SinkRejected, "sink_rejected"),
@@ -108,3 +108,25 @@ def test_classify(exc: BaseException, kind: type, code: str) -> None:
     assert error.code == code
     assert error.retriable is (kind is SinkUnavailable)
     assert "orders" in error.message
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        kafka_errors.SaslAuthenticationFailed("invalid credentials"),
+        kafka_errors.UnsupportedSaslMechanismError(),
+        kafka_errors.ClusterAuthorizationFailedError(),
+    ],
+)
+def test_refused_login_is_unauthorized_retriable_and_a_503(refused: BaseException) -> None:
+    from bridge.server.errors import status_for
+    from bridge.sinks.kafka.errors import connect_error
+
+    error = connect_error(refused, "cannot connect to 127.0.0.1:9092")
+    assert type(error) is SinkUnavailable
+    assert (error.code, error.retriable) == ("unauthorized", True)
+    assert "refused the login" in error.message
+    # The broker refused the sink, not the client: not the 401 of a wrong bearer token.
+    assert status_for(error) == 503
+    other = connect_error(kafka_errors.KafkaConnectionError("reset"), "cannot connect")
+    assert (type(other), other.code) == (SinkUnavailable, "sink_unavailable")

@@ -11,12 +11,12 @@ import pytest
 from bridge.config import parse_config
 from bridge.errors import ConfigError, InvalidEvent, SinkRejected, SinkUnavailable
 from bridge.event import Event
+from bridge.redact import mask_url
 from bridge.routing import Router
 from bridge.sinks.base import get_sink_type
 from bridge.sinks.nats import NatsConfig, NatsRoute, NatsSink
 from bridge.sinks.nats.errors import connect_error, no_stream_error, publish_error
 from bridge.sinks.nats.message import nats_headers
-from bridge.sinks.nats.sink import _redacted
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -85,7 +85,7 @@ def test_secrets_come_from_the_environment_when_the_sink_is_built() -> None:
         NatsSink(config)
     assert info.value.field == "sinks.n.token_env"
     assert "servers" in NatsConfig.secret_fields
-    assert _redacted("nats://app:pw@host:4222") == "nats://host:4222"
+    assert mask_url("nats://app:pw@host:4222") == "nats://***:***@host:4222"
 
 
 @pytest.mark.parametrize("subject", ["a..b", "a.*", "a.>", "with space", ".a", "a."])

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.deliverer import HEADER_PREFIX
+from bridge.deadletter import HEADER_PREFIX
 from bridge.errors import SinkError, SinkRejected, SinkUnavailable
 from bridge.sinks.base import Outgoing
 from tests.unit.spool_helpers import make_spool, outgoing

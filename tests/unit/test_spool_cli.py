@@ -83,7 +83,7 @@ def test_dead_letters_are_listed_and_replayed(
     assert listed[0]["code"] == "message_too_large"
     assert listed[0]["reason"] == "too big"
     code, out = run(capsys, "spool", "dead-letters", "--dir", str(tmp_path), "--sink", "other")
-    assert out == ""
+    assert (code, out) == (0, "no dead letters of sink 'other'\n")
     code, out = run(capsys, "spool", "replay-dead-letters", "--dir", str(tmp_path))
     assert code == 0
     assert out.strip() == "2 dead letters moved back to the spool"
@@ -131,3 +131,48 @@ def test_replay_while_running_asks_the_bridge(
     assert asyncio.run(scenario()) == 1
     assert "cannot reach the running bridge" in capsys.readouterr().err
     assert os.path.exists(tmp_path / "LOCK")
+
+
+def test_the_directory_comes_from_evbridge_config_like_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asyncio.run(build(tmp_path / "spool"))
+    config = tmp_path / "evbridge.yaml"
+    config.write_text(f"delivery: {{mode: durable, spool_dir: {tmp_path / 'spool'}}}\n")
+    monkeypatch.setenv("EVBRIDGE_CONFIG", str(config))
+    code, out = run(capsys, "spool", "status", "--json")
+    assert code == 0
+    assert json.loads(out)["dead_letters"]["mem"]["events"] == 2
+
+
+@pytest.mark.parametrize("command", ["status", "verify", "dead-letters", "replay-dead-letters"])
+def test_no_spool_is_an_error_and_none_is_created(
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVBRIDGE_CONFIG", raising=False)
+    assert main(["spool", command]) == 1
+    err = capsys.readouterr().err
+    assert f"no spool at {tmp_path / 'evbridge-spool'}" in err
+    assert "delivery.spool_dir of the embedded default config" in err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["spool", command, "--dir", str(tmp_path / "elsewhere")]) == 1
+    assert f"no spool at {tmp_path / 'elsewhere'} (--dir)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_spool_says_no_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def empty() -> None:
+        async with make_spool(tmp_path):
+            pass
+
+    asyncio.run(empty())
+    code, out = run(capsys, "spool", "dead-letters", "--dir", str(tmp_path))
+    assert (code, out) == (0, "no dead letters\n")
+    code, out = run(capsys, "spool", "dead-letters", "--dir", str(tmp_path), "--json")
+    assert (code, out) == (0, "")

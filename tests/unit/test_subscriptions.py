@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+from collections import deque
 from typing import Any
 
 import pytest
@@ -10,24 +12,23 @@ from hypothesis import strategies as st
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import METRICS
+from bridge.hub import Hub, SubscriberBudget
+from bridge.metrics import METRICS, Metrics
 from bridge.subscriptions import (
     OVERFLOW_POLICIES,
-    Hub,
     Notice,
-    SubscriberBudget,
     Subscription,
     SubscriptionOverflow,
 )
 
 
-def make_bus(registry: HandlerRegistry) -> Bus:
+def make_bus(registry: HandlerRegistry, metrics: Metrics | None = None) -> Bus:
     raw: dict[str, Any] = {
         "sinks": [{"name": "mem", "type": "memory"}],
         "routes": [{"match": "order.*", "sink": "mem"}],
         "handlers": {"entry_points": False},
     }
-    return Bus(parse_config(raw, {}), registry=registry)
+    return Bus(parse_config(raw, {}), registry=registry, metrics=metrics)
 
 
 async def drain(events: Any, n: int) -> list[Notice]:
@@ -177,6 +178,46 @@ async def test_breaking_out_of_the_loop_inside_async_with_frees_it(
         assert events.closed
 
 
+def subscription_series(metrics: Metrics) -> dict[str, float]:
+    """Every subscription series of ``metrics`` as a scrape reads it (absent = 0)."""
+    sample = metrics.registry.get_sample_value
+    series = {
+        "subscribers": sample("evbridge_subscribers"),
+        "queued_bytes": sample("evbridge_subscription_queued_bytes"),
+    }
+    for bound in ("max_queue", "max_queue_bytes", "max_total_subscriber_bytes"):
+        for name in ("dropped", "disconnected"):
+            series[f"{name}/{bound}"] = sample(
+                f"evbridge_subscription_{name}_total", {"bound": bound}
+            )
+    return {name: value or 0.0 for name, value in series.items()}
+
+
+async def test_each_bus_counts_its_subscriptions_in_its_own_metrics(
+    registry: HandlerRegistry,
+) -> None:
+    mine, yours = Metrics(), Metrics()
+    default_before = subscription_series(METRICS)
+    async with make_bus(registry, mine) as one, make_bus(registry, yours) as two:
+        tenant = one.scope("tenant")  # a scope counts in its bus's metrics too
+        async with (
+            one.subscription("order.*", max_queue=2) as dropping,
+            tenant.subscription("order.*", max_queue=1, overflow="disconnect"),
+        ):
+            await one.emit_many([Event(type="order.x") for _ in range(5)])
+            await tenant.emit_many([Event(type="order.x") for _ in range(3)])
+            await two.emit_many([Event(type="order.x") for _ in range(5)])
+            counted = subscription_series(mine)
+            assert counted["subscribers"] == 2
+            assert counted["queued_bytes"] == one.subscriber_budget.used > 0
+            assert counted["dropped/max_queue"] == dropping.dropped == 3
+            assert counted["disconnected/max_queue"] == 1
+            assert set(subscription_series(yours).values()) == {0.0}
+        assert subscription_series(mine)["subscribers"] == 0
+    assert set(subscription_series(yours).values()) == {0.0}
+    assert subscription_series(METRICS) == default_before
+
+
 def test_bad_arguments_are_refused(registry: HandlerRegistry) -> None:
     bus = make_bus(registry)
     with pytest.raises(ValueError, match="max_queue"):
@@ -315,7 +356,7 @@ def test_byte_accounting_invariants(ops: list[tuple[int, str, int]], overflow: A
     never above its limit; no queue is above its bound; every event offered to a
     subscriber is either read or reported as dropped (drop_oldest)."""
     budget = SubscriberBudget(limit=8000, queue_bytes=5000)
-    hub = Hub(budget)
+    hub = Hub(Metrics(), budget)
     subs = [Subscription(hub, ["*"], max_queue=4, overflow=overflow) for _ in range(3)]
     for sub in subs:
         hub.add(sub)
@@ -364,3 +405,54 @@ async def test_an_event_too_big_for_a_full_queue_costs_only_itself(
         await bus.emit(big(3))
         got += await drain(sub, 1)
     assert [(n.event.data["i"], n.dropped) for n in got] == [(0, 0), (1, 0), (3, 1)]
+
+
+async def test_a_subscription_is_live_from_the_line_that_makes_it(
+    registry: HandlerRegistry,
+) -> None:
+    """haiway's request/response pattern: subscribe, send the request, then read."""
+    async with make_bus(registry) as bus:
+        sub = bus.subscription("order.*")
+        await bus.emit(Event(type="order.created", data=1))  # before async with / async for
+        async with sub:
+            notice = await sub.next(timeout=1)
+    assert notice is not None
+    assert notice.event.data == 1
+
+
+async def test_an_unclosed_subscription_is_freed_when_collected(
+    registry: HandlerRegistry,
+) -> None:
+    async with make_bus(registry) as bus:
+        before = METRICS.subscribers._value.get()
+        sub = bus.subscription("order.*")
+        await bus.emit(Event(type="order.created", data="x" * 1000))
+        assert bus.subscriber_budget.used > 0
+        assert METRICS.subscribers._value.get() == before + 1
+        del sub
+        gc.collect()
+        assert bus._hub.subscriptions == []
+        assert bus.subscriber_budget.members == []
+        assert bus.subscriber_budget.used == 0
+        assert METRICS.subscribers._value.get() == before
+        await bus.emit(Event(type="order.created"))  # nothing left to offer it to
+
+
+async def test_a_subscription_collected_in_another_thread_is_freed_on_the_loop(
+    registry: HandlerRegistry,
+) -> None:
+    async with make_bus(registry) as bus:
+        before = METRICS.subscribers._value.get()
+        holder = [bus.subscription("order.*")]
+        await bus.emit(Event(type="order.created", data="x" * 1000))
+        assert bus.subscriber_budget.used > 0
+        # The last reference dropped in a thread (as a collector run there would).
+        thread = threading.Thread(target=holder.clear)
+        thread.start()
+        thread.join()
+        assert len(bus._hub.graveyard) == 1
+        await bus.emit(Event(type="order.created"))  # the loop frees it on the next publish
+        assert bus._hub.graveyard == deque()
+        assert bus._hub.subscriptions == []
+        assert bus.subscriber_budget.used == 0
+        assert METRICS.subscribers._value.get() == before

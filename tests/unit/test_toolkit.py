@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from bridge.config import RetryConfig
-from bridge.deliverer import RetryPolicy
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
-from bridge.sinks.toolkit import Backoff, TaskGroup, TlsFiles, describe, read_secret
+from bridge.retry import RetryPolicy
+from bridge.sinks.toolkit import Backoff, Supervision, TaskGroup, TlsFiles, describe, read_secret
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
@@ -118,3 +118,26 @@ async def test_task_group_close_cancels_what_runs_and_refuses_new_tasks(
     with pytest.raises(RuntimeError, match="closed"):
         group.spawn(coro, name="late")
     await group.close()  # idempotent
+
+
+def test_supervision_for_a_broker_backs_off_from_a_tenth_of_a_second_to_the_cap() -> None:
+    policy = Supervision.for_broker(
+        connect_timeout_s=4.0,
+        health_timeout_s=1.5,
+        probe_interval_s=3.0,
+        reconnect_max_s=7.5,
+        max_failed_probes=3,
+    )
+    assert (policy.connect_timeout_s, policy.health_timeout_s) == (4.0, 1.5)
+    assert (policy.probe_interval_s, policy.max_failed_probes) == (3.0, 3)
+    assert policy.backoff == Backoff(initial_s=0.1, max_s=7.5)
+    tight = Supervision.for_broker(
+        connect_timeout_s=1.0,
+        health_timeout_s=1.0,
+        probe_interval_s=1.0,
+        reconnect_max_s=0.05,
+        max_failed_probes=None,
+    )
+    # A cap below the first step is every step: reconnects never wait longer than asked.
+    assert tight.backoff == Backoff(initial_s=0.05, max_s=0.05)
+    assert tight.max_failed_probes is None

@@ -2,8 +2,9 @@
 
 config.py (fields and route options), message.py (the CloudEvents Kafka
 binding), errors.py (aiokafka errors as per-event errors), batches.py (record
-batches per partition), topics.py (partition lookups), sink.py (the sink),
-and _aiokafka.py: the one module that uses aiokafka's internals.
+batches per partition), topics.py (partition lookups), link.py (one started
+producer, its batches in flight and their watchdog), sink.py (the sink), and
+_aiokafka.py: the one module that uses aiokafka's internals.
 """
 
 from bridge.sinks.base import SinkConfig, SinkType

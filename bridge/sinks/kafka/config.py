@@ -18,15 +18,13 @@ import msgspec
 from bridge.errors import TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Millis, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit import EnvName, Millis, Seconds, Supervision, TlsFiles
 
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 #: Bound of the caches of checked topic names and key hashes (cleared when full).
 CACHE_LIMIT: Final = 65_536
-#: The first pause between reconnection attempts.
-RECONNECT_FIRST_S: Final = 0.1
 
 
 def valid_topic(topic: str) -> bool:
@@ -59,6 +57,36 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "bootstrap_servers": "`host:port` of the brokers: comma-separated text or a list.",
+        "client_id": "Sent to the brokers (their logs and quotas).",
+        "acks": "`all` (or -1): the in-sync replicas have the record; `1`: the leader; "
+        "`0`: nothing is awaited.",
+        "compression": "Compression codec per record batch.",
+        "linger_ms": "How long a partition's batch waits for more events before it is sent.",
+        "max_batch_bytes": "Size at which a record batch is closed (keep at or below the "
+        "broker's `message.max.bytes`).",
+        "max_message_bytes": "Largest single event as a record; a larger one fails alone "
+        "with `message_too_large`.",
+        "request_timeout_ms": "Longest wait for an acknowledgement (or metadata, a connection "
+        "attempt); past it `sink_timeout`.",
+        "health_timeout_ms": "Bound on the health check's metadata request.",
+        "probe_interval_s": "Seconds between background health probes while the sink is up.",
+        "reconnect_max_s": "Longest pause between connection attempts and probes while the "
+        "broker is away.",
+        "enable_idempotence": "The idempotent producer (needs `acks: all`).",
+        "auto_create_topics": "Let the broker create a missing topic on first use; with "
+        "false it fails with `unknown_topic`.",
+        "mode": "CloudEvents content mode: `binary` (headers) or `structured` (JSON body).",
+        "security_protocol": "How to talk to the brokers: plain, TLS, SASL, or SASL over TLS.",
+        "sasl_mechanism": "SASL mechanism; required with `SASL_*`, refused without.",
+        "sasl_username": "SASL user name; required with `SASL_*`.",
+        "sasl_password_env": "Name of the environment variable holding the SASL password.",
+        "ssl_cafile": "PEM CA bundle to trust (`SSL` / `SASL_SSL`).",
+        "ssl_certfile": "PEM client certificate for mutual TLS.",
+        "ssl_keyfile": "PEM client key for mutual TLS (needs `ssl_certfile`).",
+    }
 
     def __post_init__(self) -> None:
         from bridge.sinks.kafka._aiokafka import codec_available
@@ -102,13 +130,11 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
     def supervision(self) -> Supervision:
         """The supervisor's knobs. aiokafka reconnects to brokers underneath a started
         producer, so failed probes mark the sink down but keep the producer."""
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.request_timeout_ms / 1000,
             health_timeout_s=self.health_timeout_ms / 1000,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(
-                initial_s=min(RECONNECT_FIRST_S, self.reconnect_max_s), max_s=self.reconnect_max_s
-            ),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=None,
         )
 
@@ -117,6 +143,10 @@ class KafkaRoute(RouteOptions, frozen=True, kw_only=True):
     """``topic`` (a template, e.g. ``"events.{type}"``)."""
 
     topic: str
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "topic": 'Topic to publish to; a template, e.g. `"events.{type}"`.',
+    }
 
     #: Kafka's own topics (``__consumer_offsets``, ``__transaction_state``): never a
     #: template's choice.

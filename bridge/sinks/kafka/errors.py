@@ -1,8 +1,9 @@
 """aiokafka failures as per-event `SinkError`s, each with a stable code.
 
-Refused credentials keep the code ``sink_rejected`` (not the failure
-contract's ``unauthorized``): it is what the Kafka sink has always answered,
-and tests and operators' alerts rely on it. See docs/kafka.md, "Errors".
+Refused credentials and authorization (SASL login, topic or cluster ACL,
+`DENIED`) are ``unauthorized`` and retriable, as in every broker sink: the
+events are fine, the sink's account is not, and fixing that broker-side must
+not have dead-lettered them. See docs/kafka.md, "Errors".
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def classify(exc: BaseException, topic: str) -> SinkError:
             field="data",
         )
     if isinstance(exc, DENIED):
-        return SinkRejected(f"topic {topic}: not authorized ({text})")
+        return SinkUnavailable(f"topic {topic}: not authorized ({text})", code="unauthorized")
     if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
         return SinkRejected(f"topic {topic!r} does not exist", code="unknown_topic", field="topic")
     if isinstance(exc, kafka_errors.InvalidTopicError):
@@ -75,10 +76,10 @@ def classify(exc: BaseException, topic: str) -> SinkError:
 def connect_error(exc: BaseException, message: str) -> SinkError:
     """What publishes fail with while the sink cannot connect (the supervisor's ``classify``).
 
-    A refused login (SASL, authorization) will not succeed by retrying the same
-    event: ``sink_rejected``, not retriable, and the message says it was refused.
-    Anything else is a retriable ``sink_unavailable``.
+    A refused login (SASL, authorization) keeps its own code (``unauthorized``)
+    but stays retriable, and the message says it was refused. Anything else is a
+    retriable ``sink_unavailable``.
     """
     if isinstance(exc, DENIED):
-        return SinkRejected(f"{message} (the broker refused the login)")
+        return SinkUnavailable(f"{message} (the broker refused the login)", code="unauthorized")
     return SinkUnavailable(message)

@@ -1,35 +1,35 @@
 """The Kafka sink: aiokafka, the CloudEvents Kafka binding, one record batch per partition.
 
 How batches are formed is in batches.py. The connection is owned by the
-toolkit's `Supervisor`: a `_Link` is one started producer and the lanes
-feeding it. It is lost when the producer's sender task ends (after a fatal
-error aiokafka fails every later send), and the supervisor then builds a new
-producer with the shared backoff. aiokafka reconnects to brokers underneath a
+toolkit's `Supervisor`: a `KafkaLink` (link.py) is one started producer and
+the lanes feeding it. It is lost when the producer's sender task ends (after
+a fatal error aiokafka fails every later send), and the supervisor then
+builds a new producer with the shared backoff. aiokafka reconnects to brokers underneath a
 started producer, so a failed probe marks the sink *down* (publishes fail
 fast) but keeps the producer until a probe answers again.
 
-A watchdog bounds how long batches wait: a batch unanswered after
-`FIRST_CHECK_S` makes the sink probe the broker (through the supervisor); if
-the broker does not answer, every pending batch fails (retriable) and the
-sink is down, so a broker that went away fails publishes in about a second
-instead of ``request_timeout_ms``. See docs/kafka.md.
+The link's watchdog bounds how long batches wait: a batch unanswered after
+`FIRST_CHECK_S` makes it probe the broker (through the supervisor); if the
+broker does not answer, every pending batch fails (retriable) and the sink is
+down, so a broker that went away fails publishes in about a second instead of
+``request_timeout_ms``. See docs/kafka.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, Unencodable
+from bridge.metrics import Metrics
 from bridge.results import Delivery
-from bridge.sinks.base import Health, Outgoing
+from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.kafka import _aiokafka as aio
-from bridge.sinks.kafka.batches import Batch, Lane, Record, drain
-from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig
+from bridge.sinks.kafka.batches import Batch
+from bridge.sinks.kafka.config import CACHE_LIMIT, KafkaConfig, KafkaRoute
 from bridge.sinks.kafka.errors import (
     DENIED,
     TOO_LARGE,
@@ -38,60 +38,12 @@ from bridge.sinks.kafka.errors import (
     classify,
     connect_error,
 )
+from bridge.sinks.kafka.link import KafkaLink
 from bridge.sinks.kafka.message import CE_HEADERS_BOUND, EVENT_HEADER_BOUND, Codec, Headers
 from bridge.sinks.kafka.topics import Topics, keyless_partition
-from bridge.sinks.toolkit import Supervisor, read_secret
+from bridge.sinks.toolkit import Supervisor, describe, read_secret
 
 log = logging.getLogger("bridge.sinks.kafka")
-
-#: A batch still unanswered after this long makes the sink probe the broker.
-FIRST_CHECK_S: Final = 0.5
-_WATCHDOG_TICK_S: Final = 0.1
-
-
-class _Link:
-    """A started producer and the lanes feeding it, as the supervisor sees it."""
-
-    def __init__(self, producer: Any, sink: KafkaSink) -> None:
-        self.producer = producer
-        self.sink = sink
-        self.lanes: dict[tuple[str, int], Lane] = {}
-        self.pending: set[Batch] = set()  # batches created and not answered yet
-        self.watchdog: asyncio.Task[None] | None = None  # runs while batches are pending
-
-    async def lost(self) -> str:
-        task = aio.sender_task(self.producer)
-        if task is None:
-            await asyncio.Future()  # never: without a sender there is nothing to watch
-        else:
-            await asyncio.wait([task])
-        return "the producer's sender task ended"
-
-    async def probe(self) -> None:
-        if aio.sender_dead(self.producer):
-            raise ConnectionFailed("the producer's sender task ended")
-        await aio.fetch_metadata(self.producer)
-
-    async def close(self) -> None:
-        """Let queued batches go out (bounded: ``request_timeout_ms``, or
-        ``health_timeout_ms`` when the broker is known to be away), then stop the
-        producer; every batch still pending fails retriably."""
-        sink = self.sink
-        with contextlib.suppress(Exception):
-            if self.watchdog is not None:
-                self.watchdog.cancel()
-                await asyncio.gather(self.watchdog, return_exceptions=True)
-            grace = sink.timeout if sink.connected else sink.health_timeout
-            drains = [lane.task for lane in self.lanes.values() if lane.task is not None]
-            if drains:
-                await asyncio.wait(drains, timeout=grace)
-            await aio.close_producer(self.producer, grace)
-            for lane in self.lanes.values():
-                if lane.task is not None:
-                    lane.task.cancel()
-        gone = SinkUnavailable(f"kafka sink {sink.name!r} stopped before the broker answered")
-        for batch in list(self.pending):
-            batch.fail(gone)
 
 
 class KafkaSink:
@@ -115,10 +67,14 @@ class KafkaSink:
             self._ssl = tls.context(f"sinks.{config.name}.ssl_*")
         self._hashes: dict[bytes, int] = {}
         self._topics = Topics(config.auto_create_topics)
-        self._supervisor: Supervisor[_Link] = Supervisor(
+        self._supervisor: Supervisor[KafkaLink] = Supervisor(
             config.name, "kafka", self._servers, self._connect, config.supervision,
             classify=self._connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:
@@ -142,6 +98,26 @@ class KafkaSink:
     async def healthcheck(self) -> Health:
         """A metadata request with ``health_timeout_ms``; also clears or sets *down*."""
         return await self._supervisor.health()
+
+    async def check_destination(self, options: RouteOptions, templated: frozenset[str]) -> Health:
+        """Whether the route's topic exists, by a metadata request that cannot create it."""
+        assert isinstance(options, KafkaRoute)
+        topic = options.topic
+        if "topic" in templated:
+            return Health(ok=True, detail=f"topic {topic!r} is a template: checked per event")
+        link = self._supervisor.current()
+        if isinstance(link, SinkError):
+            return Health(ok=False, detail=link.message)
+        try:
+            async with asyncio.timeout(self.health_timeout):
+                missing = await aio.missing_topic(link.producer, topic)
+        except Exception as exc:
+            return Health(ok=False, detail=f"topic {topic!r}: no metadata: {describe(exc)}")
+        if missing is None:
+            return Health(ok=True, detail=f"topic {topic!r} exists")
+        if self.config.auto_create_topics:
+            return Health(ok=True, detail=f"topic {topic!r} is created on first publish")
+        return Health(ok=False, detail=classify(missing, topic).message)
 
     def _read_password(self) -> str | None:
         env = self.config.sasl_password_env
@@ -167,7 +143,7 @@ class KafkaSink:
             "sasl_plain_password": self._password,
         }
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> KafkaLink:
         c = self.config
         producer = aio.AIOKafkaProducer(
             bootstrap_servers=c.servers,
@@ -188,7 +164,15 @@ class KafkaSink:
                 if cause is not None:
                     raise cause from None
             raise
-        return _Link(producer, self)
+        return KafkaLink(
+            producer,
+            name=self.name,
+            request_timeout_ms=c.request_timeout_ms,
+            health_timeout_s=self.health_timeout,
+            linger_s=self._linger,
+            connected=lambda: self._supervisor.up,
+            health=self._supervisor.health,
+        )
 
     def _connect_error(self, exc: BaseException, message: str) -> SinkError:
         idempotence = self.config.enable_idempotence
@@ -206,7 +190,9 @@ class KafkaSink:
             return [link] * len(items)
         return await self._publish(link, items)
 
-    async def _publish(self, link: _Link, items: Sequence[Outgoing]) -> list[Delivery | SinkError]:
+    async def _publish(
+        self, link: KafkaLink, items: Sequence[Outgoing]
+    ) -> list[Delivery | SinkError]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         name = self.name
@@ -278,7 +264,7 @@ class KafkaSink:
                 index = batch.count
                 batch.count += 1
             else:
-                batch, index = self._append(link, topic, partition, (key, value, headers, ts))
+                batch, index = link.append(topic, partition, (key, value, headers, ts))
                 open_batches[partition] = touched[id(batch)] = batch
             placed.append(i)
             placed_batch.append(batch)
@@ -305,40 +291,6 @@ class KafkaSink:
             self._supervisor.suspect()  # probe now, and mark the sink down if need be
         return results  # type: ignore[return-value]  # every slot is filled
 
-    async def _watchdog(self, link: _Link) -> None:
-        """Bound how long batches wait for the broker, while any are pending.
-
-        A batch unanswered after `FIRST_CHECK_S` triggers a health probe: if the
-        broker does not answer it, every pending batch fails now (retriable) and
-        the sink is down. A batch older than ``request_timeout_ms`` fails as a
-        timeout (an idempotent producer would otherwise retry it forever).
-        """
-        loop = asyncio.get_running_loop()
-        checked = float("-inf")  # when the broker was last probed
-        while link.pending:
-            await asyncio.sleep(_WATCHDOG_TICK_S)
-            now = loop.time()
-            oldest = min((b.created for b in link.pending), default=now)
-            if now - oldest < FIRST_CHECK_S or now - checked < self.health_timeout:
-                continue
-            health = await self._supervisor.health()
-            checked = loop.time()
-            if not health.ok:
-                error = SinkUnavailable(
-                    f"the broker stopped answering ({health.detail}); the event may still arrive"
-                )
-                for batch in list(link.pending):
-                    batch.fail(error)
-                continue
-            timeout = SinkUnavailable(
-                f"no acknowledgement within request_timeout_ms "
-                f"({self.config.request_timeout_ms} ms); the event may still arrive",
-                code="sink_timeout",
-            )
-            for batch in list(link.pending):
-                if checked - batch.created > self.timeout:
-                    batch.fail(timeout)
-
     def _too_large(self, key: bytes | None, value: bytes, headers: Headers) -> SinkRejected | None:
         """The error for a record over ``max_message_bytes`` (exact size), else None."""
         size = aio.record_size(key, value, headers)
@@ -359,32 +311,8 @@ class KafkaSink:
             found = self._hashes[key] = aio.murmur2(key) & 0x7FFFFFFF
         return found
 
-    def _append(self, link: _Link, topic: str, partition: int, record: Record) -> tuple[Batch, int]:
-        """Add a record to its partition's open batch; returns (batch, index in batch)."""
-        tp = (topic, partition)
-        lane = link.lanes.get(tp)
-        if lane is None:
-            lane = link.lanes[tp] = Lane()
-        batch = lane.open
-        if batch is not None:
-            index = batch.append(record)
-            if index is not None:
-                return batch, index
-            lane.full.append(batch)
-        batch = lane.open = Batch(link.producer.create_batch(), topic, partition, link.pending)
-        index = batch.append(record)
-        assert index == 0, "an empty batch takes a record of any size"
-        link.pending.add(batch)
-        if link.watchdog is None or link.watchdog.done():
-            link.watchdog = asyncio.ensure_future(self._watchdog(link))
-        if lane.task is None:
-            lane.task = asyncio.ensure_future(
-                drain(link.producer, link.lanes, tp, lane, self._linger, self.name)
-            )
-        return batch, index
-
     async def _send_alone(
-        self, link: _Link, shared: Batch, item: Outgoing, deadline: float
+        self, link: KafkaLink, shared: Batch, item: Outgoing, deadline: float
     ) -> Delivery | SinkError:
         """Send one event in a batch of its own (its shared batch was refused as too large)."""
         topic, partition = shared.topic, shared.partition

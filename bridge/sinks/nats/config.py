@@ -11,7 +11,7 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
 
 #: A subject to publish to: dot-separated tokens, no wildcards, no whitespace.
 _SUBJECT: Final = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*\Z")
@@ -31,6 +31,13 @@ class StreamSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     #: JetStream drops a message whose ``Nats-Msg-Id`` it saw this recently.
     duplicate_window_s: Seconds = 120.0
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "name": "The stream's name.",
+        "subjects": "Subjects the stream stores (wildcards allowed).",
+        "storage": "Where the server keeps the stream: `file` or `memory`.",
+        "duplicate_window_s": "JetStream drops a message whose `Nats-Msg-Id` it saw this recently.",
+    }
+
 
 class NatsConfig(SinkConfig, frozen=True, kw_only=True):
     """``type: nats``. See docs/nats.md for every field."""
@@ -48,6 +55,22 @@ class NatsConfig(SinkConfig, frozen=True, kw_only=True):
     health_timeout_s: Seconds = 2.0
     probe_interval_s: Seconds = 5.0
     reconnect_max_s: Seconds = 5.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "servers": "Server URLs (`nats://` or `tls://`): one, comma-separated text or a list.",
+        "user": "User name (with `password_env`).",
+        "password_env": "Name of the environment variable holding the password (with `user`).",
+        "token_env": "Name of the environment variable holding an auth token.",
+        "creds_file": "Path to a NATS `.creds` file (JWT and NKey seed).",
+        "tls": "TLS files (see below); `tls: {}` is TLS with the system CA bundle.",
+        "create_stream": "A stream created on every (re)connect if none of its name exists.",
+        "max_inflight": "Publishes awaiting their ack per connection; more wait for room.",
+        "connect_timeout_s": "Bound on one connection attempt.",
+        "confirm_timeout_s": "How long a publish waits for its acks; past it `confirm_timeout`.",
+        "health_timeout_s": "Bound on a health probe.",
+        "probe_interval_s": "Seconds between background probes while connected.",
+        "reconnect_max_s": "Longest pause between reconnection attempts.",
+    }
 
     #: Only names of variables and files are in the config; URLs may carry ``user:pass@``.
     secret_fields: ClassVar[tuple[str, ...]] = ("servers",)
@@ -72,11 +95,11 @@ class NatsConfig(SinkConfig, frozen=True, kw_only=True):
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.connect_timeout_s,
             health_timeout_s=self.health_timeout_s,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=MAX_FAILED_PROBES,
         )
 
@@ -85,6 +108,10 @@ class NatsRoute(RouteOptions, frozen=True, kw_only=True):
     """``subject`` (a template, e.g. ``"events.{type}"``): where JetStream stores the event."""
 
     subject: str
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "subject": 'Subject to publish to; a template, e.g. `"events.{type}"`.',
+    }
 
     #: The server's own subjects (JetStream API, system account, reply inboxes): a
     #: template rendered from client data never reaches them.

@@ -29,8 +29,10 @@ from nats.js.api import PubAck, StorageType
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.metrics import Metrics
+from bridge.redact import mask_url
 from bridge.results import Delivery
-from bridge.sinks.base import Health, Outgoing
+from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.nats.config import NatsConfig, NatsRoute, StreamSpec
 from bridge.sinks.nats.errors import connect_error, no_stream_error, publish_error
 from bridge.sinks.nats.message import nats_headers
@@ -95,11 +97,15 @@ class NatsSink:
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sinks.{config.name}.tls") if config.tls else None
         self._calls: set[asyncio.Future[list[Delivery | SinkError | _NoStream]]] = set()
-        target = ",".join(_redacted(url) for url in config.server_list)
+        target = ",".join(mask_url(url) for url in config.server_list)
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "nats", target, self._connect, config.supervision,
             classify=connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:
@@ -123,6 +129,28 @@ class NatsSink:
     async def healthcheck(self) -> Health:
         """A JetStream account-info request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def check_destination(self, options: RouteOptions, templated: frozenset[str]) -> Health:
+        """Whether a JetStream stream captures the route's subject."""
+        assert isinstance(options, NatsRoute)
+        subject = options.subject
+        if "subject" in templated:
+            return Health(ok=True, detail=f"subject {subject!r} is a template: checked per event")
+        link = self._supervisor.current()
+        if isinstance(link, SinkError):
+            return Health(ok=False, detail=link.message)
+        try:
+            async with asyncio.timeout(self.config.health_timeout_s):
+                stream: str | None = await link.js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            return Health(ok=False, detail=no_stream_error(subject, None).message)
+        except Exception as exc:
+            return Health(
+                ok=False, detail=f"subject {subject!r}: no stream lookup: {describe(exc)}"
+            )
+        if stream is None:
+            return Health(ok=False, detail=no_stream_error(subject, None).message)
+        return Health(ok=True, detail=f"stream {stream!r} captures subject {subject!r}")
 
     async def _connect(self) -> _Link:
         loop = asyncio.get_running_loop()
@@ -265,9 +293,3 @@ def _auth(config: NatsConfig) -> dict[str, Any]:
     if config.creds_file is not None:
         return {"user_credentials": config.creds_file}
     return {}
-
-
-def _redacted(url: str) -> str:
-    """A server URL as logs show it: no ``user:password@``."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -25,7 +25,7 @@ from bridge.sinks.rabbitmq.message import (
     amqp_properties,
     structured_body,
 )
-from bridge.sinks.rabbitmq.sink import RabbitSink, broker_url, redacted
+from bridge.sinks.rabbitmq.sink import RabbitSink, broker_url
 
 
 def _make(config: SinkConfig) -> RabbitSink:
@@ -50,6 +50,5 @@ __all__ = [
     "connect_error",
     "own_close_error",
     "publish_error",
-    "redacted",
     "structured_body",
 ]

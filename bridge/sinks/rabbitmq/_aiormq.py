@@ -7,7 +7,8 @@ aio-pika and aiormq below their next major versions, and
 tests/unit/test_rabbitmq_internals.py fails, naming what moved, if an upgrade
 changes what this module relies on (`missing_internals`). When the channel
 lacks one of them at run time the sink falls back to `publish_each`, the
-portable path (one ``basic_publish`` per message, about three times the CPU).
+portable path (public ``basic_publish`` only, one message in flight per
+channel: much slower, but still safe).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -140,25 +143,96 @@ async def write_batch(
     return confirms
 
 
+class _Turns:
+    """The portable path's queue of publishes for one channel, written one at a time.
+
+    ``basic_publish`` offers no way to check for the broker's channel.close after
+    taking the channel lock and before queueing the frame, so concurrent
+    publishes could reach the broker behind aiormq's close-ok, and the broker
+    would close the whole connection. On this path each channel therefore has
+    one publish in flight at a time, in the order they were asked for, and once
+    one of them fails at channel level no other is written on that channel.
+    """
+
+    __slots__ = ("driver", "gone", "queue")
+
+    def __init__(self) -> None:
+        # No reference to the channel: `_turns` is keyed weakly by it.
+        self.queue: deque[tuple[AmqpMessage, bool, Confirm]] = deque()
+        self.driver: asyncio.Task[None] | None = None
+        self.gone = False
+
+    def add(
+        self, channel: aiormq.Channel, messages: Sequence[AmqpMessage], mandatory: bool
+    ) -> list[Confirm]:
+        loop = asyncio.get_running_loop()
+        confirms: list[Confirm] = [loop.create_future() for _ in messages]
+        for confirm in confirms:
+            confirm.add_done_callback(_retrieve)  # read even if the caller is gone
+        self.queue.extend((m, mandatory, c) for m, c in zip(messages, confirms, strict=True))
+        if self.driver is None:
+            self.driver = asyncio.ensure_future(self._drive(channel))
+        return confirms
+
+    async def _drive(self, channel: aiormq.Channel) -> None:
+        try:
+            while self.queue:
+                m, mandatory, confirm = self.queue.popleft()
+                if confirm.done():  # the caller gave up on it
+                    continue
+                if self.gone or closing(channel):
+                    self.gone = True
+                    confirm.set_exception(
+                        aiormq.exceptions.ChannelInvalidStateError(
+                            f"channel {channel.number} is closed"
+                        )
+                    )
+                    continue
+                try:
+                    result = await channel.basic_publish(
+                        m.body,
+                        exchange=m.exchange,
+                        routing_key=m.routing_key,
+                        properties=m.properties,
+                        mandatory=mandatory,
+                        wait=False,
+                    )
+                except asyncio.CancelledError:
+                    confirm.cancel()
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, aiormq.exceptions.ChannelClosed | CHANNEL_INVALID):
+                        self.gone = True
+                    if not confirm.done():
+                        confirm.set_exception(exc)
+                    continue
+                if not confirm.done():
+                    confirm.set_result(result)
+        finally:
+            self.driver = None
+            for _, _, pending in self.queue:  # cancelled: nothing more is written
+                pending.cancel()
+            self.queue.clear()
+
+
+CHANNEL_INVALID: Final = aiormq.exceptions.ChannelInvalidStateError
+_turns: weakref.WeakKeyDictionary[aiormq.Channel, _Turns] = weakref.WeakKeyDictionary()
+
+
 async def publish_each(
     channel: aiormq.Channel, messages: Sequence[AmqpMessage], mandatory: bool
 ) -> list[Confirm]:
-    """The portable path (one ``basic_publish`` task per message), if aiormq changed."""
-    tasks: list[Confirm] = []
-    for m in messages:
-        task = asyncio.ensure_future(
-            channel.basic_publish(
-                m.body,
-                exchange=m.exchange,
-                routing_key=m.routing_key,
-                properties=m.properties,
-                mandatory=mandatory,
-                wait=False,
-            )
-        )
-        task.add_done_callback(_retrieve)  # read even if the caller is gone
-        tasks.append(task)
-    return tasks
+    """The portable path (public ``basic_publish`` only), if aiormq changed.
+
+    One message in flight per channel, in order (see `_Turns`): about one round
+    trip per message, the price of not using aiormq's internals. A message whose
+    turn comes after the channel failed gets
+    `aiormq.exceptions.ChannelInvalidStateError`.
+    """
+    turns = _turns.get(channel)
+    if turns is None:
+        turns = _turns[channel] = _Turns()
+    return turns.add(channel, messages, mandatory)
 
 
 def writer(channel: aiormq.Channel) -> Write:
@@ -166,6 +240,6 @@ def writer(channel: aiormq.Channel) -> Write:
     return write_batch if fast_path(channel) else publish_each
 
 
-def _retrieve(task: Confirm) -> None:
-    if not task.cancelled():
-        task.exception()
+def _retrieve(confirm: Confirm) -> None:
+    if not confirm.cancelled():
+        confirm.exception()

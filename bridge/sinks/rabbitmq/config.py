@@ -11,7 +11,7 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
-from bridge.sinks.toolkit import Backoff, EnvName, Seconds, Supervision
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision
 
 ExchangeName = Annotated[str, msgspec.Meta(max_length=255)]
 
@@ -45,16 +45,43 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
     heartbeat_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 15
     reconnect_max_s: Seconds = 5.0
 
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "url": "Broker URL, `amqp://` or `amqps://` (credentials in it are masked wherever "
+        "it is shown).",
+        "password_env": "Name of an environment variable holding the password; it replaces "
+        "any in `url`.",
+        "exchange": 'The exchange events go to unless a route names another (`""`: the '
+        "default exchange).",
+        "exchange_type": "The type `exchange` is declared with.",
+        "declare": "Declare `exchange` (durable) on every (re)connect; with false it is "
+        "only checked.",
+        "persistent": "Delivery mode 2 (persistent) rather than 1.",
+        "mode": "CloudEvents content mode: `binary` (properties, headers) or `structured` "
+        "(JSON body).",
+        "mandatory": "Have the broker return messages no queue is bound for: they fail "
+        "with `unroutable`.",
+        "max_inflight": "Unconfirmed publishes per channel; more wait for room.",
+        "channels": "Publishing channels on the one connection.",
+        "connect_timeout_s": "Bound on one connection attempt (TCP, AMQP handshake, "
+        "channels, declare).",
+        "confirm_timeout_s": "How long a publish waits for its confirms; past it "
+        "`confirm_timeout`.",
+        "health_timeout_s": "Bound on the health check and on each background probe.",
+        "probe_interval_s": "Seconds between background probes while connected.",
+        "heartbeat_s": "AMQP heartbeat; 0 turns it off.",
+        "reconnect_max_s": "Longest pause between reconnection attempts.",
+    }
+
     #: The URL may carry ``user:password@``; prefer ``password_env``.
     secret_fields: ClassVar[tuple[str, ...]] = ("url",)
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision(
+        return Supervision.for_broker(
             connect_timeout_s=self.connect_timeout_s,
             health_timeout_s=self.health_timeout_s,
             probe_interval_s=self.probe_interval_s,
-            backoff=Backoff(initial_s=min(0.1, self.reconnect_max_s), max_s=self.reconnect_max_s),
+            reconnect_max_s=self.reconnect_max_s,
             max_failed_probes=MAX_FAILED_PROBES,
         )
 
@@ -64,6 +91,11 @@ class RabbitRoute(RouteOptions, frozen=True, kw_only=True):
 
     exchange: ExchangeName | None = None
     routing_key: str = "{type}"
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "exchange": "Exchange to publish to instead of the sink's; a template.",
+        "routing_key": "Routing key; a template, at most 255 bytes once rendered.",
+    }
 
     #: The broker's own exchanges: a template never renders into one.
     internal: ClassVar[Mapping[str, tuple[str, ...]]] = {"exchange": ("amq.*",)}

@@ -94,11 +94,8 @@ class Isolation:
             async with asyncio.timeout(max(deadline - loop.time(), _MIN_WAIT_S)):
                 channel = await confirm_channel(link.connection)
                 raw = await _aiormq.underlay(channel)
-                fast = _aiormq.fast_path(raw)
                 write = _aiormq.writer(raw)
-                # Per-message tasks can still write to a channel the broker just closed,
-                # which costs the whole connection: on that path, one message at a time.
-                limit = self.max_inflight if fast else 1
+                limit = self.max_inflight
                 pos = 0
                 while pos < len(group):
                     # One message id at a time per channel (basic.return is matched by id).
@@ -117,10 +114,11 @@ class Isolation:
                     await asyncio.wait(confirms)
                     for m, confirm in zip(chunk, confirms, strict=True):
                         exc = None if confirm.cancelled() else confirm.exception()
-                        if exc is not None and closed_by_broker(exc):
-                            assert isinstance(exc, aiormq.exceptions.ChannelClosed)
+                        if exc is not None and channel_gone(exc):
                             closed.append(m)
-                            why = exc
+                            if closed_by_broker(exc):
+                                assert isinstance(exc, aiormq.exceptions.ChannelClosed)
+                                why = exc
                         elif confirm.cancelled():
                             results[m.index] = publish_error(
                                 TimeoutError(), m.exchange, m.routing_key

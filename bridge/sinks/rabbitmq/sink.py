@@ -31,14 +31,15 @@ from yarl import URL
 
 from bridge.errors import SinkError, SinkUnavailable, Unencodable
 from bridge.event import data_bytes
+from bridge.metrics import METRICS, Metrics
+from bridge.redact import mask_url
 from bridge.results import Delivery
-from bridge.sinks.base import Health, Outgoing
+from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.rabbitmq import _aiormq
 from bridge.sinks.rabbitmq._aiormq import Confirm
 from bridge.sinks.rabbitmq.config import RabbitConfig, RabbitRoute
 from bridge.sinks.rabbitmq.errors import (
     channel_gone,
-    closed_by_broker,
     connect_error,
     not_found,
     publish_error,
@@ -73,12 +74,6 @@ def broker_url(config: RabbitConfig, env: Mapping[str, str] | None = None) -> UR
     return url.with_query(query)
 
 
-def redacted(url: URL) -> str:
-    """The URL as logs and health details show it: no password, no query."""
-    shown = url.with_query(None)
-    return str(shown.with_password("***") if shown.password else shown)
-
-
 class RabbitSink:
     """Publishes events to RabbitMQ with confirms; see the module docstring."""
 
@@ -89,12 +84,18 @@ class RabbitSink:
         self.exchange = config.exchange
         #: Late channel closes; made by `start`, closed by `stop`.
         self._chores: TaskGroup | None = None
+        self._metrics = METRICS
         self._isolation = Isolation(config.name, config.mandatory, config.max_inflight)
         self._calls: set[asyncio.Task[list[Delivery | SinkError]]] = set()
         self._supervisor: Supervisor[RabbitLink] = Supervisor(
-            config.name, "rabbitmq", redacted(self.url), self._connect, config.supervision,
+            config.name, "rabbitmq", mask_url(str(self.url)), self._connect, config.supervision,
             classify=connect_error, log=log,
         )  # fmt: skip
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in the metrics of the bus that built this sink (`MetricsAware`)."""
+        self._metrics = metrics
+        self._supervisor.bind_metrics(metrics)
 
     @property
     def connected(self) -> bool:
@@ -115,7 +116,7 @@ class RabbitSink:
         unhealthy, fails publishes retriably and keeps trying to connect.
         """
         if self._chores is None:
-            self._chores = TaskGroup(f"rabbitmq sink {self.name}", log)
+            self._chores = TaskGroup(f"rabbitmq sink {self.name}", log, metrics=self._metrics)
         await self._supervisor.start()
 
     async def stop(self) -> None:
@@ -136,11 +137,38 @@ class RabbitSink:
         health = await self._supervisor.health()
         link = self._supervisor.current()
         if health.ok and isinstance(link, RabbitLink) and self.exchange:
-            where = f"exchange {self.exchange!r} on {redacted(self.url)}"
+            where = f"exchange {self.exchange!r} on {mask_url(str(self.url))}"
             if not link.exchange_found:
                 return Health(ok=False, detail=f"{where} does not exist")
             return Health(ok=True, detail=where)
         return health
+
+    async def check_destination(self, options: RouteOptions, templated: frozenset[str]) -> Health:
+        """Whether the route's exchange exists (a passive declare). AMQP has no way to
+        ask whether a queue is bound for a routing key short of publishing, so that is
+        said, not checked."""
+        assert isinstance(options, RabbitRoute)
+        exchange = self.exchange if options.exchange is None else options.exchange
+        if "exchange" in templated:
+            return Health(ok=True, detail=f"exchange {exchange!r} is a template: checked per event")
+        link = self._supervisor.current()
+        if isinstance(link, SinkError):
+            return Health(ok=False, detail=link.message)
+        try:
+            async with asyncio.timeout(self.config.health_timeout_s):
+                # "" is the default exchange: it always exists, and no declare may name it.
+                found = await link.exchange_exists(exchange, fresh=exchange != "")
+        except Exception as exc:
+            return Health(ok=False, detail=f"cannot check exchange {exchange!r}: {describe(exc)}")
+        if not found:
+            return Health(ok=False, detail=not_found(exchange).message)
+        return Health(
+            ok=True,
+            detail=f"exchange {exchange!r} exists; whether a queue is bound for routing key "
+            f"{options.routing_key!r}{' (a template)' if 'routing_key' in templated else ''} "
+            "cannot be checked without publishing (an event no queue takes is answered 502 "
+            "unroutable)",
+        )
 
     async def _connect(self) -> RabbitLink:
         config, chores = self.config, self._chores
@@ -329,7 +357,7 @@ class RabbitSink:
             elif (exc := confirm.exception()) is not None:
                 if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                     link.forget_exchanges()  # an exchange was deleted under us
-                if closed_by_broker(exc) and not link.connection.is_closed:
+                if channel_gone(exc) and not link.connection.is_closed:
                     closed.append(message)
                     continue
                 results[message.index] = publish_error(exc, message.exchange, message.routing_key)

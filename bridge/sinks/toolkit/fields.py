@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -50,6 +50,12 @@ class TlsFiles(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "cafile": "PEM CA bundle to trust (null: the system's).",
+        "certfile": "PEM client certificate for mutual TLS.",
+        "keyfile": "PEM client key (needs `certfile`).",
+    }
 
     def __post_init__(self) -> None:
         if self.keyfile is not None and self.certfile is None:

@@ -18,7 +18,8 @@ the same way for every broker:
   until the broker answers again.
 - Each change of state is logged once (not once per retry), counted in
   ``evbridge_errors{stage="connect"}`` when it is a failure, and shown in the
-  ``evbridge_sink_up{sink}`` gauge.
+  ``evbridge_sink_up{sink}`` gauge, in the `Metrics` given (or bound with
+  `Supervisor.bind_metrics` before ``start``: the bus's, for a bus's sink).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
 import msgspec
+from prometheus_client import Gauge
 
 from bridge.errors import SinkError, SinkUnavailable
 from bridge.metrics import METRICS, Metrics
@@ -39,6 +41,8 @@ from bridge.sinks.toolkit.tasks import TaskGroup
 
 #: Extra time `Supervisor.start` allows beyond ``connect_timeout_s`` for the first attempt.
 START_SLACK_S = 1.0
+#: The first pause between reconnection attempts (`Supervision.for_broker`).
+RECONNECT_FIRST_S: Final = 0.1
 
 
 class Link(Protocol):
@@ -72,6 +76,29 @@ class Supervision(msgspec.Struct, frozen=True, kw_only=True):
     #: for a client that reconnects underneath by itself (aiokafka).
     max_failed_probes: int | None = None
 
+    @classmethod
+    def for_broker(
+        cls,
+        *,
+        connect_timeout_s: float,
+        health_timeout_s: float,
+        probe_interval_s: float,
+        reconnect_max_s: float,
+        max_failed_probes: int | None,
+    ) -> Supervision:
+        """The knobs from a broker config's fields, the same way for every broker:
+        reconnects back off from `RECONNECT_FIRST_S` (or ``reconnect_max_s`` if that
+        is lower) doubling up to ``reconnect_max_s``."""
+        return cls(
+            connect_timeout_s=connect_timeout_s,
+            health_timeout_s=health_timeout_s,
+            probe_interval_s=probe_interval_s,
+            backoff=Backoff(
+                initial_s=min(RECONNECT_FIRST_S, reconnect_max_s), max_s=reconnect_max_s
+            ),
+            max_failed_probes=max_failed_probes,
+        )
+
 
 def unavailable(exc: BaseException, message: str) -> SinkError:
     """The default classification: any connect failure is retriable."""
@@ -101,8 +128,9 @@ class Supervisor(Generic[L]):
         self._classify = classify
         self._log = log or logging.getLogger(f"bridge.sinks.{kind}")
         self._metrics = metrics
-        self._gauge = metrics.sink_up.labels(sink)
-        self._gauge.set(0)
+        # The gauge's series is made by `start`, in the metrics bound by then: made here,
+        # it would also reset the series of another bus's sink of the same name.
+        self._gauge: Gauge | None = None
         self._link: L | None = None
         self._error: SinkError | None = SinkUnavailable(f"{kind} sink {sink!r} is not started")
         self._logged: Literal["up", "down"] | None = None
@@ -128,10 +156,19 @@ class Supervisor(Generic[L]):
 
     # --- lifecycle ----------------------------------------------------------
 
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count in ``metrics`` (the bus's) instead; before `start` (a sink's
+        `bridge.sinks.base.MetricsAware.bind_metrics` forwards here)."""
+        if self._tasks is not None:
+            raise RuntimeError(f"{self.kind} sink {self.sink!r}: metrics bound after start")
+        self._metrics = metrics
+
     async def start(self) -> None:
         """Start supervising; return after the first connect attempt (bounded)."""
         if self._tasks is not None:
             return
+        self._gauge = self._metrics.sink_up.labels(self.sink)
+        self._gauge.set(0)
         self._tasks = TaskGroup(f"{self.kind} sink {self.sink}", self._log, metrics=self._metrics)
         self._first.clear()
         run = self._tasks.spawn(self._run(), name="supervisor")
@@ -152,7 +189,7 @@ class Supervisor(Generic[L]):
             return
         await tasks.close()
         self._error = SinkUnavailable(f"{self.kind} sink {self.sink!r} is stopped")
-        self._gauge.set(0)
+        self._show(0)
         self._logged = None
         self._log.info("%s sink %s stopped", self.kind, self.sink)
 
@@ -249,18 +286,22 @@ class Supervisor(Generic[L]):
 
     # --- state changes --------------------------------------------------------
 
+    def _show(self, up: int) -> None:
+        if self._gauge is not None:  # None before the first start
+            self._gauge.set(up)
+
     def _mark_up(self, link: L) -> None:
         if self._link is not link:
             return
         self._error = None
-        self._gauge.set(1)
+        self._show(1)
         if self._logged != "up":
             self._logged = "up"
             self._log.info("%s sink %s is connected to %s", self.kind, self.sink, self.target)
 
     def _mark_down(self, error: SinkError) -> None:
         self._error = error
-        self._gauge.set(0)
+        self._show(0)
         if self._logged != "down":
             self._logged = "down"
             self._metrics.error("connect", error.code)
