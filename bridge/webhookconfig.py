@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
-from typing import Annotated, Final, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -58,6 +58,28 @@ class HttpHandlerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     breaker_cooldown_s: PositiveFloat = 10.0
     allow_remote: bool = False
     required: bool = False
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "name": "The handler's name in results, metrics (`handler` label) and logs.",
+        "match": "Glob of the event types it is called for, as for `@on`.",
+        "url": "`http://` or `https://` URL it is posted to; loopback hosts only unless "
+        "`allow_remote`. Exactly one of `url` and `socket`.",
+        "socket": "Path of the application's Unix socket it is posted to (with `path`).",
+        "path": "Request path on `socket` (with `url`, the path is the URL's).",
+        "priority": "Runs among the other handlers by priority, as for `@on`.",
+        "timeout_s": "Bounds the whole call (a concurrency slot, connecting, the full "
+        "answer); null: `handlers.timeout_s`.",
+        "on_error": "`continue`, `stop` or `reject`, as for `@on`; null: the default policy.",
+        "headers": "Added to every request (values are secrets: never logged); the "
+        "bridge's own headers (`ce-*`, content type) cannot be set.",
+        "max_response_bytes": "A longer answer is this handler's error.",
+        "max_concurrency": "Calls in flight to this endpoint at once; the rest wait, "
+        "within their timeout.",
+        "breaker_failures": "Consecutive retriable failures that open the circuit breaker.",
+        "breaker_cooldown_s": "How long an open breaker fails calls at once before one trial call.",
+        "allow_remote": "Accept a `url` whose host is not loopback.",
+        "required": "An open breaker makes `/readyz` fail (otherwise it is only reported).",
+    }
 
     @property
     def target(self) -> str:
