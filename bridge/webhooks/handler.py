@@ -112,25 +112,13 @@ class Endpoint:
             raise Skip(answer.reason or "")
 
     async def _call(self, event: Event) -> Answer:
-        # The call runs in a task of its own, bounded from here: cancelling the handler's
-        # own task (what ``asyncio.timeout`` does) would be taken for the pipeline's
-        # watchdog or an outside cancellation.
-        call = asyncio.ensure_future(self._post(event))
-        call.add_done_callback(_retrieved)
         try:
-            done, _ = await asyncio.wait((call,), timeout=self.timeout_s)
-        except BaseException:
-            call.cancel()
-            raise
-        if not done:
-            call.cancel()
-            # Waited for with `asyncio.wait`, which never raises the task's CancelledError:
-            # one reaching the handler would read as a cancellation of the handler itself.
-            await asyncio.wait((call,))
+            async with asyncio.timeout(self.timeout_s):
+                return await self._post(event)
+        except TimeoutError:
             raise HttpHandlerError(
                 f"{self.target} did not answer within {self.timeout_s:g}s", retriable=True
-            )
-        return call.result()
+            ) from None
 
     async def _post(self, event: Event) -> Answer:
         headers, body = request_of(event, self._headers)
@@ -190,13 +178,6 @@ class Endpoint:
             "last_error": breaker.last_error,
             "required": self.config.required,
         }
-
-
-def _retrieved(call: asyncio.Future[Answer]) -> None:
-    # A call given up on (timed out, or its handler cancelled) may still end in an
-    # error nobody awaits: retrieve it, so asyncio does not report it as lost.
-    if not call.cancelled():
-        call.exception()
 
 
 class Endpoints:
