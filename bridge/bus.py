@@ -107,8 +107,9 @@ class Bus(SpoolView, BusInfo):
         self.metrics = metrics if metrics is not None else METRICS
         self.registry = HandlerRegistry(parent=registry or default_registry)
         self.router = Router(self.config.routes)
-        #: Sinks, publishers, each route's choice of sync or spooled (`bridge.dispatch`).
-        self._sinkset = SinkSet(self.config, self.metrics)
+        #: Sinks, publishers, routes' sync or spooled choice, ``handlers.http`` endpoints.
+        self._sinkset = SinkSet(self.config, self.metrics, self.registry)
+        self.endpoints = self._sinkset.endpoints
         self.sinks: dict[str, Sink] = self._sinkset.sinks
         self._dispatch = self._sinkset.dispatch
         self._timeout = handlers.timeout_s

@@ -35,6 +35,7 @@ from bridge.sections import (
     TracingConfig,
 )
 from bridge.sinks.base import SinkConfig, get_sink_type
+from bridge.webhookconfig import check_http_handlers
 
 __all__ = [
     "AuthConfig",
@@ -238,6 +239,7 @@ def parse_config(
             f"({limits.max_connections}), got {limits.unix_reserved_connections}",
             field="limits.unix_reserved_connections",
         )
+    check_http_handlers(config.handlers.http, "handlers.http")
     sinks: dict[str, SinkConfig] = {}
     for i, raw_sink in enumerate(raw_sinks):
         sink = _parse_sink(raw_sink, f"sinks[{i}]")

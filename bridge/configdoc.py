@@ -103,6 +103,8 @@ def type_text(info: Any) -> str:
             return f"string matching `{info.pattern}`"
         return f"string (at most {info.max_length})" if info.max_length else "string"
     if isinstance(info, mi.VarTupleType | mi.ListType):
+        if isinstance(info.item_type, mi.StructType):
+            return "list of mappings (below)"
         item = type_text(info.item_type)
         return f"list of {item}s" if " " not in item else f"list of ({item})"
     if isinstance(info, mi.DictType):
@@ -171,6 +173,19 @@ def _struct_fields(kind: type[Any]) -> Iterator[tuple[str, type[Any]]]:
                 yield field.name, t.cls
 
 
+def _struct_lists(kind: type[Any]) -> Iterator[tuple[str, type[Any]]]:
+    """The (key, item Struct type) of each field of ``kind`` that is a list of sections
+    (``handlers.http``); the top level's ``sinks`` and ``routes`` are laid out by hand."""
+    info = mi.type_info(kind)
+    assert isinstance(info, mi.StructType)
+    for field in info.fields:
+        item = field.type
+        if isinstance(item, mi.VarTupleType | mi.ListType) and isinstance(
+            item.item_type, mi.StructType
+        ):
+            yield field.name, item.item_type.cls
+
+
 def _intro(kind: type[Any]) -> str:
     """The first paragraph of a type's docstring, in Markdown's code quotes."""
     return (kind.__doc__ or "").strip().split("\n\n")[0].replace("``", "`")
@@ -181,6 +196,8 @@ def _nested(path: str, kind: type[Any], suffix: str = "") -> Iterator[Section]:
     yield Section(f"`{path}`{suffix}", _intro(kind), tuple(_rows(kind)))
     for key, sub in _struct_fields(kind):
         yield from _nested(f"{path}.{key}", sub, suffix)
+    for key, sub in _struct_lists(kind):
+        yield from _nested(f"{path}.{key}[]", sub, suffix)
 
 
 def reference() -> list[Section]:

@@ -295,7 +295,13 @@ async def run_handlers(
             METRICS.error("handler", "data_decode")
         except Exception as exc:
             outcome, error, failure = ERROR, _describe(exc), exc
-            log.exception("handler %s failed on %s %s", handler.name, event.type, event.id)
+            if getattr(exc, "log_traceback", True):
+                log.exception("handler %s failed on %s %s", handler.name, event.type, event.id)
+            else:
+                # An error that says all there is (an HTTP handler's answer): one line.
+                log.warning(
+                    "handler %s failed on %s %s: %s", handler.name, event.type, event.id, error
+                )
             METRICS.error("handler", type(exc).__name__)
         except GeneratorExit:
             raise

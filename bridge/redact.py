@@ -81,7 +81,8 @@ def secrets_of(config: Any, env: Mapping[str, str] | None = None) -> list[str]:
     ``auth.token``; for each sink, the fields it lists in ``secret_fields``
     and any ``*password_env`` field: a field ending in ``_env`` names an
     environment variable whose value is the secret, a URL contributes its
-    password, anything else is a secret itself.
+    password, anything else is a secret itself; for each ``handlers.http``
+    endpoint, its header values and its URL's password.
     """
     env = os.environ if env is None else env
     found: list[str] = []
@@ -104,6 +105,12 @@ def secrets_of(config: Any, env: Mapping[str, str] | None = None) -> list[str]:
                     found.append(password)
             else:
                 found.append(value)
+    # ``handlers.http``: the headers sent to an endpoint carry its credentials.
+    for endpoint in getattr(getattr(config, "handlers", None), "http", ()):
+        found.extend(endpoint.headers.values())
+        password = url_password(endpoint.url or "")
+        if password:
+            found.append(password)
     return found
 
 

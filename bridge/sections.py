@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from bridge.webhookconfig import HttpHandlerConfig
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
@@ -171,6 +173,8 @@ class HandlersConfig(Section, frozen=True, kw_only=True):
     loop_warn_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     cancel_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    #: The application's HTTP endpoints run as handlers (`bridge.webhooks`).
+    http: tuple[HttpHandlerConfig, ...] = ()
 
     field_docs: ClassVar[Mapping[str, str]] = {
         "modules": "Python modules to import for their `@on` handlers, in this order.",
@@ -191,6 +195,8 @@ class HandlersConfig(Section, frozen=True, kw_only=True):
         "against the handler's timeout.",
         "cancel_grace_s": "How long a cancelled `async def` handler may take to end "
         "before it is abandoned.",
+        "http": "The application's HTTP endpoints run as handlers in the chain "
+        "(`handlers.http[]`, below).",
     }
 
 

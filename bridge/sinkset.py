@@ -1,5 +1,6 @@
 """The sinks of a bus and what delivers to them: `SinkSet`, built from the config,
-started together and stopped in order (a part of `bridge.bus.Bus`)."""
+started together and stopped in order (a part of `bridge.bus.Bus`); with them the
+application's HTTP endpoints (`bridge.webhooks`), whose connections close first."""
 
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ from bridge.delivery import Publisher
 from bridge.dispatch import Dispatch
 from bridge.durable import DurableDelivery
 from bridge.errors import BridgeError
+from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
 from bridge.sinks.base import MetricsAware, Sink, get_sink_type
+from bridge.webhooks.handler import Endpoints
 
 log = logging.getLogger("bridge.bus")
 
 
 class SinkSet:
     """One sink and one `Publisher` per configured sink, and each route's choice between
-    publishing now and spooling (`Dispatch`, with `DurableDelivery` when a route needs it)."""
+    publishing now and spooling (`Dispatch`, with `DurableDelivery` when a route needs it).
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    ``endpoints``: the ``handlers.http`` endpoints, added to ``registry`` as handlers.
+    """
+
+    def __init__(self, config: Config, metrics: Metrics, registry: HandlerRegistry) -> None:
+        handlers = config.handlers
+        self.endpoints = Endpoints(handlers.http, registry, default_timeout_s=handlers.timeout_s)
         self.sinks: dict[str, Sink] = {}
         self.publishers: dict[str, Publisher] = {}
         for sink_config in config.sinks:
@@ -67,7 +75,9 @@ class SinkSet:
 
     async def stop(self, grace_s: float) -> None:
         """Let delivery drain what was accepted (up to ``grace_s``), wait for publishes in
-        flight, then stop every sink; one that does not stop cleanly is logged."""
+        flight, then stop every sink; one that does not stop cleanly is logged. The HTTP
+        endpoints' connections close first: no handler runs any more."""
+        await self.endpoints.close()
         await self.dispatch.stop(grace_s)
         await asyncio.gather(
             *(p.wait_idle() for p in self.publishers.values()), return_exceptions=True

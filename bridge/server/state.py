@@ -234,6 +234,7 @@ class Sidecar:
                 if not health.ok and name not in behind_spool:
                     reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
         reasons.extend(self.bus.spool_refusals())
+        reasons.extend(self.bus.endpoints.not_ready())
         # The phase is read after the health check, which may have awaited a shutdown.
         if self.phase == "starting":
             reasons.append("starting: sinks are not started yet")
@@ -245,6 +246,8 @@ class Sidecar:
         spool = self.bus.spool_status()
         if spool is not None:
             body["spool"] = spool
+        if self.bus.endpoints.endpoints:
+            body["http_handlers"] = self.bus.endpoints.status()
         if not ready:
             body["not_ready"] = reasons
         return ready, body

@@ -72,6 +72,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.threads",
             "bridge.loopwatch",
             "bridge.cancelguard",
+            "bridge.webhooks",
         ),
     ),
     (

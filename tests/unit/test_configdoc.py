@@ -49,10 +49,25 @@ def _struct_keys(kind: type[Any]) -> list[tuple[str, type[Any]]]:
     return found
 
 
+def _list_keys(kind: type[Any]) -> list[tuple[str, type[Any]]]:
+    """(key, item Struct type) of each key of a section whose value is a list of
+    Structs (``handlers.http``): its items' keys have a section of their own."""
+    found = []
+    for key, hint in get_type_hints(kind).items():
+        if key not in kind.__struct_fields__ or get_origin(hint) not in (tuple, list):
+            continue
+        item = get_args(hint)[0]
+        if isinstance(item, type) and issubclass(item, msgspec.Struct):
+            found.append((key, item))
+    return found
+
+
 def _section_keys(path: str, kind: type[Any], suffix: str = "") -> set[tuple[str, str]]:
     keys = {(f"`{path}`{suffix}", key) for key in kind.__struct_fields__}
     for key, sub in _struct_keys(kind):
         keys |= _section_keys(f"{path}.{key}", sub, suffix)
+    for key, sub in _list_keys(kind):
+        keys |= _section_keys(f"{path}.{key}[]", sub, suffix)
     return keys
 
 
@@ -116,6 +131,8 @@ def test_types_and_defaults_are_shown_as_yaml() -> None:
     assert rows[("`sinks[]` with `type: kafka`", "bootstrap_servers")].default == "required"
     assert rows[("`logging`", "level")].type.startswith("one of `debug`")
     assert rows[("Top level", "source")].default == "`evbridge://<hostname>`"
+    assert rows[("`handlers`", "http")].type == "list of mappings (below)"
+    assert rows[("`handlers.http[]`", "name")].default == "required"
 
 
 def test_the_module_writes_the_page_to_stdout() -> None:
