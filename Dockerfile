@@ -23,7 +23,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 # Dependencies must come as wheels (--only-binary): nothing is compiled here either.
 RUN set -- /dist/evbridge-*.whl \
     && python -m venv /opt/evbridge \
-    && /opt/evbridge/bin/python -m pip install --no-cache-dir --only-binary=:all: "$1[kafka,rabbitmq,nats]" \
+    && /opt/evbridge/bin/python -m pip install --no-cache-dir --only-binary=:all: "$1[kafka,rabbitmq,nats,otel]" \
     && /opt/evbridge/bin/python -m pip uninstall --yes pip \
     && /opt/evbridge/bin/evbridge version
 

@@ -32,6 +32,7 @@ from bridge.sections import (
     RetryConfig,
     Section,
     ShutdownConfig,
+    TracingConfig,
 )
 from bridge.sinks.base import SinkConfig, get_sink_type
 from bridge.webhookconfig import check_http_handlers
@@ -49,6 +50,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ShutdownConfig",
+    "TracingConfig",
     "config_path",
     "default_config_text",
     "default_source",
@@ -72,6 +74,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    tracing: TracingConfig = TracingConfig()
 
     field_docs: ClassVar[Mapping[str, str]] = {
         "source": "The CloudEvents `source` of events that set none (or env `EVBRIDGE_SOURCE`).",
@@ -85,6 +88,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         "shutdown": "Graceful shutdown.",
         "logging": "Log format and level.",
         "delivery": "Sync or durable delivery, the spool and retries.",
+        "tracing": "OpenTelemetry traces exported over OTLP/HTTP (see docs/observability.md).",
     }
 
     def sink(self, name: str) -> SinkConfig:
@@ -104,6 +108,7 @@ _SECTIONS: dict[str, type[Section]] = {
     "shutdown": ShutdownConfig,
     "logging": LoggingConfig,
     "delivery": DeliveryConfig,
+    "tracing": TracingConfig,
 }
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from time import perf_counter
 
+from bridge import tracing
 from bridge.errors import SinkError, SinkUnavailable
 from bridge.metrics import METRICS, Metrics
 from bridge.results import Delivery
@@ -83,6 +84,9 @@ class Publisher:
         """Publish a batch; one outcome per item, in order."""
         if not items:
             return []
+        spans = None
+        if tracing.TRACER is not None:
+            items, spans = tracing.start_publish(self.sink, items)
         start = perf_counter()
         try:
             results = await self.sink.publish_many(items)
@@ -99,7 +103,10 @@ class Publisher:
             results = [
                 SinkUnavailable(f"sink {self.name!r} failed: {type(exc).__name__}: {exc}")
             ] * len(items)
-        self._duration.observe(perf_counter() - start)
+        duration = perf_counter() - start
+        self._duration.observe(duration)
+        if spans is not None:
+            tracing.end_publish(spans, results, self._duration, duration)
         self._batch_size.observe(len(items))
         failures = [r for r in results if isinstance(r, SinkError)]
         if failures:

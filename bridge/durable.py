@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from bridge import tracing
 from bridge.config import Config
 from bridge.deliverer import Deliverer
 from bridge.delivery import Outcome, Publisher
@@ -153,11 +154,16 @@ class DurableDelivery:
             else:
                 decoded.append(codec.Decoded(sink, item, now))
                 results.append(Spooled(sink, item.options.destination(sink)))
+        span = tracing.start_spool_write(sink, items) if tracing.TRACER is not None else None
         try:
             await self.spool.append([sink] * len(payloads), payloads, decoded)
         except BridgeError as exc:
+            if span is not None:
+                tracing.end_span(span, exc)
             self._note_refusal(exc)
             return [exc if isinstance(r, Spooled) else r for r in results]
+        if span is not None:
+            tracing.end_span(span)
         if self._was_full:
             self._was_full = False
             log.info("the spool accepts events again")

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from time import monotonic
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.dispatch import Channel, Dispatch
 from bridge.durable import Result, Spooled
 from bridge.errors import BridgeError, SinkError, SpoolError
@@ -48,7 +50,7 @@ class _Handled:
     """An event after its handlers ran: what they did and what they emitted, and
     why a handler's policy rejected it (then it is neither published nor followed up)."""
 
-    __slots__ = ("event", "follow_ups", "outcomes", "rejection")
+    __slots__ = ("event", "follow_ups", "outcomes", "rejection", "span")
 
     def __init__(
         self,
@@ -61,6 +63,8 @@ class _Handled:
         self.outcomes = outcomes
         self.follow_ups = follow_ups
         self.rejection = rejection
+        #: The event's span while tracing is on (`bridge.tracing`), ended once delivered.
+        self.span: Any = None
 
 
 class UnhandledLog:
@@ -166,7 +170,13 @@ class EventPath:
         if not events:
             return []
         handled = await self._handle_all(events, depth, concurrency, on_error, errors)
-        outcomes = await self._deliver(handled, delivery)
+        try:
+            outcomes = await self._deliver(handled, delivery)
+        except BaseException as exc:
+            if tracing.TRACER is not None:
+                for h in handled:
+                    tracing.end_span(h.span, exc)
+            raise
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []
@@ -181,6 +191,10 @@ class EventPath:
                     results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
+        if tracing.TRACER is not None:
+            for h, result in zip(handled, results, strict=True):
+                if h.span is not None:
+                    tracing.end_event(h.span, result.status)
         if hub.refs:
             for h, result in zip(handled, results, strict=True):
                 hub.publish(h.event, result.status)
@@ -238,6 +252,27 @@ class EventPath:
             return _Handled(event, outcomes, [], rejection)
         return _Handled(event, outcomes, ctx.follow_ups)
 
+    async def _handle_traced(
+        self,
+        event: Event,
+        depth: int,
+        slot: Slot,
+        on_error: OnError | None,
+        errors: list[BaseException] | None,
+        batch: bool = False,
+    ) -> _Handled:
+        """`_handle` in the event's span, current while its handlers run."""
+        span, event = tracing.start_event(event, batch, depth > 0)
+        token = tracing.attach(span)
+        try:
+            handled = await self._handle(event, depth, slot, on_error, errors)
+        finally:
+            tracing.detach(token)
+        handled.span = span
+        if handled.follow_ups:
+            handled.follow_ups = tracing.stamp(handled.follow_ups, span)
+        return handled
+
     async def _handle_all(
         self,
         events: Sequence[Event | EventData],
@@ -252,12 +287,17 @@ class EventPath:
             assert task is not None, "emit() must run in a task"
             slot = Slot(task)
             self._watchdog.enter(slot)
+            handle = self._handle if tracing.TRACER is None else self._handle_traced
             try:
-                return [await self._handle(self._prepare(events[0]), depth, slot, on_error, errors)]
+                return [await handle(self._prepare(events[0]), depth, slot, on_error, errors)]
             finally:
                 self._watchdog.leave(slot)
         handled: list[_Handled | None] = [None] * len(events)
         indexes = iter(range(len(events)))
+
+        handle = (
+            self._handle if tracing.TRACER is None else partial(self._handle_traced, batch=True)
+        )
 
         async def worker() -> None:
             task = asyncio.current_task()
@@ -266,7 +306,7 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await self._handle(
+                    handled[i] = await handle(
                         self._prepare(events[i]), depth, slot, on_error, errors
                     )
             finally:

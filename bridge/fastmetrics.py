@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 
 class CounterChild:
@@ -30,16 +32,26 @@ class CounterChild:
 class HistogramChild:
     """One labelled series of a `FastHistogram`."""
 
-    __slots__ = ("bounds", "buckets", "sum")
+    __slots__ = ("bounds", "buckets", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.buckets = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        #: The latest trace id per bucket, written only while tracing is on (`bridge.tracing`).
+        self.exemplars: list[Exemplar | None] | None = None
 
     def observe(self, value: float) -> None:
         self.buckets[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def exemplar(self, trace_id: str, value: float, timestamp: float) -> None:
+        """Keep ``trace_id`` as the exemplar of ``value``'s bucket (OpenMetrics scrapes)."""
+        if self.exemplars is None:
+            self.exemplars = [None] * len(self.buckets)
+        self.exemplars[bisect_left(self.bounds, value)] = Exemplar(
+            {"trace_id": trace_id}, value, timestamp
+        )
 
 
 class FastCounter:
@@ -81,10 +93,13 @@ class FastHistogram:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
         edges = [*("+Inf" if b == float("inf") else repr(b) for b in self.bounds), "+Inf"]
         for labels, child in list(self.children.items()):
-            cumulative, acc = [], 0
-            for edge, count in zip(edges, child.buckets, strict=True):
+            cumulative: list[Any] = []
+            acc = 0
+            exemplars = child.exemplars
+            for i, (edge, count) in enumerate(zip(edges, child.buckets, strict=True)):
                 acc += count
-                cumulative.append((edge, acc))
+                found = exemplars[i] if exemplars is not None else None
+                cumulative.append((edge, acc) if found is None else (edge, acc, found))
             family.add_metric(list(labels), cumulative, child.sum)
         return family
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.deadletter import DeadLetterRoute, DeadLetters
 from bridge.delivery import Publisher
 from bridge.errors import BridgeError
@@ -215,7 +216,14 @@ class Lane:
     async def _publish(self, batch: list[_Entry]) -> None:
         assert self.publisher is not None
         policy = self.settings.policy
-        results = await self.publisher.publish_many([entry.outgoing for entry in batch])
+        items: Sequence[Outgoing] = [entry.outgoing for entry in batch]
+        spans = None
+        if tracing.TRACER is not None:
+            attempts = [entry.attempts + 1 for entry in batch]
+            items, spans = tracing.start_attempts(self.sink, items, attempts)
+        results = await self.publisher.publish_many(items)
+        if spans is not None:
+            tracing.end_attempts(spans, results)
         delivered: list[SpoolItem] = []
         dead: list[tuple[_Entry, str, str]] = []
         now = asyncio.get_running_loop().time()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from bridge import tracing
 from bridge.cancelguard import Abandoned, Resume
 from bridge.event import Event
 from bridge.handlers import Context, Handler, Skip, StopChain
@@ -234,6 +235,7 @@ async def run_handlers(
         failure: BaseException
         outcome: Outcome
         abandoned = False
+        traced = tracing.start_handler(handler.name) if tracing.TRACER is not None else None
         start = perf_counter()
         slot.deadline = start + timeout
         slot.handler = handler
@@ -342,6 +344,9 @@ async def run_handlers(
         histogram = handler.durations
         histogram.buckets[bisect_left(BUCKETS, duration)] += 1
         histogram.sum += duration
+        if traced is not None:
+            failed = failure if outcome == ERROR else None
+            tracing.end_handler(traced, outcome, error, failed, histogram, duration)
         run = HandlerOutcome(handler.name, outcome, error, duration)
         outcomes.append(run)
         if outcome == OK:

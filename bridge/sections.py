@@ -259,3 +259,26 @@ class DeliveryConfig(Section, frozen=True, kw_only=True):
         "allow_override": "Let a request choose the mode with `Prefer: respond-async` or `wait=N`.",
         "retry": "Retries of spooled events after a retriable failure (see `delivery.retry`).",
     }
+
+
+class TracingConfig(Section, frozen=True, kw_only=True):
+    """OpenTelemetry traces (`bridge.tracing`, extra ``evbridge[otel]``), exported over
+    OTLP/HTTP. Off unless ``enabled`` or an ``OTEL_*`` variable asks for it (see
+    docs/observability.md). ``endpoint``: the collector's base URL (``/v1/traces`` is
+    added), else ``OTEL_EXPORTER_OTLP_ENDPOINT``; ``service_name``, else
+    ``OTEL_SERVICE_NAME``, else ``evbridge``; ``sampler_ratio``: the share of new
+    traces sampled (a sampled parent is always followed)."""
+
+    enabled: bool = False
+    service_name: str | None = None
+    endpoint: str | None = None
+    sampler_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "enabled": "Export traces (also on when an `OTEL_*` variable asks for it).",
+        "service_name": "The traces' `service.name`; null: `OTEL_SERVICE_NAME`, else `evbridge`.",
+        "endpoint": "The collector's base URL (`/v1/traces` is added); "
+        "null: `OTEL_EXPORTER_OTLP_ENDPOINT`.",
+        "sampler_ratio": "Share of new traces sampled (0 to 1); a sampled parent is always "
+        "followed.",
+    }

@@ -37,6 +37,7 @@ from bridge.server.requestid import request_ids
 from bridge.server.spool_admin import add_spool_routes
 from bridge.server.state import Sidecar
 from bridge.server.subscribe import add_subscribe_routes
+from bridge.server.tracemw import traced
 
 log = logging.getLogger("bridge.server")
 
@@ -110,13 +111,14 @@ def _add_probes(app: web.Application, sidecar: Sidecar, transport: str) -> None:
 def create_app(sidecar: Sidecar, listener: Listener) -> web.Application:
     """The aiohttp application for one listener.
 
-    Every request passes, in order: its request id, the connection's deadlines, JSON
-    errors, and on an API listener the event-request skeleton, the token (TCP with
+    Every request passes, in order: its request id, the connection's deadlines, while
+    tracing is on the ingest request's span (`bridge.server.tracemw`), JSON errors, and
+    on an API listener the event-request skeleton, the token (TCP with
     ``auth.token``: every route but the probes) and admission (the event routes).
     """
     limits = sidecar.config.limits
     api = Api(sidecar, listener) if listener != "metrics" else None
-    middlewares: list[Middleware] = [request_ids, connection_limits, json_errors]
+    middlewares: list[Middleware] = [request_ids, connection_limits, *traced(), json_errors]
     if api is not None:
         token = sidecar.config.auth.token
         middlewares.append(api.requests)

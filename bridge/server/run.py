@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 import bridge
+from bridge import tracing
 from bridge.config import Config
 from bridge.errors import ConfigError
 from bridge.server._aiohttp import GuardedSite
@@ -168,6 +169,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
         _install_signals(loop, stop, sidecar, main)
         stack.callback(_remove_signals, loop)
+        if tracing.setup(config.tracing, install_global=True):
+            stack.callback(tracing.shutdown)
         if metrics is not None:
             sock = bind_tcp(*metrics, where="metrics.tcp")
             address = format_tcp(sock.getsockname())

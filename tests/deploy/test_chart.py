@@ -100,6 +100,13 @@ EVBRIDGE_SETS: dict[str, dict[str, Any]] = {
     "pvc": {"persistence": {"enabled": True, "storageClassName": "fast", "size": "5Gi"}},
     "existing-claim": {"persistence": {"enabled": True, "existingClaim": "my-spool"}},
     "names": {"fullnameOverride": "bridge", "commonLabels": {"team": "shop"}},
+    "tracing": {
+        "tracing": {
+            "enabled": True,
+            "endpoint": "http://otel-collector.observability:4318",
+            "samplerRatio": 0.01,
+        }
+    },
 }
 
 # Value sets of the example application chart (a whole pod).
@@ -420,6 +427,20 @@ def test_chart_owned_config_keys_turn_off_loopback_tcp_by_default() -> None:
     full = _config(objects(render(EXAMPLE_CHART, EXAMPLE_SETS["full"])))
     assert full["listen"]["tcp"] == "127.0.0.1:8787"
     assert full["delivery"]["spool_dir"] == "/var/lib/evbridge/spool"
+
+
+def test_tracing_values_become_the_config_tracing_section() -> None:
+    assert "tracing" not in _config(objects(render(EVBRIDGE_CHART)))
+    config = _config(objects(render(EVBRIDGE_CHART, EVBRIDGE_SETS["tracing"])))
+    assert config["tracing"] == {
+        "enabled": True,
+        "endpoint": "http://otel-collector.observability:4318",
+        "sampler_ratio": 0.01,
+        "service_name": "demo-evbridge",
+    }
+    named = {"tracing": {"enabled": True, "serviceName": "checkout"}}
+    config = _config(objects(render(EVBRIDGE_CHART, named)))
+    assert config["tracing"] == {"enabled": True, "sampler_ratio": 1.0, "service_name": "checkout"}
 
 
 @pytest.mark.parametrize("name", list(EXAMPLE_SETS))

@@ -51,6 +51,12 @@ SCHEMA_REJECTS: dict[str, tuple[dict[str, Any], str]] = {
     "bad env name": ({"credentials": {"env": {"KAFKA-PASSWORD": "k"}}}, "KAFKA-PASSWORD"),
     "bad size": ({"persistence": {"size": "lots"}}, "/persistence/size"),
     "bad digest": ({"image": {"digest": "latest"}}, "/image/digest"),
+    "tracing in config": ({"config": {"tracing": {"enabled": True}}}, "tracing"),
+    "sampler ratio above 1": ({"tracing": {"samplerRatio": 2}}, "/tracing/samplerRatio"),
+    "endpoint without a scheme": (
+        {"tracing": {"endpoint": "collector:4318"}},
+        "/tracing/endpoint",
+    ),
     "probe without a period": (
         {"probes": {"liveness": {"enabled": True, "periodSeconds": 0}}},
         "/probes/liveness/periodSeconds",
@@ -165,7 +171,7 @@ def test_schema_knows_every_config_section_of_the_bridge() -> None:
     """The chart's `config` schema lists the bridge's top-level sections (minus the ones
     the chart owns), so a new section in bridge.config is not refused by the chart."""
     bridge_sections = set(require("bridge.config").Config.__struct_fields__)
-    chart_owned = {"listen", "metrics", "auth"}
+    chart_owned = {"listen", "metrics", "auth", "tracing"}
     allowed = set(SCHEMA["properties"]["config"]["properties"])
     missing = bridge_sections - chart_owned - allowed
     assert not missing, f"values.schema.json config lacks the bridge's sections: {sorted(missing)}"

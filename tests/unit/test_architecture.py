@@ -39,7 +39,7 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 #: match types with the router's globs). Dispatch (sync and durable delivery: the
 #: deliverer, its lanes, retries and dead letters) drives storage, which sits under it and
 #: over the router (a spooled record's destination is resolved again when it is read back).
-#: Modules not listed (config, errors, metrics, ...) are not layered.
+#: Modules not listed (config, errors, metrics, tracing and spans, ...) are not layered.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),

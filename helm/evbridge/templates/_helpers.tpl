@@ -101,6 +101,16 @@ delivery.spool_dir). Fails the render on values that cannot work in a pod.
 {{- $bind = printf "[%s]" $bind }}
 {{- end }}
 {{- $_ := set $cfg "metrics" (dict "tcp" (printf "%s:%d" $bind (int $v.metrics.port))) -}}
+{{- if hasKey $cfg "tracing" }}
+{{- fail "evbridge: config.tracing is set by the chart; use the chart values tracing.* instead" }}
+{{- end }}
+{{- if $v.tracing.enabled }}
+{{- $tracing := dict "enabled" true "sampler_ratio" $v.tracing.samplerRatio "service_name" ($v.tracing.serviceName | default (include "evbridge.fullname" .)) }}
+{{- if $v.tracing.endpoint }}
+{{- $_ := set $tracing "endpoint" $v.tracing.endpoint }}
+{{- end }}
+{{- $_ := set $cfg "tracing" $tracing }}
+{{- end }}
 {{- if hasKey $cfg "delivery" }}
 {{- $delivery := $cfg.delivery | default dict }}
 {{- if hasKey $delivery "spool_dir" }}
