@@ -69,10 +69,11 @@ class Handler:
     """A registered handler and how to run it.
 
     ``fn`` is what was registered (a function, a callable, or a handler
-    class, built once here); its signature is read once into a plan
-    (`bridge.signature`): ``call(event, ctx)``, or ``params`` to inject per
-    event and then ``target(**kwargs)``. A signature that cannot be satisfied
-    raises `HandlerSignatureError` here, naming the handler and the parameter.
+    class, built once: here, or when a bus starts, `bridge.classes`); its
+    signature is read once into a plan (`bridge.signature`): ``call(event,
+    ctx)``, or ``params`` to inject per event and then ``target(**kwargs)``. A
+    signature that cannot be satisfied raises `HandlerSignatureError` here,
+    naming the handler and the parameter.
     """
 
     __slots__ = (
@@ -243,8 +244,9 @@ def on(
     """Register the decorated function (or handler class) for events matching ``pattern``.
 
     A function's parameters are given by type, name or ``Depends`` (`bridge.signature`,
-    `bridge.inject`); a class is built once, here, and its ``handle`` method is the
-    handler, named ``module.Class``. A signature that cannot be satisfied raises
+    `bridge.inject`); a class is built once (here, or when a bus starts if its
+    ``__init__`` needs what a started bus opens, `bridge.classes`), and its ``handle``
+    method is the handler, named ``module.Class``. A signature that cannot be satisfied raises
     `HandlerSignatureError` here, naming the handler and the parameter.
 
     ``pattern`` is an exact type or a glob (``"invite.*"``, ``"*"``).
