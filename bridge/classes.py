@@ -105,8 +105,9 @@ def not_built(name: str) -> Callable[..., Any]:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(
-            f"handler class {name} is not built: its __init__ needs the bus started "
-            "(await bus.start(), or async with bus)"
+            f"handler class {name} is not built: its __init__ needs what a bus opens at "
+            "start, so it is built when a bus starts with it registered (subscribe it "
+            "before await bus.start() or async with bus)"
         )
 
     return call

@@ -232,26 +232,43 @@ def test_init_parameters_that_need_an_event_are_refused_at_registration() -> Non
             Handler(cls, "x")
 
 
-async def test_check_builds_and_cleans_up_handler_classes(tmp_path: Any, monkeypatch: Any) -> None:
+class Sessions:
+    def __init__(self, work: list[str] = Depends(session)) -> None:
+        LOG.append("built")
+
+    async def handle(self, event: Event) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("cls", "ok", "logged"),
+    [
+        (Sessions, True, ["session open", "built", "session closed"]),
+        (Broken, False, ["session open", "session closed"]),
+    ],
+)
+async def test_check_builds_and_cleans_up_handler_classes(
+    tmp_path: Any, monkeypatch: Any, cls: type[Any], ok: bool, logged: list[str]
+) -> None:
     LOG.clear()
-    module = tmp_path / "class_handlers.py"
+    module = tmp_path / f"class_handlers_{cls.__name__}.py"
     module.write_text(
         "from bridge import on\n"
-        "from tests.unit.test_handler_classes import Broken\n"
-        "on('x')(Broken)\n"
+        f"from tests.unit.test_handler_classes import {cls.__name__}\n"
+        f"on('x')({cls.__name__})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     config = tmp_path / "evbridge.yaml"
     config.write_text(
         "sinks: [{name: mem, type: memory}]\nroutes: [{match: '*', sink: mem}]\n"
-        "handlers: {modules: [class_handlers], entry_points: false}\n"
+        f"handlers: {{modules: [class_handlers_{cls.__name__}], entry_points: false}}\n"
     )
     from bridge import handlers
 
     try:
         report = await run_check(str(config), str(config), timeout=5)
     finally:  # the module's @on went to the process-wide registry: take it out again
-        handlers.registry.remove("x", Broken)
-    assert not report.ok
-    assert "Broken failed to build: ConnectionRefusedError" in report.text()
-    assert LOG == ["session open", "session closed"]
+        handlers.registry.remove("x", cls)
+    assert report.ok is ok
+    assert ("Broken failed to build: ConnectionRefusedError" in report.text()) is not ok
+    assert logged == LOG
