@@ -21,12 +21,11 @@ from bridge.businfo import BusInfo
 from bridge.config import Config, parse_config
 from bridge.event import Event
 from bridge.eventpath import EventPath, Lifecycle
-from bridge.handlers import Handler, HandlerRegistry, import_modules
+from bridge.handlers import Handler, HandlerRegistry, import_modules, open_for
 from bridge.handlers import (
     registry as default_registry,
 )
 from bridge.hub import Hub, SubscriberBudget
-from bridge.inject import resources_of
 from bridge.loopwatch import LoopWatch
 from bridge.metrics import METRICS, Metrics
 from bridge.middleware import Middleware
@@ -178,11 +177,10 @@ class Bus(SpoolView, BusInfo):
             )
 
     async def open_resources(self) -> int:
-        """Open what the handlers' ``Depends`` on `bridge.resources` ask for (`start` does);
-        returns how many."""
-        wanted = resources_of(h.params for h in self.registry.all())
-        await self._resources.open(wanted)
-        return len(wanted)
+        """Open what the handlers' ``Depends`` on `bridge.resources` ask for, then build the
+        handler classes that wait for a start (`bridge.classes`); `start` does. Returns how
+        many resources opened."""
+        return await open_for(self._resources, self.registry.all())
 
     async def close_resources(self) -> None:
         """Close the open resources, last opened first (`stop` does)."""

@@ -20,14 +20,18 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from bridge.classes import ClassBuild, build_now, not_built, prototype, read_init
+from bridge.classes import build as build_classes
 from bridge.context import Context
 from bridge.errors import ConfigError
 from bridge.event import Event
+from bridge.inject import Param, resources_of
 from bridge.metrics import METRICS
 from bridge.policy import OnError, check_on_error
+from bridge.resources import OpenResources
 from bridge.results import OUTCOMES
 from bridge.routing import compile_glob
-from bridge.signature import HandlerSignatureError, build_class
+from bridge.signature import Call, HandlerSignatureError
 from bridge.signature import plan as make_plan
 from bridge.typed import EventData, pattern_of
 
@@ -65,13 +69,15 @@ class Handler:
     """A registered handler and how to run it.
 
     ``fn`` is what was registered (a function, a callable, or a handler
-    class, built once here); its signature is read once into a plan
-    (`bridge.signature`): ``call(event, ctx)``, or ``params`` to inject per
-    event and then ``target(**kwargs)``. A signature that cannot be satisfied
-    raises `HandlerSignatureError` here, naming the handler and the parameter.
+    class, built once: here, or when a bus starts, `bridge.classes`); its
+    signature is read once into a plan (`bridge.signature`): ``call(event,
+    ctx)``, or ``params`` to inject per event and then ``target(**kwargs)``. A
+    signature that cannot be satisfied raises `HandlerSignatureError` here,
+    naming the handler and the parameter.
     """
 
     __slots__ = (
+        "build",
         "call",
         "data_type",
         "direct",
@@ -91,6 +97,14 @@ class Handler:
         "target",
         "timeout",
     )
+
+    # Set by `_plan` (at registration; again once a class is built).
+    target: Callable[..., Any]
+    call: Call | None
+    params: tuple[Param, ...] | None
+    inject_async: bool
+    data_type: type[Any] | None
+    direct: bool
 
     def __init__(
         self,
@@ -119,29 +133,40 @@ class Handler:
         self.name = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
         target: Callable[..., Any] = fn
         owner = f"handler {self.name}"
+        #: A handler class built when a bus starts (`bridge.classes`); None otherwise.
+        self.build: ClassBuild | None = None
         if inspect.isclass(fn):
-            handle = getattr(build_class(fn, owner), "handle", None)
-            if not callable(handle):
-                raise HandlerSignatureError(f"{owner}: a handler class needs a handle() method")
-            target = handle
-        plan = make_plan(target, owner, data)
+            target = prototype(fn, owner)  # refuses a class without handle()
+            init, now = read_init(fn, owner)
+            if now:  # nothing to open first
+                target = build_now(fn, init).handle
+            else:
+                self.build = ClassBuild(fn, init, data, lambda handle: self._plan(handle, data))
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        self._plan(target, data)
+        if self.build is not None:  # read for its errors; called once built
+            self.target = placeholder = not_built(self.name)
+            if self.call is not None:
+                self.call = placeholder
+        self.inline = inline
+        #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
+        self.on_error = check_on_error(on_error, where=owner)
+        self.seq = next(_seq)
+        self.runs = {o: METRICS.handler_runs.child(self.name, o) for o in OUTCOMES}
+        self.durations = METRICS.handler_duration.child(self.name)
+
+    def _plan(self, target: Callable[..., Any], data: type[Any] | None) -> None:
+        plan = make_plan(target, f"handler {self.name}", data)
         self.target = plan.target
         self.call = plan.call
         #: Parameters injected per event (None: ``call`` needs nothing resolved).
         self.params = plan.params
         self.inject_async = plan.is_async
         self.data_type = plan.data_type
-        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            getattr(target, "__call__", None)  # noqa: B004 - async callable objects
-        )
-        self.inline = inline
         #: ``async def`` called as ``call(event, ctx)``: the pipeline's shortest path.
         self.direct = self.call is not None and self.is_async
-        #: What its failure does to the rest of the event (`bridge.policy`); None: the emit's.
-        self.on_error = check_on_error(on_error, where=owner)
-        self.seq = next(_seq)
-        self.runs = {o: METRICS.handler_runs.child(self.name, o) for o in OUTCOMES}
-        self.durations = METRICS.handler_duration.child(self.name)
 
     def __repr__(self) -> str:
         return f"<Handler {self.name} {self.pattern!r} priority={self.priority}>"
@@ -219,8 +244,9 @@ def on(
     """Register the decorated function (or handler class) for events matching ``pattern``.
 
     A function's parameters are given by type, name or ``Depends`` (`bridge.signature`,
-    `bridge.inject`); a class is built once, here, and its ``handle`` method is the
-    handler, named ``module.Class``. A signature that cannot be satisfied raises
+    `bridge.inject`); a class is built once (here, or when a bus starts if its
+    ``__init__`` needs what a started bus opens, `bridge.classes`), and its ``handle``
+    method is the handler, named ``module.Class``. A signature that cannot be satisfied raises
     `HandlerSignatureError` here, naming the handler and the parameter.
 
     ``pattern`` is an exact type or a glob (``"invite.*"``, ``"*"``).
@@ -249,6 +275,24 @@ def on(
         return fn
 
     return decorate
+
+
+async def open_for(resources: OpenResources, handlers: list[Handler]) -> int:
+    """Open the resources ``handlers`` depend on, then build those of their classes
+    that wait for a start (`bridge.classes`); returns how many resources opened.
+
+    A resource that fails to open or a class that fails to build closes what is open
+    and raises, naming it.
+    """
+    builds = [h.build for h in handlers if h.build is not None]
+    wanted = resources_of([*(h.params for h in handlers), *(b.params for b in builds)])
+    await resources.open(wanted)
+    try:
+        await build_classes(builds, resources)
+    except BaseException:
+        await resources.close()
+        raise
+    return len(wanted)
 
 
 def import_modules(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from bridge.errors import BridgeError
@@ -108,6 +108,12 @@ class OpenResources:
                     code="resource_open",
                 ) from exc
         self._stack = stack
+
+    def on_close(self, callback: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``callback`` at `close`, before the resources open by then close."""
+        if self._stack is None:
+            self._stack = contextlib.AsyncExitStack()
+        self._stack.push_async_callback(callback)
 
     async def close(self) -> None:
         """Close every open resource, last opened first; a failure is logged, not raised."""

@@ -21,9 +21,9 @@ called as they are; ``(event)`` ones through one small wrapper; only handlers
 with ``Depends`` resolve their parameters per event.
 
 A handler class (``@on("x") class AddToGroup: async def handle(self, event)``)
-is built once, at registration; its ``__init__`` parameters may be ``Depends``
-on plain sync factories (nothing per event exists yet), and ``handle`` is read
-like a handler.
+is built once (`bridge.classes`): its ``__init__`` parameters are ``Depends``
+(factories and resources that need no event), and ``handle`` is read like a
+handler, at registration.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from bridge.inject import (
     DATA,
     DEPENDENCY,
     EVENT,
-    FUNCTION,
     Dependency,
     Depends,
     Param,
@@ -261,32 +260,3 @@ def plan(fn: Callable[..., Any], owner: str, data_type: type[Any] | None) -> Pla
     if DEPENDENCY in sources:
         return Plan(fn, None, tuple(params), data_type)
     return Plan(fn, _general(fn, tuple(params)), None, data_type)
-
-
-def build_class(cls: type[Any], owner: str) -> Any:
-    """Build a handler class once; its ``__init__`` may ask for plain sync ``Depends``."""
-    params, _ = read_params(cls, f"{owner}.__init__", None, positional=False)
-    for param in params:
-        if param.dependency is None or not _static(param.dependency):
-            raise HandlerSignatureError(
-                f"{owner}.__init__: parameter {param.name!r} cannot be given when the class is "
-                "built (at registration, before any event): only Depends on plain sync "
-                "functions that need no event"
-            )
-    scope = _StaticContext()
-    return cls(**resolve_now(tuple(params), None, scope))
-
-
-def _static(dependency: Dependency) -> bool:
-    return dependency.kind == FUNCTION and all(
-        p.dependency is not None and _static(p.dependency) for p in dependency.params
-    )
-
-
-class _StaticContext:
-    """The one scope a handler class's ``__init__`` dependencies are resolved in."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        self.scope: Any = None

@@ -69,6 +69,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bridge.middleware",
             "bridge.typed",
             "bridge.resources",
+            "bridge.classes",
             "bridge.threads",
             "bridge.loopwatch",
             "bridge.cancelguard",
