@@ -110,6 +110,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.consumed = Counter(
+            "evbridge_consumed",
+            "Messages consumed by sources, by source and outcome (bridge/sources/runner.py).",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",

@@ -19,6 +19,7 @@ from bridge.redact import register_config
 from bridge.server.errors import ApiError
 from bridge.server.limits import ConnectionBudget
 from bridge.sinks.base import Health
+from bridge.sources import Sources
 
 log = logging.getLogger("bridge.server")
 
@@ -49,6 +50,8 @@ class Sidecar:
         register_config(config)
         self.config = config
         self.bus = bus if bus is not None else Bus(config)
+        #: Built now, so that a source's missing secret stops the load (bridge.sources).
+        self.sources = Sources(config.sources, self.bus)
         self.phase: Phase = "starting"
         #: Events admitted and not finished (a batch counts its size).
         self.inflight = 0
@@ -84,6 +87,7 @@ class Sidecar:
         budget = self.bus.subscriber_budget
         METRICS.subscription_queued_bytes.set_function(lambda: float(budget.used))
         await self.bus.start()
+        await self.sources.start()  # after the bus: consumed events need its sinks
         self.phase = "running"
         self.started_at = monotonic()
         ready, _ = await self.readiness()
@@ -113,6 +117,8 @@ class Sidecar:
             # (docs/durable-delivery.md): the bound is then 2 x grace_s plus the same margin.
             timeout += self.config.shutdown.grace_s
         try:
+            # Consuming stops first: events in flight finish while the sinks still run.
+            await asyncio.wait_for(self.sources.stop(), timeout)
             await asyncio.wait_for(self.bus.stop(), timeout)
         except TimeoutError:
             log.warning("sinks did not stop within %.1fs", timeout)
@@ -227,6 +233,7 @@ class Sidecar:
         """(ready, body) for ``/readyz``; also sets the ``evbridge_ready`` gauge."""
         reasons: list[str] = []
         sinks: dict[str, dict[str, Any]] = {}
+        sources: dict[str, dict[str, Any]] = {}
         # A sink reached only through the spool does not hold events up when it is down.
         behind_spool = self.bus.sinks_behind_spool()
         if self.phase == "running":
@@ -234,6 +241,10 @@ class Sidecar:
                 sinks[name] = {"ok": health.ok, "detail": health.detail}
                 if not health.ok and name not in behind_spool:
                     reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
+            for name, health in (await self.sources.health()).items():
+                sources[name] = {"ok": health.ok, "detail": health.detail}
+                if not health.ok:
+                    reasons.append(f"source {name}: {health.detail or 'health check failed'}")
         reasons.extend(self.bus.spool_refusals())
         # The phase is read after the health check, which may have awaited a shutdown.
         if self.phase == "starting":
@@ -243,6 +254,8 @@ class Sidecar:
         ready = not reasons
         METRICS.ready.set(1 if ready else 0)
         body: dict[str, Any] = {"ready": ready, "phase": self.phase, "sinks": sinks}
+        if sources:
+            body["sources"] = sources
         spool = self.bus.spool_status()
         if spool is not None:
             body["spool"] = spool

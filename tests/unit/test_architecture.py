@@ -43,6 +43,7 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
+    ("sources", ("bridge.sources",)),
     ("bus", ("bridge.bus", "bridge.eventpath", "bridge.subscriptions", "bridge.hub")),
     (
         "pipeline",
