@@ -301,3 +301,19 @@ async def test_retry_acks_once_a_rerun_succeeds(registry: HandlerRegistry) -> No
         )
     assert verdict == Verdict("ack")
     assert len(calls) == 2
+
+
+async def test_a_delivery_that_failed_retriably_is_redelivered(registry: HandlerRegistry) -> None:
+    # A sink whose broker is away: the publish fails retriably, so the message must come
+    # again rather than be acked (or dead-lettered).
+    bus = bus_with(
+        registry,
+        sinks=[{"name": "away", "type": "nats", "servers": "nats://127.0.0.1:9",
+                "connect_timeout_s": 0.2}],
+        routes=[{"match": "order.*", "sink": "away", "subject": "x"}],
+    )  # fmt: skip
+    async with bus:
+        verdict = await runner(bus).deliver(Incoming("m", event=Event(type="order.created")))
+    assert verdict.action == "redeliver"
+    assert "sink_unavailable" in verdict.reason
+    assert consumed(bus, "redelivered") == 1

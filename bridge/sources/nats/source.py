@@ -52,6 +52,11 @@ class _Link:
     async def lost(self) -> str:
         return await asyncio.shield(self._lost)
 
+    def fail(self) -> None:
+        """The fetch loop ended while consuming: the supervisor replaces the connection."""
+        if not self._lost.done():
+            self._lost.set_result("the fetch loop ended")
+
     async def probe(self) -> None:
         await self.js.account_info()
 
@@ -163,6 +168,7 @@ class NatsSource:
             raise
         assert self._tasks is not None
         link.loop = self._tasks.spawn(self._fetch_loop(link), name="fetch")
+        link.loop.add_done_callback(lambda _: None if self._stopping else link.fail())
         return link
 
     async def _fetch_loop(self, link: _Link) -> None:
@@ -186,8 +192,9 @@ class NatsSource:
                 self._handling.add(task)
                 task.add_done_callback(self._handling.discard)
                 batch.append(task)
-            # Shielded: stop() waits for these itself, then cancels what is left.
-            await asyncio.shield(asyncio.wait(batch))
+            if batch:
+                # Shielded: stop() waits for these itself, then cancels what is left.
+                await asyncio.shield(asyncio.wait(batch))
 
     async def _handle(self, link: _Link, message: Msg) -> None:
         assert self._deliver is not None

@@ -157,16 +157,18 @@ class RabbitSource:
                     for key in binding.routing_keys:
                         await queue.bind(binding.exchange, routing_key=key)
             link.queue = queue
-            link.consumer_tag = await queue.consume(
-                lambda message: self._received(link, message), no_ack=False
-            )
+
+            async def received(message: AbstractIncomingMessage) -> None:
+                self._received(link, message)
+
+            link.consumer_tag = await queue.consume(received, no_ack=False)
         except BaseException:
             with contextlib.suppress(Exception):
                 await connection.close()
             raise
         return link
 
-    async def _received(self, link: _Link, message: AbstractIncomingMessage) -> None:
+    def _received(self, link: _Link, message: AbstractIncomingMessage) -> None:
         # The broker's callback returns at once: prefetch, not this callback, bounds work.
         assert self._inflight is not None
         task = self._inflight.spawn(self._handle(link, message), name=f"tag {message.delivery_tag}")
