@@ -110,6 +110,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.source_up = Gauge(
+            "evbridge_source_up",
+            "1 while a source is connected and its broker answers probes, else 0.",
+            ["source"],
+            registry=r,
+        )
         self.consumed = Counter(
             "evbridge_consumed",
             "Messages consumed by sources, by source and outcome (bridge/sources/runner.py).",

@@ -90,6 +90,23 @@ class Sources:
             )
         return out
 
+    async def check(self, timeout: float) -> list[tuple[str, Health]]:  # noqa: ASYNC109
+        """For ``evbridge check``: each source's connectivity, without consuming anything
+        (a source type without ``check()`` is only built, which checks its secrets)."""
+
+        async def one(config: SourceConfig) -> tuple[str, Health]:
+            what = f"source {config.name} ({config.type})"
+            check = getattr(self.sources[config.name], "check", None)
+            if check is None:
+                return what, Health(ok=True, detail="built (no connectivity check)")
+            try:
+                health: Health = await asyncio.wait_for(check(), timeout)
+            except TimeoutError:
+                health = Health(ok=False, detail=f"did not answer within {timeout:g}s")
+            return what, health
+
+        return list(await asyncio.gather(*(one(c) for c in self.configs)))
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import yaml
 from nats.aio.client import Client
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
+from bridge.server.check import run_check
 from bridge.sources import Sources
 from tests.brokers import unique_name, wait_until
 from tests.nats_broker import add_stream, delete_stream, nats_client, nats_url
@@ -186,3 +189,21 @@ async def test_undecodable_is_dead_lettered_while_neighbours_proceed(
     assert headers["Evbridge-Source"] == "in"
     info = await js.consumer_info(names.stream, "evbridge")
     assert info.num_ack_pending == 0
+
+
+async def test_check_reports_the_stream_and_consumer(
+    nats_url: str, names: Names, tmp_path: Path
+) -> None:
+    base = {"type": "nats", "servers": nats_url, "durable": "never-made"}
+    sources = [
+        {**base, "name": "ok", "stream": names.stream},
+        {**base, "name": "nostream", "stream": names.stream + "_MISSING"},
+    ]
+    path = tmp_path / "evbridge.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
+    report = await run_check(str(path), str(path), timeout=10)
+    lines = {line.what: line for line in report.lines}
+    assert lines["source ok (nats)"].ok
+    assert "will be created" in lines["source ok (nats)"].detail
+    assert not lines["source nostream (nats)"].ok
+    assert "does not exist" in lines["source nostream (nats)"].detail

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import msgspec
 import pytest
+import yaml
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
+from bridge.server.check import run_check
 from bridge.sinks.memory import MemorySink
 from bridge.sources import Sources
 from tests.brokers import RabbitMQ, unique_name, wait_until
@@ -220,3 +223,28 @@ async def test_route_true_relays_consumed_events_to_a_sink(
         sink = bus.sinks["mem"]
         assert isinstance(sink, MemorySink)
         assert [item.event for item in sink.items] == [sent]
+
+
+async def test_check_reports_each_source_without_consuming(
+    rabbitmq: RabbitMQ, names: Names, amqp: aio_pika.abc.AbstractChannel, tmp_path: Path
+) -> None:
+    missing = unique_name("src-missing")
+    sources = [
+        {"name": "dead", "type": "rabbitmq", "url": rabbitmq.url, "queue": names.dead},
+        {"name": "gone", "type": "rabbitmq", "url": rabbitmq.url, "queue": missing,
+         "declare": False},
+        {"name": "new", "type": "rabbitmq", "url": rabbitmq.url, "queue": missing},
+    ]  # fmt: skip
+    await amqp.default_exchange.publish(aio_pika.Message(b"x"), routing_key=names.dead)
+    path = tmp_path / "evbridge.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
+    report = await run_check(str(path), str(path), timeout=10)
+    lines = {line.what: line for line in report.lines}
+    assert lines["source dead (rabbitmq)"].ok
+    assert "1 messages ready" in lines["source dead (rabbitmq)"].detail
+    assert not lines["source gone (rabbitmq)"].ok
+    assert "does not exist" in lines["source gone (rabbitmq)"].detail
+    assert lines["source new (rabbitmq)"].ok
+    assert "will be declared" in lines["source new (rabbitmq)"].detail
+    queue = await amqp.declare_queue(names.dead, passive=True)
+    assert queue.declaration_result.message_count == 1  # nothing consumed

@@ -18,6 +18,7 @@ import math
 from typing import Any, Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -84,8 +85,8 @@ class NatsSource:
         self._redeliveries = 0
         target = ",".join(mask_url(url) for url in config.server_list)
         self._supervisor: Supervisor[_Link] = Supervisor(
-            f"source/{config.name}", "nats source", target, self._connect, config.supervision,
-            classify=connect_error, log=log,
+            config.name, "nats", target, self._connect, config.supervision,
+            classify=connect_error, log=log, role="source",
         )  # fmt: skip
 
     @property
@@ -112,6 +113,39 @@ class NatsSource:
     async def healthcheck(self) -> Health:
         """A JetStream account-info request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def check(self) -> Health:
+        """For ``evbridge check``: connect, look at the stream and the durable consumer
+        (nothing is created, nothing fetched), disconnect."""
+        c = self.config
+        nc = Client()
+        try:
+            await nc.connect(c.server_list, allow_reconnect=False, max_reconnect_attempts=1,
+                             connect_timeout=math.ceil(c.connect_timeout_s), tls=self._tls,
+                             name=f"evbridge check {c.name}", **self._auth)  # fmt: skip
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            return Health(ok=False, detail=f"cannot connect: {describe(exc)}")
+        try:
+            js = nc.jetstream()
+            try:
+                await js.stream_info(c.stream)
+            except nats.js.errors.NotFoundError:
+                return Health(ok=False, detail=f"stream {c.stream!r} does not exist")
+            try:
+                info = await js.consumer_info(c.stream, c.durable)
+            except nats.js.errors.NotFoundError:
+                return Health(ok=True, detail=f"consumer {c.durable!r} will be created")
+            return Health(
+                ok=True, detail=f"consumer {c.durable!r} exists, {info.num_pending} pending"
+            )
+        except Exception as exc:
+            return Health(ok=False, detail=f"check failed: {describe(exc)}")
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await nc.close()
 
     def describe(self) -> dict[str, object]:
         """What `/v1/info` shows of this source."""

@@ -106,8 +106,8 @@ class RabbitSource:
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._redeliveries = 0
         self._supervisor: Supervisor[_Link] = Supervisor(
-            f"source/{config.name}", "rabbitmq source", mask_url(str(self.url)), self._connect,
-            config.supervision, classify=connect_error, log=log,
+            config.name, "rabbitmq", mask_url(str(self.url)), self._connect,
+            config.supervision, classify=connect_error, log=log, role="source",
         )  # fmt: skip
 
     @property
@@ -135,6 +135,42 @@ class RabbitSource:
     async def healthcheck(self) -> Health:
         """A passive declare of the queue, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def check(self) -> Health:
+        """For ``evbridge check``: connect, look at the queue and the bindings' exchanges
+        (passive declares: nothing is created, nothing consumed), disconnect."""
+        config = self.config
+        try:
+            connection = await aio_pika.connect(self.url, timeout=config.connect_timeout_s)
+        except Exception as exc:
+            return Health(
+                ok=False, detail=f"cannot connect: {connect_error(exc, describe(exc)).message}"
+            )
+        try:
+            async with connection:
+                for binding in config.bindings:
+                    channel = await connection.channel(publisher_confirms=False)
+                    try:
+                        await channel.declare_exchange(binding.exchange, passive=True)
+                    except aio_pika.exceptions.ChannelClosed:
+                        return Health(
+                            ok=False, detail=f"exchange {binding.exchange!r} does not exist"
+                        )
+                channel = await connection.channel(publisher_confirms=False)
+                try:
+                    queue = await channel.declare_queue(config.queue, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    if config.declare:
+                        return Health(ok=True, detail=f"queue {config.queue!r} will be declared")
+                    return Health(
+                        ok=False, detail=f"queue {config.queue!r} does not exist (declare: false)"
+                    )
+                count = queue.declaration_result.message_count
+                return Health(
+                    ok=True, detail=f"queue {config.queue!r} exists, {count} messages ready"
+                )
+        except Exception as exc:
+            return Health(ok=False, detail=f"check failed: {describe(exc)}")
 
     def describe(self) -> dict[str, object]:
         """What `/v1/info` shows of this source."""
