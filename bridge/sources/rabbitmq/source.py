@@ -251,7 +251,12 @@ class RabbitSource:
         elif self.config.dead_letter_exchange is None:
             await message.reject(requeue=False)
         else:
-            await self._dead_letter(link, message, verdict.reason)
+            try:
+                await self._dead_letter(link, message, verdict.reason)
+            except Exception:
+                # Not dead-lettered, so not dropped either: it comes again.
+                await message.nack(requeue=True)
+                raise
             await message.ack()
 
     async def _dead_letter(
