@@ -122,6 +122,12 @@ class Metrics:
             ["source", "outcome"],
             registry=r,
         )
+        self.consumed_again = Counter(
+            "evbridge_consumed_redeliveries",
+            "Messages consumed that their broker had delivered before (possible duplicates).",
+            ["source"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",

@@ -87,7 +87,11 @@ class Sidecar:
         budget = self.bus.subscriber_budget
         METRICS.subscription_queued_bytes.set_function(lambda: float(budget.used))
         await self.bus.start()
-        await self.sources.start()  # after the bus: consumed events need its sinks
+        try:
+            await self.sources.start()  # after the bus: consumed events need its sinks
+        except BaseException:
+            await self.bus.stop()
+            raise
         self.phase = "running"
         self.started_at = monotonic()
         ready, _ = await self.readiness()
@@ -119,6 +123,9 @@ class Sidecar:
         try:
             # Consuming stops first: events in flight finish while the sinks still run.
             await asyncio.wait_for(self.sources.stop(), timeout)
+        except TimeoutError:
+            log.warning("sources did not stop within %.1fs", timeout)
+        try:
             await asyncio.wait_for(self.bus.stop(), timeout)
         except TimeoutError:
             log.warning("sinks did not stop within %.1fs", timeout)

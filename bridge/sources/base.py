@@ -81,7 +81,9 @@ class Incoming(msgspec.Struct, frozen=True):
     where: str
     event: Event | None = None
     problem: str | None = None
-    attempt: int = 1
+    #: The broker delivered it before (RabbitMQ ``redelivered``, JetStream's delivery
+    #: count above 1): it may have been handled already.
+    redelivered: bool = False
 
 
 class Verdict(msgspec.Struct, frozen=True):

@@ -87,12 +87,26 @@ class Runner:
         self.name = config.name
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._counter = bus.metrics.consumed
+        self._again = bus.metrics.consumed_again.labels(config.name)
 
     def _count(self, outcome: str) -> None:
         self._counter.labels(self.name, outcome).inc()
 
     async def deliver(self, incoming: Incoming) -> Verdict:
         """The `Deliver` callback the source is started with."""
+        if incoming.redelivered:
+            self._again.inc()
+        try:
+            return await self._run(incoming)
+        except Exception as exc:
+            # Only misuse makes emit raise (a bus not started, stopping): not the message's
+            # fault, so it goes back to the broker.
+            self._count("redelivered")
+            log.warning("source %s: %s: %s: %s; the broker redelivers it", self.name,
+                        incoming.where, type(exc).__name__, exc)  # fmt: skip
+            return Verdict("redeliver", f"{type(exc).__name__}: {exc}")
+
+    async def _run(self, incoming: Incoming) -> Verdict:
         if incoming.event is None:
             self._count("undecodable")
             reason = f"undecodable: {incoming.problem}"

@@ -317,3 +317,14 @@ async def test_a_delivery_that_failed_retriably_is_redelivered(registry: Handler
     assert verdict.action == "redeliver"
     assert "sink_unavailable" in verdict.reason
     assert consumed(bus, "redelivered") == 1
+
+
+async def test_a_bus_that_refuses_the_event_gets_it_redelivered(registry: HandlerRegistry) -> None:
+    bus = bus_with(registry)  # never started: emitting a notification event raises
+    verdict = await runner(bus).deliver(
+        Incoming("m", event=Event(type="order.created"), redelivered=True)
+    )
+    assert verdict.action == "redeliver"
+    assert consumed(bus, "redelivered") == 1
+    again = bus.metrics.consumed_again.labels("in")._value.get()  # type: ignore[attr-defined]
+    assert again == 1

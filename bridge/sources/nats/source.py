@@ -235,6 +235,7 @@ class NatsSource:
         c = self.config
         meta = message.metadata
         where = f"stream {c.stream!r} seq {meta.sequence.stream if meta.sequence else '?'}"
+        again = (meta.num_delivered or 1) > 1
         try:
             event = nats_event(
                 message.data,
@@ -243,9 +244,9 @@ class NatsSource:
                 stream=c.stream,
                 event_type=c.event_type,
             )
-            incoming = Incoming(where, event=event, attempt=meta.num_delivered or 1)
+            incoming = Incoming(where, event=event, redelivered=again)
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc))
+            incoming = Incoming(where, problem=str(exc), redelivered=again)
         verdict = await self._deliver(incoming)
         try:
             await self._settle(link, message, verdict)

@@ -226,9 +226,9 @@ class RabbitSource:
                 queue=config.queue,
                 event_type=config.event_type,
             )
-            incoming = Incoming(where, event=event)
+            incoming = Incoming(where, event=event, redelivered=bool(message.redelivered))
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc))
+            incoming = Incoming(where, problem=str(exc), redelivered=bool(message.redelivered))
         verdict = await self._deliver(incoming)
         try:
             await self._settle(link, message, verdict)
