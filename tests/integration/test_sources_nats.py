@@ -13,13 +13,14 @@ import msgspec
 import pytest
 import yaml
 from nats.aio.client import Client
+from yarl import URL
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
 from bridge.server.check import run_check
 from bridge.sources import Sources
-from tests.brokers import unique_name, wait_until
+from tests.brokers import LOCALHOST, TcpProxy, unique_name, wait_until
 from tests.nats_broker import add_stream, delete_stream, nats_client, nats_url
 
 __all__ = ["nats_client", "nats_url"]
@@ -209,3 +210,36 @@ async def test_check_reports_the_stream_and_consumer(
     assert "will be created" in lines["source ok (nats)"].detail
     assert not lines["source nostream (nats)"].ok
     assert "does not exist" in lines["source nostream (nats)"].detail
+
+
+async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_resumes(
+    nats_url: str, names: Names, registry: HandlerRegistry
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def first_blocks(event: Event, ctx: Context) -> None:
+        handled.append(event.id)
+        if len(handled) == 1:
+            entered.set()
+            await release.wait()
+
+    async with TcpProxy(LOCALHOST, URL(nats_url).port or 4222) as proxy:
+        bus, sources = consumer(
+            f"nats://{LOCALHOST}:{proxy.port}", names, registry, ack_wait_s=1.0,
+            reconnect_max_s=0.5,
+        )  # fmt: skip
+        bus.subscribe("order.*", first_blocks, name="first-blocks", timeout=60)
+        async with bus, sources, publisher(nats_url, names) as out:
+            await out.emit(sample(id="in-flight"))
+            await asyncio.wait_for(entered.wait(), TIMEOUT)
+            assert await proxy.cut() >= 1  # the source's connection is gone mid-handler
+            release.set()  # its ack has no connection: JetStream redelivers after ack_wait
+            await wait_until(
+                lambda: handled == ["in-flight", "in-flight"], timeout=TIMEOUT, what="redelivery"
+            )
+            await out.emit(sample(id="after"))
+            await wait_until(lambda: "after" in handled, timeout=TIMEOUT, what="consuming resumed")
+    assert handled == ["in-flight", "in-flight", "after"]
+    assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import aio_pika
 import msgspec
 import pytest
 import yaml
+from yarl import URL
 
 from bridge import Bus, Context, Event, parse_config
 from bridge.handlers import HandlerRegistry
@@ -20,7 +21,7 @@ from bridge.metrics import Metrics
 from bridge.server.check import run_check
 from bridge.sinks.memory import MemorySink
 from bridge.sources import Sources
-from tests.brokers import RabbitMQ, unique_name, wait_until
+from tests.brokers import LOCALHOST, RabbitMQ, TcpProxy, unique_name, wait_until
 
 TIMEOUT = 15.0
 
@@ -248,3 +249,38 @@ async def test_check_reports_each_source_without_consuming(
     assert "will be declared" in lines["source new (rabbitmq)"].detail
     queue = await amqp.declare_queue(names.dead, passive=True)
     assert queue.declaration_result.message_count == 1  # nothing consumed
+
+
+async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_resumes(
+    rabbitmq: RabbitMQ, names: Names, registry: HandlerRegistry, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def first_blocks(event: Event, ctx: Context) -> None:
+        if not handled:
+            entered.set()
+            handled.append(event.id)
+            await release.wait()
+            return
+        handled.append(event.id)
+
+    async with TcpProxy(LOCALHOST, URL(rabbitmq.url).port or 5672) as proxy:
+        url = f"amqp://guest:guest@{LOCALHOST}:{proxy.port}/"
+        bus, sources = consumer(rabbitmq, names, registry, url=url, reconnect_max_s=0.5)
+        bus.subscribe("order.*", first_blocks, name="first-blocks", timeout=60)
+        async with bus, sources, publisher(rabbitmq, names) as out:
+            await out.emit(sample(id="in-flight"))
+            await asyncio.wait_for(entered.wait(), TIMEOUT)
+            assert await proxy.cut() >= 1  # the source's connection is gone mid-handler
+            release.set()  # its ack now has no channel: the broker redelivers the message
+            await wait_until(
+                lambda: handled == ["in-flight", "in-flight"], timeout=TIMEOUT, what="redelivery"
+            )
+            await out.emit(sample(id="after"))
+            await wait_until(lambda: consumed(bus, "ok") == 3, timeout=TIMEOUT, what="3 runs")
+    assert handled == ["in-flight", "in-flight", "after"]
+    assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+    queue = await amqp.declare_queue(names.queue, passive=True)
+    assert queue.declaration_result.message_count == 0
