@@ -19,6 +19,7 @@ import msgspec
 from bridge.configparse import check_name, convert
 from bridge.errors import ConfigError
 from bridge.event import Event
+from bridge.metrics import Metrics
 from bridge.sinks.base import Health
 from bridge.sinks.toolkit import Seconds
 
@@ -121,11 +122,12 @@ class Source(Protocol):
 
 
 class SourceType(msgspec.Struct, frozen=True):
-    """A registered source type: its config class and its factory."""
+    """A registered source type: its config class and its factory, which is given the
+    `Metrics` of the bus the source feeds (its connection's gauge and errors go there)."""
 
     type: str
     config: builtins.type[SourceConfig]
-    factory: Callable[[SourceConfig], Source]
+    factory: Callable[[SourceConfig, Metrics], Source]
 
 
 _BUILTIN: Final = {

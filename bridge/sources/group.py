@@ -38,7 +38,7 @@ class Sources:
         self.sources: dict[str, Source] = {}
         self.runners: dict[str, Runner] = {}
         for config in self.configs:
-            self.sources[config.name] = get_source_type(config.type).factory(config)
+            self.sources[config.name] = get_source_type(config.type).factory(config, bus.metrics)
             self.runners[config.name] = Runner(bus, config)
         self._started: list[Source] = []
 

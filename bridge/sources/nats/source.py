@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from bridge.metrics import METRICS, Metrics
 from bridge.redact import mask_url
 from bridge.sinks.base import Health
 from bridge.sinks.nats.errors import connect_error
@@ -72,11 +73,12 @@ class _Link:
 class NatsSource:
     """Consumes a JetStream durable consumer into the bus; see the module docstring."""
 
-    def __init__(self, config: NatsSourceConfig) -> None:
+    def __init__(self, config: NatsSourceConfig, metrics: Metrics = METRICS) -> None:
         self.name = config.name
         self.config = config
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sources.{config.name}.tls") if config.tls else None
+        self._metrics = metrics
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -87,6 +89,7 @@ class NatsSource:
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "nats", target, self._connect, config.supervision,
             classify=connect_error, log=log, role="source",
+            metrics=metrics,
         )  # fmt: skip
 
     @property
@@ -97,7 +100,9 @@ class NatsSource:
         """Connect and consume; a server that is away does not fail the start."""
         self._deliver = deliver
         self._stopping = False
-        self._tasks = TaskGroup(f"nats source {self.name}", log, stage="source")
+        self._tasks = TaskGroup(
+            f"nats source {self.name}", log, metrics=self._metrics, stage="source"
+        )
         await self._supervisor.start()
 
     async def stop(self) -> None:

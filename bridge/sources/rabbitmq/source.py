@@ -24,6 +24,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from bridge.metrics import METRICS, Metrics
 from bridge.redact import mask_url
 from bridge.sinks.base import Health
 from bridge.sinks.rabbitmq.errors import connect_error
@@ -96,10 +97,11 @@ class _Link:
 class RabbitSource:
     """Consumes a RabbitMQ queue into the bus; see the module docstring."""
 
-    def __init__(self, config: RabbitSourceConfig) -> None:
+    def __init__(self, config: RabbitSourceConfig, metrics: Metrics = METRICS) -> None:
         self.name = config.name
         self.config = config
         self.url = source_url(config)  # the password is read now: a missing one fails the load
+        self._metrics = metrics
         self._deliver: Deliver | None = None
         self._inflight: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -108,6 +110,7 @@ class RabbitSource:
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "rabbitmq", mask_url(str(self.url)), self._connect,
             config.supervision, classify=connect_error, log=log, role="source",
+            metrics=metrics,
         )  # fmt: skip
 
     @property
@@ -117,7 +120,9 @@ class RabbitSource:
     async def start(self, deliver: Deliver) -> None:
         """Connect and consume; a broker that is away does not fail the start."""
         self._deliver = deliver
-        self._inflight = TaskGroup(f"rabbitmq source {self.name}", log, stage="source")
+        self._inflight = TaskGroup(
+            f"rabbitmq source {self.name}", log, metrics=self._metrics, stage="source"
+        )
         await self._supervisor.start()
 
     async def stop(self) -> None:
