@@ -1,17 +1,23 @@
-"""A RabbitMQ source through the real sidecar (``evbridge serve`` as a subprocess):
-consume -> handlers -> route to a sink (a relay between exchanges), and the source in
-``/readyz``, ``/v1/info`` and ``/metrics``. Exchanges and queues are the test's own."""
+"""Sources through the real sidecar (``evbridge serve`` as a subprocess): consume ->
+handlers -> route to a sink (a relay between exchanges; NATS into a file), and the source
+in ``/readyz``, ``/v1/info`` and ``/metrics``. Exchanges, queues and streams are the
+test's own."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
+from nats.aio.client import Client
 
 from tests.brokers import RabbitMQ, unique_name, wait_until
 from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
+from tests.nats_broker import add_stream, delete_stream, nats_client, nats_url
+
+__all__ = ["nats_client", "nats_url"]
 
 TIMEOUT = 15.0
 
@@ -86,3 +92,33 @@ async def test_a_consumed_message_is_relayed_and_the_source_is_visible(
     assert queue.declaration_result.message_count == 0
     assert await srv.metric("evbridge_source_up", {"source": "in"}) == 1
     assert srv.stop() == 0
+
+
+async def test_a_nats_source_feeds_a_file_sink_through_the_server(
+    nats_url: str, nats_client: Client, evbridge_server_factory: ServerFactory
+) -> None:
+    prefix = unique_name("srcsrv").replace("-", "_")
+    stream = await add_stream(nats_url, [f"{prefix}.>"], name=prefix.upper())
+    try:
+        config = {
+            "sinks": [{"name": "out", "type": "file", "path": "out.jsonl"}],
+            "routes": [{"match": "*", "sink": "out"}],
+            "sources": [{"name": "js", "type": "nats", "servers": nats_url, "stream": stream,
+                         "durable": "evbridge", "event_type": "nats.{subject}"}],
+        }  # fmt: skip
+        srv = evbridge_server_factory(config)
+        await nats_client.jetstream().publish(f"{prefix}.job", b'{"job": 7}')
+
+        async def acked() -> bool:
+            labels = {"source": "js", "outcome": "ok"}
+            return await srv.metric("evbridge_consumed_total", labels) == 1
+
+        await wait_until(acked, timeout=TIMEOUT, what="the consumed message counted as ok")
+        (line,) = (srv.workdir / "out.jsonl").read_text().splitlines()
+        written = json.loads(line)
+        assert (written["type"], written["data"]) == (f"nats.{prefix}.job", {"job": 7})
+        assert srv.stop() == 0
+        info = await nats_client.jetstream().consumer_info(stream, "evbridge")
+        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    finally:
+        await delete_stream(nats_url, stream)
