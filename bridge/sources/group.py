@@ -41,10 +41,13 @@ class Sources:
             self.sources[config.name] = get_source_type(config.type).factory(config, bus.metrics)
             self.runners[config.name] = Runner(bus, config)
         self._started: list[Source] = []
+        #: The stop in progress: a second `stop` waits for it rather than return early.
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Start every source (after the bus: their events need its sinks). A source
         whose broker is away does not fail this; one that raises stops the others."""
+        self._stopping = None
         for name, source in self.sources.items():
             try:
                 await source.start(self.runners[name].deliver)
@@ -56,7 +59,18 @@ class Sources:
 
     async def stop(self) -> None:
         """Stop every started source (concurrently): fetching stops, events in flight
-        get ``grace_s``, the rest is left unacknowledged for redelivery."""
+        get ``grace_s``, the rest is left unacknowledged for redelivery. A call while a
+        stop is in progress waits for that one."""
+        await asyncio.shield(self.begin_stop())
+
+    def begin_stop(self) -> asyncio.Future[None]:
+        """Start stopping (fetching stops at once) without waiting; `stop` waits for it.
+        The sidecar calls this as shutdown begins, so consuming stops beside the drain."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
         started, self._started = self._started, []
         results = await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
         for source, result in zip(started, results, strict=True):

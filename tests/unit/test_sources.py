@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -12,9 +13,11 @@ from bridge.errors import ConfigError
 from bridge.event import data_bytes
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
+from bridge.sinks.base import Health
 from bridge.sinks.memory import MemorySink
 from bridge.sinks.nats.message import nats_headers
 from bridge.sinks.rabbitmq.message import amqp_properties, structured_body
+from bridge.sources import Sources
 from bridge.sources.base import Incoming, Verdict
 from bridge.sources.decode import Undecodable, plain_event
 from bridge.sources.nats import NatsSourceConfig
@@ -328,3 +331,36 @@ async def test_a_bus_that_refuses_the_event_gets_it_redelivered(registry: Handle
     assert consumed(bus, "redelivered") == 1
     again = bus.metrics.consumed_again.labels("in")._value.get()  # type: ignore[attr-defined]
     assert again == 1
+
+
+class SlowSource:
+    """A source whose stop takes a while: a second stop must wait for the first."""
+
+    def __init__(self) -> None:
+        self.name = "slow"
+        self.stopped = asyncio.Event()
+        self.stops = 0
+
+    async def start(self, deliver: object) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stops += 1
+        await asyncio.sleep(0.05)
+        self.stopped.set()
+
+    async def healthcheck(self) -> Health:
+        return Health(ok=True)
+
+
+async def test_a_stop_begun_at_shutdown_is_joined_by_the_next(registry: HandlerRegistry) -> None:
+    bus = bus_with(registry)
+    sources = Sources((), bus)
+    slow = SlowSource()
+    sources.sources["slow"] = slow
+    sources.runners["slow"] = runner(bus)
+    await sources.start()
+    sources.begin_stop()  # the sidecar, as shutdown begins
+    await sources.stop()  # the sidecar, before stopping the bus: returns once it is done
+    assert slow.stopped.is_set()
+    assert slow.stops == 1
