@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import msgspec
 import pytest
@@ -364,3 +366,24 @@ async def test_a_stop_begun_at_shutdown_is_joined_by_the_next(registry: HandlerR
     await sources.stop()  # the sidecar, before stopping the bus: returns once it is done
     assert slow.stopped.is_set()
     assert slow.stops == 1
+
+
+async def test_a_spooled_event_is_acked_even_while_its_sink_is_away(
+    registry: HandlerRegistry, tmp_path: Path
+) -> None:
+    # Durable delivery: fsync'd to the spool is done (the deliverer sends it later), so
+    # a sink that is down does not hold the message up.
+    bus = bus_with(
+        registry,
+        sinks=[{"name": "away", "type": "nats", "servers": "nats://127.0.0.1:9",
+                "connect_timeout_s": 0.2}],
+        routes=[{"match": "order.*", "sink": "away", "subject": "x"}],
+        delivery={"mode": "durable", "spool_dir": str(tmp_path / "spool")},
+        shutdown={"grace_s": 0.2},
+    )  # fmt: skip
+    async with bus:
+        verdict = await runner(bus).deliver(Incoming("m", event=Event(type="order.created")))
+        pending = bus.spool_status()
+    assert verdict == Verdict("ack")
+    assert pending is not None
+    assert pending["pending"] == {"away": {"events": 1, "bytes": ANY, "oldest_age_s": ANY}}
