@@ -46,7 +46,7 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     placeholders: ClassVar[tuple[str, ...]] = ()
     field_docs: ClassVar[Mapping[str, str]] = {
         "name": "The source's name (metrics, logs, `/v1/info`).",
-        "type": "The source type: `rabbitmq` or `nats`.",
+        "type": "The source type: `kafka`, `rabbitmq` or `nats`.",
         "route": "Route consumed notification events to sinks after their handlers; "
         "false: handlers only.",
         "on_error": "When a handler fails: `retry` (then dead-letter), `dead_letter` or "
@@ -131,6 +131,7 @@ class SourceType(msgspec.Struct, frozen=True):
 
 
 _BUILTIN: Final = {
+    "kafka": "bridge.sources.kafka",
     "rabbitmq": "bridge.sources.rabbitmq",
     "nats": "bridge.sources.nats",
 }

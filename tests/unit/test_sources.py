@@ -16,12 +16,14 @@ from bridge.event import data_bytes
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
 from bridge.sinks.base import Health
+from bridge.sinks.kafka.message import Codec
 from bridge.sinks.memory import MemorySink
 from bridge.sinks.nats.message import nats_headers
 from bridge.sinks.rabbitmq.message import amqp_properties, structured_body
 from bridge.sources import Sources
 from bridge.sources.base import Incoming, Verdict
 from bridge.sources.decode import Undecodable, plain_event
+from bridge.sources.kafka.message import kafka_event
 from bridge.sources.nats import NatsSourceConfig
 from bridge.sources.nats.message import nats_event
 from bridge.sources.rabbitmq import RabbitSourceConfig
@@ -89,9 +91,9 @@ def test_a_source_needs_its_fields_and_a_known_type() -> None:
         config({"name": "in", "type": "rabbitmq"})
     assert caught.value.field == "sources[0].queue"
     with pytest.raises(ConfigError) as caught:
-        config({"name": "in", "type": "kafka"})
+        config({"name": "in", "type": "pulsar"})
     assert caught.value.field == "sources[0].type"
-    assert "unknown source type 'kafka'" in caught.value.message
+    assert "unknown source type 'pulsar'" in caught.value.message
     with pytest.raises(ConfigError) as caught:
         config(RABBIT, {**NATS, "name": "in"})
     assert caught.value.field == "sources[1].name"
@@ -387,3 +389,21 @@ async def test_a_spooled_event_is_acked_even_while_its_sink_is_away(
     assert verdict == Verdict("ack")
     assert pending is not None
     assert pending["pending"] == {"away": {"events": 1, "bytes": ANY, "oldest_age_s": ANY}}
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_kafka_records_round_trip_to_an_equal_event(mode: str) -> None:
+    sent = full_event()
+    value, headers = Codec(mode).encode(sent)
+    got = kafka_event(
+        value, headers=headers, key=b"customer-3", topic="orders", event_type="{topic}"
+    )
+    assert got == sent
+
+
+def test_a_plain_kafka_record_is_typed_from_its_topic() -> None:
+    got = kafka_event(b'{"a": 1}', headers=[], key=None, topic="jobs", event_type="kafka.{topic}")
+    assert (got.type, got.data) == ("kafka.jobs", {"a": 1})
+    with pytest.raises(ConfigError) as caught:
+        config({"name": "k", "type": "kafka", "bootstrap_servers": "h:9092", "group_id": "g"})
+    assert "either topics or pattern" in caught.value.message
