@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import ANY
 
@@ -23,6 +24,7 @@ from bridge.sinks.rabbitmq.message import amqp_properties, structured_body
 from bridge.sources import Sources
 from bridge.sources.base import Incoming, Verdict
 from bridge.sources.decode import Undecodable, plain_event
+from bridge.sources.kafka import KafkaSource, KafkaSourceConfig
 from bridge.sources.kafka.message import kafka_event
 from bridge.sources.nats import NatsSourceConfig
 from bridge.sources.nats.message import nats_event
@@ -407,3 +409,50 @@ def test_a_plain_kafka_record_is_typed_from_its_topic() -> None:
     with pytest.raises(ConfigError) as caught:
         config({"name": "k", "type": "kafka", "bootstrap_servers": "h:9092", "group_id": "g"})
     assert "either topics or pattern" in caught.value.message
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int]] = []
+        self.commits: list[dict[str, int]] = []
+
+    def seek(self, tp: str, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def commit(self, offsets: dict[str, int]) -> None:
+        self.commits.append(offsets)
+
+
+class FailingProducer:
+    async def send_and_wait(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("broker away")
+
+
+class Record(msgspec.Struct):
+    offset: int
+    value: bytes
+    topic: str = "t"
+    partition: int = 0
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+async def test_kafka_never_commits_past_a_dead_letter_it_could_not_produce() -> None:
+    source = KafkaSource(
+        msgspec.convert(
+            {"name": "k", "type": "kafka", "bootstrap_servers": "h:1", "group_id": "g",
+             "topics": ["t"], "dead_letter_topic": "t.dead", "retry_initial_s": 0.001},
+            KafkaSourceConfig,
+        )
+    )  # fmt: skip
+    verdicts = iter([Verdict("ack"), Verdict("dead_letter", "boom"), Verdict("ack")])
+
+    async def deliver(incoming: Incoming) -> Verdict:
+        return next(verdicts)
+
+    source._deliver = deliver
+    link = SimpleNamespace(consumer=FakeConsumer(), producer=FailingProducer())
+    records = [Record(10, b"{}"), Record(11, b"{}"), Record(12, b"{}")]
+    await source._partition(link, "tp", records)  # type: ignore[arg-type]
+    assert link.consumer.commits == [{"tp": 11}]  # offset 10 done; 11 not dead-lettered
+    assert link.consumer.seeks == [("tp", 11)]  # so it comes again, and 12 after it

@@ -198,15 +198,20 @@ class KafkaSource:
         done: int | None = None
         try:
             for record in records:
-                verdict = await self._one(record)
+                try:
+                    verdict = await self._one(record)
+                    if verdict.action == "dead_letter":
+                        await self._dead_letter(link, record, verdict.reason)
+                except Exception as exc:
+                    # Not done: the fetch position has moved past it, so go back to it, or
+                    # a later commit of this partition would skip it.
+                    verdict = Verdict("redeliver", describe(exc))
                 if verdict.action == "redeliver":
                     self._redeliveries += 1
                     await asyncio.sleep(self._backoff.delay(self._redeliveries))
                     link.consumer.seek(tp, record.offset)
                     return
-                if verdict.action == "dead_letter":
-                    await self._dead_letter(link, record, verdict.reason)
-                else:
+                if verdict.action == "ack":
                     self._redeliveries = 0
                 done = record.offset
         finally:
