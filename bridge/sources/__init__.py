@@ -4,7 +4,7 @@
 - `bridge.sources.decode`: broker messages back into events (shared parts);
 - `bridge.sources.runner`: each consumed event through the bus, and the commit rule;
 - `bridge.sources.group`: the sources of a config, started and stopped together;
-- `bridge.sources.rabbitmq`, `bridge.sources.nats`: the broker types.
+- `bridge.sources.kafka`, `bridge.sources.rabbitmq`, `bridge.sources.nats`: the broker types.
 
 docs/sources.md has the guarantees.
 """
