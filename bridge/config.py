@@ -35,6 +35,7 @@ from bridge.sections import (
     TracingConfig,
 )
 from bridge.sinks.base import SinkConfig, get_sink_type
+from bridge.sources.base import SourceConfig, parse_sources
 from bridge.webhookconfig import check_http_handlers
 
 __all__ = [
@@ -66,6 +67,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     source: str = ""
     handlers: HandlersConfig = HandlersConfig()
     sinks: tuple[SinkConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     listen: ListenConfig = ListenConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -80,6 +82,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         "source": "The CloudEvents `source` of events that set none (or env `EVBRIDGE_SOURCE`).",
         "handlers": "Handler modules and how handlers run.",
         "sinks": "The brokers and files events are delivered to; each has a `name` and a `type`.",
+        "sources": "Brokers events are consumed from, through the handlers (docs/sources.md).",
         "routes": "Ordered rules, first match wins: event type pattern to sink and destination.",
         "listen": "The API listeners.",
         "metrics": "The metrics and probes listener.",
@@ -220,6 +223,7 @@ def parse_config(
     _env_overrides(data, os.environ if env is None else env)
     raw_sinks = data.pop("sinks", None) or []
     raw_routes = data.pop("routes", None) or []
+    sources = parse_sources(data.pop("sources", None))
     if not isinstance(raw_sinks, list):
         raise ConfigError(f"sinks: must be a list (got {raw_sinks!r})", field="sinks")
     if not isinstance(raw_routes, list):
@@ -261,6 +265,7 @@ def parse_config(
         handlers=_handler_path(config.handlers, Path(directory) if directory else None),
         source=config.source or default_source(),
         sinks=tuple(sinks.values()),
+        sources=sources,
         routes=routes,
     )
 

@@ -19,6 +19,7 @@ import msgspec.inspect as mi
 from bridge.config import Config
 from bridge.routeconfig import RouteConfig
 from bridge.sinks.base import builtin_sink_types, get_sink_type
+from bridge.sources.base import builtin_source_types, get_source_type
 
 __all__ = ["DocError", "Row", "Section", "main", "reference", "render"]
 
@@ -33,6 +34,7 @@ _COMPUTED_DEFAULTS: Final[Mapping[tuple[type[Any], str], str]] = {
 #: Keys whose YAML shape is not what their declared (parsed) type says.
 _SHOWN_TYPES: Final[Mapping[tuple[type[Any], str], str]] = {
     (Config, "sinks"): "list of sinks (below)",
+    (Config, "sources"): "list of sources (below)",
     (Config, "routes"): "list of routes (below)",
     (RouteConfig, "dead_letter"): "mapping (`sink` and that sink's route options) or null",
     (RouteConfig, "allow"): "mapping of template option to list of globs",
@@ -220,6 +222,9 @@ def reference() -> list[Section]:
         sections.append(
             Section(f"`routes[]` to a `{kind_name}` sink", _intro(route), tuple(_rows(route)))
         )
+    for kind_name in builtin_source_types():
+        source = get_source_type(kind_name).config
+        sections.extend(_nested("sources[]", source, f" with `type: {kind_name}`"))
     return sections
 
 

@@ -110,6 +110,24 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.source_up = Gauge(
+            "evbridge_source_up",
+            "1 while a source is connected and its broker answers probes, else 0.",
+            ["source"],
+            registry=r,
+        )
+        self.consumed = Counter(
+            "evbridge_consumed",
+            "Messages consumed by sources, by source and outcome (bridge/sources/runner.py).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.consumed_again = Counter(
+            "evbridge_consumed_redeliveries",
+            "Messages consumed that their broker had delivered before (possible duplicates).",
+            ["source"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",

@@ -307,6 +307,7 @@ class Api:
                 # Route options are config values: masked like everything else shown.
                 "routes": scrub_value(described["routes"]),
                 "handlers": described["handlers"],
+                "sources": scrub_value(sidecar.sources.describe()),
             }
         )
 

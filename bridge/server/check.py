@@ -27,6 +27,7 @@ from bridge.redact import register_config, scrub
 from bridge.server.auth import check_exposure
 from bridge.server.listeners import MAX_UNIX_PATH, parse_tcp
 from bridge.sinks.base import DestinationCheck, Sink
+from bridge.sources import Sources
 
 
 @dataclass
@@ -196,4 +197,11 @@ async def run_check(path: str | None, where: str, *, timeout: float) -> Report: 
             for name, sink in bus.sinks.items()
         )
     )
+    try:
+        sources = Sources(config.sources, bus)
+    except BridgeError as exc:
+        report.add("sources", False, exc.message)
+        return report
+    for what, health in await sources.check(timeout):
+        report.add(what, health.ok, health.detail)
     return report

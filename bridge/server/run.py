@@ -226,6 +226,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
 
         # Ordered shutdown; the exit stack then stops the bus and the metrics listener.
         sidecar.begin_shutdown()
+        sidecar.sources.begin_stop()  # consuming stops beside the drain; the bus after both
         draining = sidecar.active_requests
         log.info(
             "draining: %d requests in flight, grace %.1fs",

@@ -18,6 +18,7 @@ from bridge.redact import register_config
 from bridge.server.errors import ApiError
 from bridge.server.limits import ConnectionBudget
 from bridge.sinks.base import Health
+from bridge.sources import Sources
 
 log = logging.getLogger("bridge.server")
 
@@ -50,6 +51,8 @@ class Sidecar:
         self.bus = bus if bus is not None else Bus(config)
         #: Where the HTTP side counts: the bus's own, so ``/metrics`` scrapes that bus.
         self.metrics = self.bus.metrics
+        #: Built now, so that a source's missing secret stops the load (bridge.sources).
+        self.sources = Sources(config.sources, self.bus)
         self.phase: Phase = "starting"
         #: Events admitted and not finished (a batch counts its size).
         self.inflight = 0
@@ -83,6 +86,11 @@ class Sidecar:
         self.metrics.inflight.set_function(lambda: float(self.inflight))
         self.metrics.inflight_bytes.set_function(lambda: float(self.inflight_bytes))
         await self.bus.start()
+        try:
+            await self.sources.start()  # after the bus: consumed events need its sinks
+        except BaseException:
+            await self.bus.stop()
+            raise
         self.phase = "running"
         self.started_at = monotonic()
         ready, _ = await self.readiness()
@@ -111,6 +119,11 @@ class Sidecar:
             # Background delivery gets shutdown.grace_s of its own to drain the spool
             # (docs/durable-delivery.md): the bound is then 2 x grace_s plus the same margin.
             timeout += self.config.shutdown.grace_s
+        try:
+            # Consuming stops first: events in flight finish while the sinks still run.
+            await asyncio.wait_for(self.sources.stop(), timeout)
+        except TimeoutError:
+            log.warning("sources did not stop within %.1fs", timeout)
         try:
             await asyncio.wait_for(self.bus.stop(), timeout)
         except TimeoutError:
@@ -226,6 +239,7 @@ class Sidecar:
         """(ready, body) for ``/readyz``; also sets the ``evbridge_ready`` gauge."""
         reasons: list[str] = []
         sinks: dict[str, dict[str, Any]] = {}
+        sources: dict[str, dict[str, Any]] = {}
         # A sink reached only through the spool does not hold events up when it is down.
         behind_spool = self.bus.sinks_behind_spool()
         if self.phase == "running":
@@ -233,6 +247,10 @@ class Sidecar:
                 sinks[name] = {"ok": health.ok, "detail": health.detail}
                 if not health.ok and name not in behind_spool:
                     reasons.append(f"sink {name}: {health.detail or 'health check failed'}")
+            for name, health in (await self.sources.health()).items():
+                sources[name] = {"ok": health.ok, "detail": health.detail}
+                if not health.ok:
+                    reasons.append(f"source {name}: {health.detail or 'health check failed'}")
         reasons.extend(self.bus.spool_refusals())
         reasons.extend(self.bus.endpoints.not_ready())
         # The phase is read after the health check, which may have awaited a shutdown.
@@ -243,6 +261,8 @@ class Sidecar:
         ready = not reasons
         self.metrics.ready.set(1 if ready else 0)
         body: dict[str, Any] = {"ready": ready, "phase": self.phase, "sinks": sinks}
+        if sources:
+            body["sources"] = sources
         spool = self.bus.spool_status()
         if spool is not None:
             body["spool"] = spool

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("bridge.cli",)),
     ("server", ("bridge.server",)),
     ("testing", ("bridge.testing", "bridge.pytest_plugin")),
+    ("sources", ("bridge.sources",)),
     (
         "bus",
         (

@@ -17,6 +17,7 @@ from bridge.config import Config, HandlersConfig
 from bridge.configdoc import COMMAND, DocError, reference, render
 from bridge.routeconfig import RouteConfig
 from bridge.sinks.base import builtin_sink_types, get_sink_type
+from bridge.sources.base import builtin_source_types, get_source_type
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "configuration.md"
@@ -83,6 +84,9 @@ def type_keys() -> set[tuple[str, str]]:
         keys |= _section_keys("sinks[]", sink_type.config, f" with `type: {kind_name}`")
         route = f"`routes[]` to a `{kind_name}` sink"
         keys |= {(route, key) for key in sink_type.route.__struct_fields__}
+    for kind_name in builtin_source_types():
+        source = get_source_type(kind_name).config
+        keys |= _section_keys("sources[]", source, f" with `type: {kind_name}`")
     return keys
 
 

@@ -18,7 +18,8 @@ the same way for every broker:
   until the broker answers again.
 - Each change of state is logged once (not once per retry), counted in
   ``evbridge_errors{stage="connect"}`` when it is a failure, and shown in the
-  ``evbridge_sink_up{sink}`` gauge, in the `Metrics` given (or bound with
+  ``evbridge_sink_up{sink}`` gauge (``evbridge_source_up{source}`` for a source's
+  connection, ``role="source"``), in the `Metrics` given (or bound with
   `Supervisor.bind_metrics` before ``start``: the bus's, for a bus's sink).
 """
 
@@ -119,6 +120,7 @@ class Supervisor(Generic[L]):
         classify: Callable[[BaseException, str], SinkError] = unavailable,
         log: logging.Logger | None = None,
         metrics: Metrics = METRICS,
+        role: Literal["sink", "source"] = "sink",
     ) -> None:
         self.sink = sink
         self.kind = kind
@@ -128,11 +130,13 @@ class Supervisor(Generic[L]):
         self._classify = classify
         self._log = log or logging.getLogger(f"bridge.sinks.{kind}")
         self._metrics = metrics
+        #: What log lines and errors call it: "nats sink events", "nats source orders".
+        self.role = role
         # The gauge's series is made by `start`, in the metrics bound by then: made here,
         # it would also reset the series of another bus's sink of the same name.
         self._gauge: Gauge | None = None
         self._link: L | None = None
-        self._error: SinkError | None = SinkUnavailable(f"{kind} sink {sink!r} is not started")
+        self._error: SinkError | None = SinkUnavailable(f"{kind} {role} {sink!r} is not started")
         self._logged: Literal["up", "down"] | None = None
         self._tasks: TaskGroup | None = None
         self._wake = asyncio.Event()
@@ -148,7 +152,9 @@ class Supervisor(Generic[L]):
         """The live link, or the error every publish should fail with right now."""
         if self._error is None and self._link is not None:
             return self._link
-        return self._error or SinkUnavailable(f"{self.kind} sink {self.sink!r} is not connected")
+        return self._error or SinkUnavailable(
+            f"{self.kind} {self.role} {self.sink!r} is not connected"
+        )
 
     def suspect(self) -> None:
         """A publish failed in a way that may mean the broker is gone: probe now."""
@@ -167,9 +173,14 @@ class Supervisor(Generic[L]):
         """Start supervising; return after the first connect attempt (bounded)."""
         if self._tasks is not None:
             return
-        self._gauge = self._metrics.sink_up.labels(self.sink)
+        metrics = self._metrics
+        self._gauge = (metrics.source_up if self.role == "source" else metrics.sink_up).labels(
+            self.sink
+        )
         self._gauge.set(0)
-        self._tasks = TaskGroup(f"{self.kind} sink {self.sink}", self._log, metrics=self._metrics)
+        self._tasks = TaskGroup(
+            f"{self.kind} {self.role} {self.sink}", self._log, metrics=self._metrics
+        )
         self._first.clear()
         run = self._tasks.spawn(self._run(), name="supervisor")
         first = asyncio.ensure_future(self._first.wait())
@@ -188,10 +199,10 @@ class Supervisor(Generic[L]):
         if tasks is None:
             return
         await tasks.close()
-        self._error = SinkUnavailable(f"{self.kind} sink {self.sink!r} is stopped")
+        self._error = SinkUnavailable(f"{self.kind} {self.role} {self.sink!r} is stopped")
         self._show(0)
         self._logged = None
-        self._log.info("%s sink %s stopped", self.kind, self.sink)
+        self._log.info("%s %s %s stopped", self.kind, self.role, self.sink)
 
     async def health(self) -> Health:
         """Probe the link now (bounded by ``health_timeout_s``) and update the state."""
@@ -297,7 +308,9 @@ class Supervisor(Generic[L]):
         self._show(1)
         if self._logged != "up":
             self._logged = "up"
-            self._log.info("%s sink %s is connected to %s", self.kind, self.sink, self.target)
+            self._log.info(
+                "%s %s %s is connected to %s", self.kind, self.role, self.sink, self.target
+            )
 
     def _mark_down(self, error: SinkError) -> None:
         self._error = error
@@ -306,8 +319,10 @@ class Supervisor(Generic[L]):
             self._logged = "down"
             self._metrics.error("connect", error.code)
             self._log.warning(
-                "%s sink %s is down: %s; failing fast and retrying in the background",
-                self.kind, self.sink, error.message,
+                "%s %s %s is down: %s; failing fast and retrying in the background",
+                self.kind, self.role, self.sink, error.message,
             )  # fmt: skip
         else:
-            self._log.debug("%s sink %s is still down: %s", self.kind, self.sink, error.message)
+            self._log.debug(
+                "%s %s %s is still down: %s", self.kind, self.role, self.sink, error.message
+            )

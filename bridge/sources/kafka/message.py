@@ -1,0 +1,79 @@
+"""A Kafka record back into an event: the CloudEvents Kafka binding the Kafka sink writes
+(`bridge.sinks.kafka.message`: ``ce_*`` headers, ``content-type``, the record key as the
+event's ``key``; structured mode by ``application/cloudevents+json``), else a plain event.
+Header values are bytes on Kafka: extensions arrive as text. No broker library here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from bridge.event import Event
+from bridge.sources.base import render
+from bridge.sources.decode import (
+    binary_event,
+    is_structured,
+    payload,
+    plain_event,
+    structured_event,
+    ttl,
+)
+
+_ATTRIBUTES: Final = {
+    "specversion": "specversion",
+    "id": "id",
+    "source": "source",
+    "type": "type",
+    "time": "time",
+    "subject": "subject",
+    "dataschema": "dataschema",
+    "correlationid": "correlation_id",
+}
+
+
+def kafka_event(
+    value: bytes | None,
+    *,
+    headers: Sequence[tuple[str, bytes]],
+    key: bytes | None,
+    topic: str,
+    event_type: str,
+) -> Event:
+    """The event of one Kafka record (`Undecodable` when there is none)."""
+    attributes: dict[str, str] = {}
+    transport: dict[str, str] = {}
+    content_type: str | None = None
+    for name, raw in headers:
+        text = raw.decode(errors="replace") if raw is not None else ""
+        lower = name.lower()
+        if lower.startswith("ce_"):
+            attributes[lower[3:]] = text
+        elif lower == "content-type":
+            content_type = text
+        else:
+            transport[name] = text
+    body = value or b""
+    if is_structured(content_type):
+        return structured_event(body, transport)
+    if "specversion" not in attributes:
+        return plain_event(
+            render(event_type, {"topic": topic}), body, content_type, headers=transport
+        )
+    event: dict[str, Any] = {"datacontenttype": content_type}
+    extensions: dict[str, Any] = {}
+    for name, text in attributes.items():
+        target = _ATTRIBUTES.get(name)
+        if target is not None:
+            event[target] = text
+        elif name == "ttl":
+            event["ttl_ms"] = ttl(text)
+        else:
+            extensions[name] = text
+    if key is not None:
+        event["key"] = key.decode(errors="replace")
+    event["data"] = payload(body, content_type)
+    if transport:
+        event["headers"] = transport
+    if extensions:
+        event["extensions"] = extensions
+    return binary_event(event)

@@ -1,0 +1,140 @@
+"""The source -> decode -> pipeline path: each consumed message through the bus.
+
+A source hands the runner an `Incoming` (its decoded event, or the reason it
+could not be decoded); the runner emits the event through the bus's public
+API (`Bus.emit`: handlers in order with isolation, then routing of
+notification events to sinks) and answers with a `Verdict`. The commit rule:
+
+- ``ack`` only when the emit result says every delivery of the event and of its
+  follow-ups was confirmed by its broker or durably spooled (``published``,
+  ``spooled``; ``handled`` for a domain event), and its handlers succeeded or
+  the source's ``on_error`` is ``ignore``;
+- ``redeliver`` when a delivery failed retriably (a sink is down): the broker
+  gives the message again, so nothing is lost;
+- ``dead_letter`` when the message cannot be decoded, a delivery was refused
+  for good, or handlers failed under ``on_error: dead_letter`` (or still failed
+  after ``max_attempts`` runs under ``retry``).
+
+``route: false`` emits the event as a domain event: handlers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Final, Protocol
+
+import msgspec
+
+from bridge.event import Event
+from bridge.metrics import Metrics
+from bridge.results import ERROR, TIMEOUT, EmitResult
+from bridge.sinks.toolkit import Backoff
+from bridge.sources.base import Incoming, SourceConfig, Verdict
+
+log = logging.getLogger("bridge.sources")
+
+_DONE: Final = frozenset({"handled", "published", "spooled"})
+#: Outcomes of ``evbridge_consumed_total{source,outcome}``.
+OUTCOMES: Final = ("ok", "handler_error_ignored", "redelivered", "dead_letter", "undecodable")
+
+
+class Emitter(Protocol):
+    """What the runner needs of a bus (`bridge.bus.Bus` is one): its public `emit` and
+    its metrics. A protocol, so that sources do not import the bus: the sidecar (or the
+    application) hands the bus to them, and events flow source -> bus only."""
+
+    metrics: Metrics
+
+    async def emit(self, event: Event) -> EmitResult: ...
+
+
+def _all(result: EmitResult) -> Iterator[EmitResult]:
+    yield result
+    for follow_up in result.follow_ups:
+        yield from _all(follow_up)
+
+
+def _failed_handlers(result: EmitResult) -> list[str]:
+    return [
+        f"{h.name}: {h.outcome}{': ' + h.error if h.error else ''}"
+        for r in _all(result)
+        for h in r.handlers
+        if h.outcome in (ERROR, TIMEOUT)
+    ]
+
+
+def delivery_verdict(result: EmitResult) -> Verdict | None:
+    """None when every delivery is done; else what to do with the message."""
+    for r in _all(result):
+        if r.status in _DONE:
+            continue
+        error = r.error
+        reason = f"{r.type} {r.id}: {error.code}: {error.message}" if error else r.status
+        if error is not None and error.retriable:
+            return Verdict("redeliver", reason)
+        return Verdict("dead_letter", f"delivery refused: {reason}")
+    return None
+
+
+class Runner:
+    """Runs the consumed messages of one source through a bus; see the module docstring."""
+
+    def __init__(self, bus: Emitter, config: SourceConfig) -> None:
+        self.bus = bus
+        self.config = config
+        self.name = config.name
+        self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
+        self._counter = bus.metrics.consumed
+        self._again = bus.metrics.consumed_again.labels(config.name)
+
+    def _count(self, outcome: str) -> None:
+        self._counter.labels(self.name, outcome).inc()
+
+    async def deliver(self, incoming: Incoming) -> Verdict:
+        """The `Deliver` callback the source is started with."""
+        if incoming.redelivered:
+            self._again.inc()
+        try:
+            return await self._run(incoming)
+        except Exception as exc:
+            # Only misuse makes emit raise (a bus not started, stopping): not the message's
+            # fault, so it goes back to the broker.
+            self._count("redelivered")
+            log.warning("source %s: %s: %s: %s; the broker redelivers it", self.name,
+                        incoming.where, type(exc).__name__, exc)  # fmt: skip
+            return Verdict("redeliver", f"{type(exc).__name__}: {exc}")
+
+    async def _run(self, incoming: Incoming) -> Verdict:
+        if incoming.event is None:
+            self._count("undecodable")
+            reason = f"undecodable: {incoming.problem}"
+            log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
+            return Verdict("dead_letter", reason)
+        event = incoming.event
+        if not self.config.route and event.kind != "domain":
+            event = msgspec.structs.replace(event, kind="domain")
+        attempts = self.config.max_attempts if self.config.on_error == "retry" else 1
+        for attempt in range(1, attempts + 1):
+            result = await self.bus.emit(event)
+            verdict = delivery_verdict(result)
+            if verdict is not None:
+                outcome = "redelivered" if verdict.action == "redeliver" else "dead_letter"
+                self._count(outcome)
+                log.warning("source %s: %s: %s (%s)", self.name, incoming.where, verdict.reason,
+                            verdict.action)  # fmt: skip
+                return verdict
+            failed = _failed_handlers(result)
+            if not failed:
+                self._count("ok")
+                return Verdict("ack")
+            if self.config.on_error == "ignore":
+                self._count("handler_error_ignored")
+                return Verdict("ack")
+            if attempt < attempts:
+                await asyncio.sleep(self._backoff.delay(attempt))
+        reason = f"handler failed after {attempts} run(s): " + "; ".join(failed)
+        self._count("dead_letter")
+        log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
+        return Verdict("dead_letter", reason)

@@ -1,0 +1,159 @@
+"""The Kafka source against a Tansu broker the tests start: publish (through the real
+sink) -> consume -> handlers, in order per partition, and offsets committed only when
+done. Topics and groups are unique per test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+
+from bridge import Bus, Context, Event, parse_config
+from bridge.handlers import HandlerRegistry
+from bridge.metrics import Metrics
+from bridge.server.check import run_check
+from bridge.sources import Sources
+from tests.brokers import KafkaBroker, create_topic, unique_name, wait_until
+
+TIMEOUT = 30.0
+
+
+def publisher(bootstrap: str, topic: str) -> Bus:
+    raw = {
+        "sinks": [{"name": "k", "type": "kafka", "bootstrap_servers": bootstrap}],
+        "routes": [{"match": "*", "sink": "k", "topic": topic, "key": "{key}"}],
+        "handlers": {"entry_points": False},
+    }
+    return Bus(parse_config(raw, {}), registry=HandlerRegistry(), metrics=Metrics())
+
+
+def consumer(
+    bootstrap: str, topic: str, group: str, registry: HandlerRegistry, **source: Any
+) -> tuple[Bus, Sources]:
+    fields = {
+        "name": "in", "type": "kafka", "bootstrap_servers": bootstrap, "group_id": group,
+        "topics": [topic], "route": False, "grace_s": 0.5, "retry_initial_s": 0.01,
+        "fetch_wait_s": 0.2, **source,
+    }  # fmt: skip
+    config = parse_config({"sources": [fields], "handlers": {"entry_points": False}}, {})
+    bus = Bus(config, registry=registry, metrics=Metrics())
+    return bus, Sources(config.sources, bus)
+
+
+def consumed(bus: Bus, outcome: str) -> float:
+    return bus.metrics.consumed.labels("in", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+def sample(**overrides: Any) -> Event:
+    fields: dict[str, Any] = {
+        "type": "order.created",
+        "source": "shop/orders",
+        "subject": "order-7",
+        "data": {"id": 7, "items": ["a", "b"]},
+        "key": "customer-3",
+        "correlation_id": "corr-1",
+        "extensions": {"tenant": "acme"},  # Kafka headers are bytes: text extensions only
+        "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        **overrides,
+    }
+    return Event(**fields)
+
+
+async def test_round_trip_in_order_with_an_undecodable_record_dead_lettered(
+    kafka_broker: KafkaBroker, registry: HandlerRegistry
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, unique_name("src-k"), 1)
+    dead = await create_topic(bootstrap, unique_name("src-k-dead"), 1)
+    got: list[Event] = []
+    bus, sources = consumer(
+        bootstrap, topic, unique_name("g"), registry, dead_letter_topic=dead,
+        event_type="kafka.{topic}",
+    )  # fmt: skip
+    bus.subscribe("*", lambda event, ctx: got.append(event), name="record")
+    events = [sample(id=f"e{i}", data={"i": i}) for i in range(20)]
+    async with publisher(bootstrap, topic) as out:
+        assert {r.status for r in await out.emit_many(events[:10])} == {"published"}
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topic, b"{broken", headers=[("content-type", b"application/json")]
+            )
+            await producer.send_and_wait(topic, b'{"job": 1}')
+        finally:
+            await producer.stop()
+        assert {r.status for r in await out.emit_many(events[10:])} == {"published"}
+        async with bus, sources:
+            await wait_until(lambda: consumed(bus, "ok") == 21, timeout=TIMEOUT, what="21 ok")
+    ids = [e.id for e in got if e.type == "order.created"]
+    assert ids == [e.id for e in events]  # one partition: in order
+    assert [msgspec.structs.replace(e, kind="notification") for e in got if e.id == "e0"] == [
+        events[0]
+    ]
+    plain = [e for e in got if e.type == f"kafka.{topic}"]
+    assert [e.data for e in plain] == [{"job": 1}]
+    assert consumed(bus, "undecodable") == 1
+    reader = AIOKafkaConsumer(dead, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        record = await asyncio.wait_for(reader.getone(), TIMEOUT)
+    finally:
+        await reader.stop()
+    assert record.value == b"{broken"
+    assert b"not JSON" in dict(record.headers)["evbridge-reason"]
+
+
+async def test_an_unfinished_record_is_consumed_again_by_the_group(
+    kafka_broker: KafkaBroker, registry: HandlerRegistry
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, unique_name("src-k"), 1)
+    group = unique_name("g")
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        entered.set()
+        await release.wait()
+
+    bus, sources = consumer(bootstrap, topic, group, registry, grace_s=0.2)
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    async with publisher(bootstrap, topic) as out, bus:
+        await out.emit(sample(id="slow"))
+        await sources.start()
+        try:
+            await asyncio.wait_for(entered.wait(), TIMEOUT)
+        finally:
+            await sources.stop()  # not finished: its offset is not committed
+            release.set()
+        assert consumed(bus, "ok") == 0
+    handled: list[str] = []
+    again, sources2 = consumer(bootstrap, topic, group, HandlerRegistry())
+    again.subscribe("order.*", lambda event, ctx: handled.append(event.id), name="again")
+    async with again, sources2:
+        await wait_until(lambda: handled == ["slow"], timeout=TIMEOUT, what="consumed again")
+        await wait_until(lambda: consumed(again, "ok") == 1, timeout=TIMEOUT, what="acked")
+
+
+async def test_check_reports_missing_topics_without_joining_the_group(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, unique_name("src-k"), 1)
+    base = {"type": "kafka", "bootstrap_servers": bootstrap, "group_id": unique_name("g")}
+    sources = [
+        {**base, "name": "ok", "topics": [topic]},
+        {**base, "name": "missing", "topics": [unique_name("src-k-none")]},
+    ]
+    path = tmp_path / "evbridge.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
+    report = await run_check(str(path), str(path), timeout=15)
+    lines = {line.what: line for line in report.lines}
+    assert lines["source ok (kafka)"].ok
+    assert not lines["source missing (kafka)"].ok
+    assert "do not exist" in lines["source missing (kafka)"].detail
