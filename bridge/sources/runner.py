@@ -27,11 +27,13 @@ from typing import Final, Protocol
 
 import msgspec
 
+from bridge import tracing
 from bridge.event import Event
 from bridge.metrics import Metrics
 from bridge.results import ERROR, TIMEOUT, EmitResult
 from bridge.sinks.toolkit import Backoff
 from bridge.sources.base import Incoming, SourceConfig, Verdict
+from bridge.sources.traced import traced
 
 log = logging.getLogger("bridge.sources")
 
@@ -96,6 +98,11 @@ class Runner:
         """The `Deliver` callback the source is started with."""
         if incoming.redelivered:
             self._again.inc()
+        if tracing.TRACER is not None:
+            return await traced(self.config, incoming, self._guarded)
+        return await self._guarded(incoming)
+
+    async def _guarded(self, incoming: Incoming) -> Verdict:
         try:
             return await self._run(incoming)
         except Exception as exc:
