@@ -139,6 +139,10 @@ class Runner:
             if self.config.on_error == "ignore":
                 self._count("handler_error_ignored")
                 return Verdict("ack")
+            if not any(h.retriable for r in _all(result) for h in r.handlers
+                       if h.outcome in (ERROR, TIMEOUT)):  # fmt: skip
+                attempts = attempt  # only errors that say a rerun cannot help (a 4xx)
+                break
             if attempt < attempts:
                 await asyncio.sleep(self._backoff.delay(attempt))
         reason = f"handler failed after {attempts} run(s): " + "; ".join(failed)

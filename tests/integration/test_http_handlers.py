@@ -300,7 +300,7 @@ async def amqp_names(rabbitmq: RabbitMQ) -> AsyncIterator[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-async def test_an_endpoint_handles_consumed_events_and_5xx_is_retried_then_dead_lettered(
+async def test_consumed_events_reach_endpoints_5xx_is_retried_4xx_dead_lettered_at_once(
     language: str,
     apps: dict[str, App],
     rabbitmq: RabbitMQ,
@@ -355,4 +355,7 @@ async def test_an_endpoint_handles_consumed_events_and_5xx_is_retried_then_dead_
     assert set(reasons) == {"fail", "reject"}
     assert "handler failed after 3 run(s): fail: error" in reasons["fail"]
     assert "answered 503" in reasons["fail"]
+    # A 4xx says a rerun cannot help: dead-lettered after its first run, not retried.
+    assert await runs_of("reject", "error") == 1
+    assert "handler failed after 1 run(s): reject: error" in reasons["reject"]
     assert "answered 422" in reasons["reject"]
