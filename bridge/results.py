@@ -31,6 +31,9 @@ class HandlerOutcome(msgspec.Struct, frozen=True):
     outcome: Outcome
     error: str | None
     duration_s: float
+    #: False when the error says running again cannot help (an HTTP handler's 4xx
+    #: answer): a source's ``on_error: retry`` then dead-letters at once.
+    retriable: bool = True
 
 
 class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):

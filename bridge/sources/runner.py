@@ -27,11 +27,13 @@ from typing import Final, Protocol
 
 import msgspec
 
+from bridge import tracing
 from bridge.event import Event
 from bridge.metrics import Metrics
 from bridge.results import ERROR, TIMEOUT, EmitResult
 from bridge.sinks.toolkit import Backoff
 from bridge.sources.base import Incoming, SourceConfig, Verdict
+from bridge.sources.traced import traced
 
 log = logging.getLogger("bridge.sources")
 
@@ -96,6 +98,11 @@ class Runner:
         """The `Deliver` callback the source is started with."""
         if incoming.redelivered:
             self._again.inc()
+        if tracing.TRACER is not None:
+            return await traced(self.config, incoming, self._guarded)
+        return await self._guarded(incoming)
+
+    async def _guarded(self, incoming: Incoming) -> Verdict:
         try:
             return await self._run(incoming)
         except Exception as exc:
@@ -132,6 +139,10 @@ class Runner:
             if self.config.on_error == "ignore":
                 self._count("handler_error_ignored")
                 return Verdict("ack")
+            if not any(h.retriable for r in _all(result) for h in r.handlers
+                       if h.outcome in (ERROR, TIMEOUT)):  # fmt: skip
+                attempts = attempt  # only errors that say a rerun cannot help (a 4xx)
+                break
             if attempt < attempts:
                 await asyncio.sleep(self._backoff.delay(attempt))
         reason = f"handler failed after {attempts} run(s): " + "; ".join(failed)

@@ -230,9 +230,11 @@ class KafkaSource:
                 topic=record.topic,
                 event_type=self.config.event_type,
             )
-            incoming = Incoming(where, event=event)
+            incoming = Incoming(where, event=event, destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc))
+            incoming = Incoming(where, problem=str(exc), destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
         return await self._deliver(incoming)
 
     async def _dead_letter(
