@@ -8,7 +8,14 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from bridge.sinks.toolkit import Seconds, Supervision
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit.kafka_security import (
+    SECURITY_DOCS,
+    SaslMechanism,
+    SecurityProtocol,
+    check_security,
+    tls_files,
+)
 from bridge.sources.base import SourceConfig
 
 
@@ -29,7 +36,16 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
     health_timeout_s: Seconds = 2.0
     probe_interval_s: Seconds = 10.0
     reconnect_max_s: Seconds = 5.0
+    # The TLS/SASL fields of the Kafka sink (bridge.sinks.toolkit.kafka_security).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password_env: EnvName | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
+    secret_fields: ClassVar[tuple[str, ...]] = ("sasl_password_env",)
     placeholders: ClassVar[tuple[str, ...]] = ("topic",)
     field_docs: ClassVar[Mapping[str, str]] = {
         "bootstrap_servers": "`host:port` of the brokers: comma-separated text or a list.",
@@ -46,6 +62,7 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "health_timeout_s": "Bound on a health probe (a metadata request).",
         "probe_interval_s": "Seconds between background probes.",
         "reconnect_max_s": "Longest pause between attempts to start the consumer again.",
+        **SECURITY_DOCS,
     }
 
     def __post_init__(self) -> None:
@@ -54,12 +71,18 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
             raise ValueError("bootstrap_servers: must name at least one host:port")
         if bool(self.topics) == (self.pattern is not None):
             raise ValueError("topics: give either topics or pattern")
+        check_security(self)
 
     @property
     def server_list(self) -> list[str]:
         raw = self.bootstrap_servers
         parts = raw.split(",") if isinstance(raw, str) else list(raw)
         return [p.strip() for p in parts if p.strip()]
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The ``ssl_*`` files, when the protocol uses TLS."""
+        return tls_files(self)
 
     @property
     def supervision(self) -> Supervision:

@@ -29,6 +29,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from bridge.metrics import METRICS, Metrics
 from bridge.sinks.base import Health
 from bridge.sinks.toolkit import Backoff, Supervisor, TaskGroup, describe
+from bridge.sinks.toolkit.kafka_security import security_kwargs
 from bridge.sources.base import Deliver, Incoming, Verdict
 from bridge.sources.decode import Undecodable
 from bridge.sources.kafka.config import KafkaSourceConfig
@@ -83,6 +84,9 @@ class KafkaSource:
         self._stopping = False
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._redeliveries = 0
+        # Read now: sources are built at config load, so a missing variable or an
+        # unreadable TLS file stops `serve` and `check` with its key path.
+        self._secure = security_kwargs(config, f"sources.{config.name}")
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "kafka", ",".join(config.server_list), self._connect,
             config.supervision, log=log, role="source", metrics=metrics,
@@ -116,7 +120,9 @@ class KafkaSource:
         the broker answers and the configured topics exist."""
         c = self.config
         client = AIOKafkaConsumer(
-            bootstrap_servers=c.server_list, request_timeout_ms=int(c.connect_timeout_s * 1000)
+            bootstrap_servers=c.server_list,
+            request_timeout_ms=int(c.connect_timeout_s * 1000),
+            **self._secure,
         )
         try:
             await client.start()
@@ -146,9 +152,10 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=c.start,
             client_id=f"evbridge-source-{c.name}",
+            **self._secure,
         )
         producer = (
-            AIOKafkaProducer(bootstrap_servers=c.server_list, acks="all")
+            AIOKafkaProducer(bootstrap_servers=c.server_list, acks="all", **self._secure)
             if c.dead_letter_topic
             else None
         )
