@@ -17,6 +17,7 @@ from bridge.sinks.toolkit.kafka_security import (
     tls_files,
 )
 from bridge.sources.base import SourceConfig
+from bridge.sources.kafka.flow import Order
 
 
 class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
@@ -29,6 +30,8 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
     pattern: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
     max_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    order: Order = "partition"
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
     fetch_wait_s: Seconds = 0.5
     event_type: str = "{topic}"
     dead_letter_topic: str | None = None
@@ -53,7 +56,11 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "topics": "Topics to consume (or `pattern`).",
         "pattern": "A regular expression of topic names to consume (instead of `topics`).",
         "start": "Where a group without committed offsets starts: `earliest` or `latest`.",
-        "max_records": "Records fetched at once (events in flight).",
+        "max_records": "Most records held (fetched, not done); at it, fetching pauses "
+        "(`pause()`) until one is done.",
+        "order": "What is handled in order: a `partition`'s records, or each record `key`'s "
+        "within its partition (different keys concurrently).",
+        "concurrency": "Most records handled at once, over partitions (or keys).",
         "fetch_wait_s": "How long one fetch waits for records.",
         "event_type": "The `type` of a record that is not a CloudEvent: a template of `{topic}`.",
         "dead_letter_topic": "Where dead letters are produced (with the reason in an "
