@@ -308,6 +308,15 @@ class Flow:
         """Stop: as `revoke` for every partition (the consumer still in the group)."""
         await self.revoke(set(self._parts), grace_s)
 
+    async def abandon(self) -> None:
+        """Cancel every lane (the consumer is closing): nothing more is committed."""
+        self._parts.clear()
+        workers = list(self._workers.values())
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers)
+
     async def _settle(self, tps: Collection[Any], grace_s: float) -> None:
         def of(lane: Hashable) -> Any:
             return lane[0] if self._order == "key" else lane  # type: ignore[index]

@@ -57,6 +57,7 @@ class _Link:
         self.producer = producer
         self.flow = flow
         self.loop: asyncio.Task[None] | None = None
+        self.committer: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def lost(self) -> str:
@@ -70,10 +71,13 @@ class _Link:
         await self.consumer.topics()
 
     async def close(self) -> None:
-        if self.loop is not None:
-            self.loop.cancel()
-            with contextlib.suppress(BaseException):
-                await self.loop
+        # A consumer started again gets a flow of its own: nothing of this one may run on.
+        for task in (self.loop, self.committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await self.flow.abandon()
         for client in (self.consumer, self.producer):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -225,7 +229,7 @@ class KafkaSource:
         link.loop.add_done_callback(
             lambda _: None if self._stopping else link.fail("the fetch loop ended")
         )
-        self._tasks.spawn(flow.commit_loop(), name="commit")
+        link.committer = self._tasks.spawn(flow.commit_loop(), name="commit")
         return link
 
     async def _fetch_loop(self, link: _Link) -> None:
