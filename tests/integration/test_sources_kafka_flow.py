@@ -144,3 +144,26 @@ async def test_the_commit_never_passes_an_unfinished_record_of_another_key(
     async with bus2, sources2:
         await wait_until(lambda: len(again) == 15, timeout=TIMEOUT, what="offsets 5.. again")
     assert again == [f"e{i}" for i in range(5, 20)]
+
+
+async def test_lag_is_the_highwater_minus_the_lowest_unfinished_offset(
+    kafka_broker: KafkaBroker, registry: HandlerRegistry
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, unique_name("src-kf"), 1)
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        await release.wait()
+
+    bus, sources = consumer(bootstrap, topic, unique_name("g"), registry, max_records=5)
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    source: Any = sources.sources["in"]
+    assert source.lag() is None  # not consuming yet
+    async with publisher(bootstrap, topic) as out:
+        assert {r.status for r in await out.emit_many(keyed(30, 3))} == {"published"}
+    async with bus, sources:
+        await wait_until(lambda: source.lag() == 30, timeout=TIMEOUT, what="lag 30")
+        release.set()
+        await wait_until(lambda: source.lag() == 0, timeout=TIMEOUT, what="lag 0")
+        assert consumed(bus, "ok") == 30
