@@ -86,13 +86,16 @@ class EmitResult(msgspec.Struct, frozen=True):
     def api(self, index: int | None = None) -> ApiResult:
         """The JSON shape of the HTTP API as a struct, for one msgspec encode of a whole
         response; ``index`` is the item's place in a batch."""
-        handlers = [
-            ApiHandler(h.name, h.outcome, h.error, round(h.duration_s * 1000.0, 3))
-            for h in self.handlers
-        ]
-        deliveries: list[Any] = [
-            d if d.stream is None or d.seq is not None else _delivery(d) for d in self.deliveries
-        ]
+        # Plain loops: this runs per event, and a comprehension costs a frame.
+        handlers = []
+        for h in self.handlers:
+            handlers.append(ApiHandler(h.name, h.outcome, h.error, round(h.duration_s * 1e3, 3)))
+        # Delivery encodes itself; only a JetStream one without ``seq`` needs the dict.
+        deliveries: list[Any] = self.deliveries
+        for d in deliveries:
+            if d.stream is not None and d.seq is None:
+                deliveries = [_delivery(d) for d in self.deliveries]
+                break
         follow_ups = [f.api() for f in self.follow_ups] if self.follow_ups else []
         error = self.error
         if error is None:
