@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from time import monotonic
 from typing import Any, Final
@@ -298,45 +298,41 @@ class EventPath:
         handle = (
             self._handle if tracing.TRACER is None else partial(self._handle_traced, batch=True)
         )
-        # Workers start lazily: this task is the first, and another starts only when an
-        # event's handlers suspend, up to ``concurrency``. Most handlers never do, and a
-        # task per worker per batch cost more than their handlers did.
-        spare = min(concurrency, len(events)) - 1
+        # Workers start lazily: this task is the first, and the others start only if it
+        # yields to the loop before the batch is done, i.e. once an event's handlers wait.
+        # Most handlers never do, and a task per worker per batch cost more than their
+        # handlers did; one callback per batch costs nothing per event.
+        others = min(concurrency, len(events)) - 1
         spawned: list[asyncio.Future[None]] = []
 
         async def worker() -> None:
-            nonlocal spare
             task = asyncio.current_task()
             assert task is not None, "emit() must run in a task"
             slot = Slot(task)
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    coro = handle(self._prepare(events[i]), depth, slot, on_error, errors)
-                    try:
-                        waiting = coro.send(None)
-                    except StopIteration as done:
-                        handled[i] = done.value
-                        continue
-                    if spare > 0:
-                        # This event waits: another worker takes the next events meanwhile.
-                        spare -= 1
-                        spawned.append(asyncio.ensure_future(worker()))
-                    handled[i] = await _Started(coro, waiting)
+                    handled[i] = await handle(
+                        self._prepare(events[i]), depth, slot, on_error, errors
+                    )
             finally:
                 self._watchdog.leave(slot)
 
+        def start_others() -> None:
+            spawned.extend(asyncio.ensure_future(worker()) for _ in range(others))
+
+        waiting = asyncio.get_running_loop().call_soon(start_others) if others > 0 else None
         try:
             await worker()
         except BaseException:
             for future in spawned:
                 future.cancel()
             raise
-        while spawned:
-            # A worker may start another as the last events are taken; that one ends at once.
-            running = spawned[:]
-            spawned.clear()
-            await asyncio.gather(*running)
+        finally:
+            if waiting is not None:
+                waiting.cancel()  # a no-op once it ran
+        if spawned:
+            await asyncio.gather(*spawned)
         return handled  # type: ignore[return-value]  # every slot is filled
 
     async def _deliver(
@@ -419,37 +415,6 @@ class EventPath:
         return EmitResult(
             event.id, event.type, "rejected", handled.outcomes, error=_error_info(outcome)
         )
-
-
-class _Started:
-    """The rest of a coroutine that was stepped once and suspended: awaiting this
-    passes what it waits for up to the task and the task's answers (values,
-    cancellation) back down, as ``await coro`` would have from the start."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, _Handled], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, _Handled]:
-        coro, waiting = self.coro, self.waiting
-        while True:
-            try:
-                sent = yield waiting
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    waiting = coro.send(sent)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
 
 
 #: Why ``Prefer: respond-async`` was answered ``published``: only a bus without a
