@@ -333,9 +333,10 @@ async def test_kill_9_while_draining_loses_nothing(
     )
 
 
-#: Holds every 40th message (forever) while the file ``hold`` exists in the server's
-#: directory, and gives the others a moment of work, so that at SIGTERM some messages
-#: are in flight and finish within the grace period while others cannot.
+#: Holds messages 199, 1199 and 2199 (forever, after touching ``holding-<n>``) while the
+#: file ``hold`` exists in the server's directory, and gives the others a moment of work,
+#: so that at SIGTERM some messages are in flight and finish within the grace period
+#: while others cannot.
 HOLD_HANDLER = """
 import asyncio
 import os
@@ -345,7 +346,9 @@ from bridge import on
 
 @on("*", timeout=300)
 async def hold(event, ctx):
-    if os.path.exists("hold") and event.data["n"] % 40 == 39:
+    n = event.data["n"]
+    if os.path.exists("hold") and n % 1000 == 199:
+        open(f"holding-{n}", "w").close()
         await asyncio.Event().wait()
     await asyncio.sleep(0.002)
 """
@@ -368,11 +371,13 @@ async def test_sigterm_acks_what_finished_and_the_rest_is_redelivered(
                                   files={"../hold": ""})  # fmt: skip
     output = Output(srv.workdir / OUTPUT)
 
-    async def held() -> bool:
-        # Progress is visible, and message 39 (held while "hold" exists) is not handled.
-        return output.read() >= 30 and 39 not in output.seen
+    def held() -> list[int]:
+        return [int(p.name.split("-")[1]) for p in srv.workdir.glob("holding-*")]
 
-    await wait_until(held, timeout=60, what="progress with a held message in flight")
+    def progress_and_held() -> bool:
+        return output.read() >= 30 and bool(held())
+
+    await wait_until(progress_and_held, timeout=60, what="progress, and a message held")
     signalled = time.monotonic()
     srv.send_signal(signal.SIGTERM)
     code = await srv.wait_exit(timeout=GRACE_S + 30)
@@ -381,7 +386,7 @@ async def test_sigterm_acks_what_finished_and_the_rest_is_redelivered(
     assert exit_s <= GRACE_S + EXIT_MARGIN_S, f"exit took {exit_s:.2f}s (grace {GRACE_S}s)"
     before = output.read()
     assert before < SIGTERM_BACKLOG
-    assert 39 not in output.seen  # the held one was abandoned, not handled
+    assert not set(held()) & set(output.seen)  # the held ones were abandoned, not handled
 
     (srv.workdir / "hold").unlink()
     restart(srv, 1)
@@ -394,6 +399,7 @@ async def test_sigterm_acks_what_finished_and_the_rest_is_redelivered(
     assert repeated == [], f"{len(repeated)} handled again after a clean stop: {repeated[:20]}"
     assert set(output.seen) == set(range(SIGTERM_BACKLOG))
     print(
-        f"\n{backlog.broker}: SIGTERM exit in {exit_s:.2f}s (grace {GRACE_S}s); {before} "
-        f"handled before it, the other {SIGTERM_BACKLOG - before} after the restart, none twice"
+        f"\n{backlog.broker}: SIGTERM exit in {exit_s:.2f}s (grace {GRACE_S}s) with {held()} "
+        f"held; {before} handled before it, the other {SIGTERM_BACKLOG - before} after the "
+        "restart, none twice"
     )
