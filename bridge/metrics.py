@@ -128,6 +128,13 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.dedupe_dropped = Counter(
+            "evbridge_dedupe_dropped",
+            "Events not handled again: their (source, id) was handled within the dedupe "
+            "window (source: the source's name, or ingest for POST /v1/events).",
+            ["source"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",

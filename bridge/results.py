@@ -66,7 +66,9 @@ class EmitResult(msgspec.Struct, frozen=True):
     under a handler's ``on_error="reject"`` (`bridge.policy`): then it is
     ``rejected`` with code ``handler_failed`` and nothing was published.
     ``preference_not_applied`` says why a request's ``Prefer: respond-async``
-    was not applied (the event was delivered synchronously).
+    was not applied (the event was delivered synchronously). ``duplicate``: the
+    result of an earlier run of the same event (``ingest.dedupe``, `bridge.dedupe`),
+    which was not handled again.
     """
 
     id: str
@@ -77,6 +79,7 @@ class EmitResult(msgspec.Struct, frozen=True):
     follow_ups: list[EmitResult] = []
     error: ErrorInfo | None = None
     preference_not_applied: str | None = None
+    duplicate: bool = False
 
     def to_api(self) -> dict[str, Any]:
         """The JSON shape of the HTTP API (durations in milliseconds)."""
@@ -107,6 +110,8 @@ class EmitResult(msgspec.Struct, frozen=True):
             }
         if self.preference_not_applied is not None:
             out["preference_not_applied"] = self.preference_not_applied
+        if self.duplicate:
+            out["duplicate"] = True
         return out
 
 

@@ -16,6 +16,10 @@ notification events to sinks) and answers with a `Verdict`. The commit rule:
   after ``max_attempts`` runs under ``retry``).
 
 ``route: false`` emits the event as a domain event: handlers only.
+
+With ``dedupe`` set, an event whose (``source``, ``id``) was acked within the
+window (`bridge.dedupe`) is acked at once without running its handlers again,
+counted in ``evbridge_dedupe_dropped_total`` and as outcome ``duplicate``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from bridge.dedupe import Window, key_of
 from bridge.event import Event
 from bridge.metrics import Metrics
 from bridge.results import ERROR, TIMEOUT, EmitResult
@@ -37,7 +42,9 @@ log = logging.getLogger("bridge.sources")
 
 _DONE: Final = frozenset({"handled", "published", "spooled"})
 #: Outcomes of ``evbridge_consumed_total{source,outcome}``.
-OUTCOMES: Final = ("ok", "handler_error_ignored", "redelivered", "dead_letter", "undecodable")
+OUTCOMES: Final = (
+    "ok", "handler_error_ignored", "redelivered", "dead_letter", "undecodable", "duplicate"
+)  # fmt: skip
 
 
 class Emitter(Protocol):
@@ -88,6 +95,11 @@ class Runner:
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._counter = bus.metrics.consumed
         self._again = bus.metrics.consumed_again.labels(config.name)
+        dedupe = config.dedupe
+        self._seen: Window[bool] | None = (
+            Window(dedupe.window_s, dedupe.max_entries) if dedupe is not None else None
+        )
+        self._dropped = bus.metrics.dedupe_dropped.labels(config.name)
 
     def _count(self, outcome: str) -> None:
         self._counter.labels(self.name, outcome).inc()
@@ -113,6 +125,23 @@ class Runner:
             log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
             return Verdict("dead_letter", reason)
         event = incoming.event
+        seen = self._seen
+        if seen is None:
+            return await self._handle(incoming, event)
+        # The event as consumed (the bus fills an unset source the same way each time).
+        key = key_of(event, "")
+        if seen.get(key) is not None:
+            self._dropped.inc()
+            self._count("duplicate")
+            log.debug("source %s: %s: event %s was handled already; acked", self.name,
+                      incoming.where, event.id)  # fmt: skip
+            return Verdict("ack")
+        verdict = await self._handle(incoming, event)
+        if verdict.action == "ack":
+            seen.remember(key, True)
+        return verdict
+
+    async def _handle(self, incoming: Incoming, event: Event) -> Verdict:
         if not self.config.route and event.kind != "domain":
             event = msgspec.structs.replace(event, kind="domain")
         attempts = self.config.max_attempts if self.config.on_error == "retry" else 1

@@ -284,3 +284,27 @@ async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_res
     assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
     queue = await amqp.declare_queue(names.queue, passive=True)
     assert queue.declaration_result.message_count == 0
+
+
+async def test_the_dedupe_window_drops_an_event_consumed_again(
+    rabbitmq: RabbitMQ, names: Names, registry: HandlerRegistry, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    # The same event arrives twice (a producer's retry, or a message handled and acked
+    # just as its connection went): its handler runs once, both messages are acked.
+    runs: list[str] = []
+    bus, sources = consumer(rabbitmq, names, registry, dedupe={"window_s": 60})
+    bus.subscribe("order.*", lambda event, ctx: runs.append(event.id), name="record")
+    sent = sample(id="dup-1")
+    async with bus, sources, publisher(rabbitmq, names) as out:
+        for event in (sent, sent, sample(id="dup-2")):
+            assert (await out.emit(event)).status == "published"
+        await wait_until(
+            lambda: consumed(bus, "ok") + consumed(bus, "duplicate") == 3,
+            timeout=TIMEOUT,
+            what="three acked",
+        )
+    assert sorted(runs) == ["dup-1", "dup-2"]
+    assert consumed(bus, "duplicate") == 1
+    assert bus.metrics.dedupe_dropped.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+    queue = await amqp.declare_queue(names.queue, passive=True)
+    assert queue.declaration_result.message_count == 0
