@@ -13,7 +13,8 @@ notification events to sinks) and answers with a `Verdict`. The commit rule:
   gives the message again, so nothing is lost;
 - ``dead_letter`` when the message cannot be decoded, a delivery was refused
   for good, or handlers failed under ``on_error: dead_letter`` (or still failed
-  after ``max_attempts`` runs under ``retry``).
+  after ``max_attempts`` runs, or ``max_age_s`` after the first, under ``retry``:
+  a retry whose pause would end past ``max_age_s`` is not started).
 
 ``route: false`` emits the event as a domain event: handlers only.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from time import monotonic
 from typing import Final, Protocol
 
 import msgspec
@@ -145,6 +147,9 @@ class Runner:
         if not self.config.route and event.kind != "domain":
             event = msgspec.structs.replace(event, kind="domain")
         attempts = self.config.max_attempts if self.config.on_error == "retry" else 1
+        max_age = self.config.max_age_s
+        started = monotonic()
+        attempt = 0
         for attempt in range(1, attempts + 1):
             result = await self.bus.emit(event)
             verdict = delivery_verdict(result)
@@ -161,9 +166,13 @@ class Runner:
             if self.config.on_error == "ignore":
                 self._count("handler_error_ignored")
                 return Verdict("ack")
-            if attempt < attempts:
-                await asyncio.sleep(self._backoff.delay(attempt))
-        reason = f"handler failed after {attempts} run(s): " + "; ".join(failed)
+            if attempt == attempts:
+                break
+            pause = self._backoff.delay(attempt)
+            if max_age is not None and monotonic() - started + pause > max_age:
+                break
+            await asyncio.sleep(pause)
+        reason = f"handler failed after {attempt} run(s): " + "; ".join(failed)
         self._count("dead_letter")
         log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
         return Verdict("dead_letter", reason)

@@ -243,3 +243,28 @@ async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_res
             await wait_until(lambda: "after" in handled, timeout=TIMEOUT, what="consuming resumed")
     assert handled == ["in-flight", "in-flight", "after"]
     assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+
+
+async def test_a_slow_handler_keeps_its_message_in_progress(
+    nats_url: str, names: Names, registry: HandlerRegistry, nats_client: Client
+) -> None:
+    # A handler that runs for 2.5 ack waits: without in_progress JetStream would have
+    # redelivered its message twice meanwhile.
+    runs: list[str] = []
+
+    async def slow(event: Event, ctx: Context) -> None:
+        runs.append(event.id)
+        await asyncio.sleep(2.5)  # the slowness under test, not a wait for a condition
+
+    bus, sources = consumer(nats_url, names, registry, ack_wait_s=1.0)
+    bus.subscribe("order.*", slow, name="slow", timeout=30)
+    sent = sample()
+    async with bus, sources, publisher(nats_url, names) as out:
+        assert (await out.emit(sent)).status == "published"
+        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        info = await nats_client.jetstream().consumer_info(names.stream, "evbridge")
+    assert info.config.ack_wait == 1.0
+    assert info.num_redelivered == 0
+    assert info.num_ack_pending == 0
+    assert runs == [sent.id]
+    assert bus.metrics.consumed_again.labels("in")._value.get() == 0  # type: ignore[attr-defined]

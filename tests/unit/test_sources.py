@@ -456,3 +456,27 @@ async def test_kafka_never_commits_past_a_dead_letter_it_could_not_produce() -> 
     await source._partition(link, "tp", records)  # type: ignore[arg-type]
     assert link.consumer.commits == [{"tp": 11}]  # offset 10 done; 11 not dead-lettered
     assert link.consumer.seeks == [("tp", 11)]  # so it comes again, and 12 after it
+
+
+@pytest.mark.parametrize(("max_age_s", "runs"), [(0.004, 1), (None, 4)])
+async def test_retry_stops_at_max_age_before_max_attempts(
+    registry: HandlerRegistry, max_age_s: float | None, runs: int
+) -> None:
+    calls: list[int] = []
+
+    def boom(event: Event, ctx: Context) -> None:
+        calls.append(1)
+        raise RuntimeError("no stock")
+
+    bus = bus_with(registry)
+    bus.subscribe("order.*", boom, name="boom")
+    # Pauses are jittered in [5, 10] ms: the first already ends past 4 ms.
+    fields = {"on_error": "retry", "route": False, "max_attempts": 4, "retry_initial_s": 0.01,
+              "retry_max_s": 0.01, "max_age_s": max_age_s}  # fmt: skip
+    async with bus:
+        verdict = await runner(bus, **fields).deliver(
+            Incoming("m", event=Event(type="order.created"))
+        )
+    assert verdict.action == "dead_letter"
+    assert f"handler failed after {runs} run(s)" in verdict.reason
+    assert len(calls) == runs
