@@ -102,6 +102,7 @@ class Runner:
             Window(dedupe.window_s, dedupe.max_entries) if dedupe is not None else None
         )
         self._dropped = bus.metrics.dedupe_dropped.labels(config.name)
+        self._inflight = bus.metrics.source_inflight.labels(config.name)
 
     def _count(self, outcome: str) -> None:
         self._counter.labels(self.name, outcome).inc()
@@ -110,6 +111,7 @@ class Runner:
         """The `Deliver` callback the source is started with."""
         if incoming.redelivered:
             self._again.inc()
+        self._inflight.inc()
         try:
             return await self._run(incoming)
         except Exception as exc:
@@ -119,6 +121,8 @@ class Runner:
             log.warning("source %s: %s: %s: %s; the broker redelivers it", self.name,
                         incoming.where, type(exc).__name__, exc)  # fmt: skip
             return Verdict("redeliver", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._inflight.dec()
 
     async def _run(self, incoming: Incoming) -> Verdict:
         if incoming.event is None:

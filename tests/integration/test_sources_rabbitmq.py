@@ -308,3 +308,35 @@ async def test_the_dedupe_window_drops_an_event_consumed_again(
     assert bus.metrics.dedupe_dropped.labels("in")._value.get() == 1  # type: ignore[attr-defined]
     queue = await amqp.declare_queue(names.queue, passive=True)
     assert queue.declaration_result.message_count == 0
+
+
+async def test_lag_in_flight_and_ack_latency_are_measured(
+    rabbitmq: RabbitMQ, names: Names, registry: HandlerRegistry
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        entered.set()
+        await release.wait()
+
+    bus, sources = consumer(rabbitmq, names, registry, prefetch=1)
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    metrics = bus.metrics
+    async with bus, sources, publisher(rabbitmq, names) as out:
+        for i in range(4):
+            assert (await out.emit(sample(id=f"lag-{i}"))).status == "published"
+        await asyncio.wait_for(entered.wait(), TIMEOUT)
+        await sources.sample_lag()
+        # prefetch 1: one handed out and being handled, three ready in the queue.
+        assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
+        assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+        release.set()
+        await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="four acked")
+        await sources.sample_lag()
+        assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+        assert metrics.source_inflight.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+    acks = metrics.registry.get_sample_value(
+        "evbridge_source_ack_duration_seconds_count", {"source": "in"}
+    )
+    assert acks == 4

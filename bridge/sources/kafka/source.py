@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from time import perf_counter
 from typing import Any, Final
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -77,6 +78,7 @@ class KafkaSource:
         self.name = config.name
         self.config = config
         self._metrics = metrics
+        self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -110,6 +112,21 @@ class KafkaSource:
     async def healthcheck(self) -> Health:
         """A metadata request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def lag(self) -> int | None:
+        """High watermark minus position, summed over the assigned partitions (the
+        watermarks come with fetches: a partition not fetched yet is left out); None
+        while disconnected."""
+        link = self._supervisor.current()
+        if not isinstance(link, _Link):
+            return None
+        consumer = link.consumer
+        total = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                total += max(highwater - await consumer.position(tp), 0)
+        return total
 
     async def check(self) -> Health:
         """For ``evbridge check``: a metadata request (no group joined, nothing consumed):
@@ -217,7 +234,9 @@ class KafkaSource:
         finally:
             if done is not None:
                 with contextlib.suppress(Exception):
+                    start = perf_counter()
                     await link.consumer.commit({tp: done + 1})
+                    self._ack_duration.observe(perf_counter() - start)
 
     async def _one(self, record: ConsumerRecord[Any, Any]) -> Verdict:
         assert self._deliver is not None

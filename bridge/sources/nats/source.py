@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from time import perf_counter
 from typing import Any, Final
 
 import nats.errors
@@ -84,6 +85,7 @@ class NatsSource:
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sources.{config.name}.tls") if config.tls else None
         self._metrics = metrics
+        self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -123,6 +125,16 @@ class NatsSource:
     async def healthcheck(self) -> Health:
         """A JetStream account-info request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def lag(self) -> int | None:
+        """The durable consumer's pending messages (JetStream's ``num_pending``); None
+        while disconnected."""
+        link = self._supervisor.current()
+        if not isinstance(link, _Link) or link.sub is None:
+            return None
+        info = await link.sub.consumer_info()
+        pending: int | None = info.num_pending
+        return pending
 
     async def check(self) -> Health:
         """For ``evbridge check``: connect, look at the stream and the durable consumer
@@ -265,7 +277,9 @@ class NatsSource:
         finally:
             progress.cancel()
         try:
+            start = perf_counter()
             await self._settle(link, message, verdict)
+            self._ack_duration.observe(perf_counter() - start)
         except Exception as exc:
             log.warning("nats source %s: %s not settled (%s): %s; JetStream redelivers it",
                         self.name, where, verdict.action, describe(exc))  # fmt: skip
