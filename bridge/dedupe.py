@@ -3,7 +3,9 @@ not handled again.
 
 A `Window` remembers keys for ``window_s`` seconds, at most ``max_entries`` of
 them (the least recently remembered go first), so its memory is bounded
-whatever the traffic: about 200 bytes per entry, 20 MB at the default 100 000.
+whatever the traffic: a few hundred bytes per entry (the key's two strings, and
+at ingest the result's id, type, status and deliveries), some tens of MB at the
+default 100 000.
 Sources use one each (`bridge.sources.runner`: a duplicate is acked without
 running its handlers); the HTTP ingest uses one for retried POSTs
 (`IngestDedupe`: a duplicate is answered with the first result, flagged
@@ -43,7 +45,7 @@ class DedupeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     field_docs: ClassVar[Mapping[str, str]] = {
         "window_s": "Seconds an event's (`source`, `id`) is remembered once handled.",
         "max_entries": "Most pairs remembered; beyond it the oldest are forgotten "
-        "(memory: about 200 bytes each).",
+        "(memory: a few hundred bytes each).",
     }
 
 
@@ -102,7 +104,8 @@ def key_of(event: Event, default_source: str) -> tuple[str, str]:
 
 class IngestDedupe:
     """The HTTP ingest's window (``ingest.dedupe``): a POST of an event already
-    handled in the window gets the first result, flagged ``duplicate: true``.
+    handled in the window gets the first result, flagged ``duplicate: true``, without
+    its handler outcomes and follow-ups (the handlers did not run again).
 
     A retry that arrives while the first POST is still running waits for it and
     gets its result. A result that says sending again may succeed (a retriable
@@ -131,8 +134,12 @@ class IngestDedupe:
                     raise  # this request was cancelled, not the first run
                 # The first run raised or was cut off: this one runs for real.
             else:
-                self._dropped()
-                return msgspec.structs.replace(result, duplicate=True)
+                if result.error is None or not result.error.retriable:
+                    self._dropped()
+                    return msgspec.structs.replace(
+                        result, handlers=[], follow_ups=[], duplicate=True
+                    )
+                # The first run may succeed if sent again: so may this one.
         future: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
         self._window.remember(key, future)
         try:
@@ -144,4 +151,10 @@ class IngestDedupe:
         future.set_result(result)
         if result.error is not None and result.error.retriable:
             self._window.forget(key)
+        elif result.handlers or result.follow_ups:
+            # Kept without the handler outcomes and follow-ups (a retry's answer says what
+            # was published, and its handlers did not run again): entries stay small.
+            slim: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
+            slim.set_result(msgspec.structs.replace(result, handlers=[], follow_ups=[]))
+            self._window.remember(key, slim)
         return result

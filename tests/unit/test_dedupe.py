@@ -13,7 +13,7 @@ from bridge.dedupe import DedupeConfig, IngestDedupe, Window
 from bridge.errors import ConfigError
 from bridge.handlers import HandlerRegistry
 from bridge.metrics import Metrics
-from bridge.results import EmitResult, ErrorInfo
+from bridge.results import EmitResult, ErrorInfo, HandlerOutcome
 from bridge.sources.base import Incoming, Verdict
 from bridge.sources.rabbitmq import RabbitSourceConfig
 from bridge.sources.runner import Runner
@@ -205,3 +205,44 @@ async def test_ingest_runs_again_after_a_retriable_rejection_or_a_raise() -> Non
     assert (await dedupe.emit(event, run)).status == "published"
     assert (await dedupe.emit(event, run)).duplicate is True
     assert len(calls) == 3
+
+
+async def test_ingest_keeps_a_slim_result() -> None:
+    outcome = HandlerOutcome("h", "ok", None, 0.001)
+    full = EmitResult(
+        "e1", "t", "published", [outcome], follow_ups=[EmitResult("c", "u", "handled")]
+    )
+
+    async def run(event: Event) -> EmitResult:
+        return full
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: None)
+    assert await dedupe.emit(Event(type="t", id="e1"), run) is full
+    again = await dedupe.emit(Event(type="t", id="e1"), run)
+    assert again == EmitResult("e1", "t", "published", duplicate=True)
+
+
+async def test_a_retry_waiting_on_a_retriable_rejection_runs_for_real() -> None:
+    gate = asyncio.Event()
+    calls: list[int] = []
+    away = EmitResult(
+        "e1", "t", "rejected", error=ErrorInfo("sink_unavailable", "away", None, True)
+    )
+
+    async def run(event: Event) -> EmitResult:
+        calls.append(1)
+        if len(calls) == 1:
+            await gate.wait()
+            return away
+        return EmitResult("e1", "t", "published")
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: None)
+    event = Event(type="t", id="e1")
+    first = asyncio.ensure_future(dedupe.emit(event, run))
+    await asyncio.sleep(0)
+    retry = asyncio.ensure_future(dedupe.emit(event, run))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == away
+    assert await retry == EmitResult("e1", "t", "published")
+    assert len(calls) == 2
