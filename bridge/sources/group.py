@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Sequence
 from types import TracebackType
@@ -91,8 +92,9 @@ class Sources:
                 log.warning("source %s did not stop cleanly: %s", source.name, result)
 
     async def sample_lag(self) -> None:
-        """Ask each source that reports it for its consumer lag, into the gauge; a
-        source that cannot say now (disconnected, timed out) keeps its last value."""
+        """Ask each source that reports it (a ``lag()`` method, plain or async) for its
+        consumer lag, into the gauge; a source that cannot say now (disconnected, timed
+        out) keeps its last value."""
         gauge = self.bus.metrics.consumer_lag
 
         async def one(name: str, source: Source) -> None:
@@ -100,7 +102,10 @@ class Sources:
             if lag is None:
                 return
             try:
-                value = await asyncio.wait_for(lag(), _HEALTH_TIMEOUT_S)
+                # A source may know its lag locally (a plain method) or ask its broker.
+                value = lag()
+                if inspect.isawaitable(value):
+                    value = await asyncio.wait_for(value, _HEALTH_TIMEOUT_S)
             except Exception as exc:
                 log.debug("source %s: consumer lag not sampled: %s", name, exc)
                 return

@@ -480,3 +480,24 @@ async def test_retry_stops_at_max_age_before_max_attempts(
     assert verdict.action == "dead_letter"
     assert f"handler failed after {runs} run(s)" in verdict.reason
     assert len(calls) == runs
+
+
+async def test_lag_is_sampled_from_plain_and_async_lag_methods(registry: HandlerRegistry) -> None:
+    class Fake:
+        def __init__(self, name: str, lag: Any) -> None:
+            self.name, self.lag = name, lag
+
+    async def asked() -> int:
+        return 7
+
+    def broken() -> int:
+        raise RuntimeError("not consuming")
+
+    bus = bus_with(registry)
+    sources = Sources((), bus)
+    sources.sources = {"a": Fake("a", lambda: 3), "b": Fake("b", asked),  # type: ignore[dict-item]
+                       "c": Fake("c", broken), "d": Fake("d", lambda: None)}  # fmt: skip
+    await sources.sample_lag()
+    gauge = bus.metrics.consumer_lag
+    values = {n: gauge.labels(n)._value.get() for n in "abcd"}  # type: ignore[attr-defined]
+    assert values == {"a": 3, "b": 7, "c": 0, "d": 0}
