@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test test-fast lint typecheck bench fuzz pictures clean
+.PHONY: venv run test test-fast lint typecheck bench bench-quick fuzz pictures clean
 
 # Stamps record what was installed, so a changed pyproject.toml reinstalls.
 $(VENV)/.installed-run: pyproject.toml
@@ -44,6 +44,10 @@ typecheck: venv
 bench: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_bus.py
+
+## The performance table's ratios from short runs (about two minutes; asserts nothing).
+bench-quick: venv
+	$(BIN)/python bench/bench_quick.py
 
 ## Fuzz the API (schemathesis on the served OpenAPI document, thousands of cases) and the decoders.
 fuzz: venv

@@ -298,6 +298,12 @@ class EventPath:
         handle = (
             self._handle if tracing.TRACER is None else partial(self._handle_traced, batch=True)
         )
+        # Workers start lazily: this task is the first, and the others start only if it
+        # yields to the loop before the batch is done, i.e. once an event's handlers wait.
+        # Most handlers never do, and a task per worker per batch cost more than their
+        # handlers did; one callback per batch costs nothing per event.
+        others = min(concurrency, len(events)) - 1
+        spawned: list[asyncio.Future[None]] = []
 
         async def worker() -> None:
             task = asyncio.current_task()
@@ -312,11 +318,21 @@ class EventPath:
             finally:
                 self._watchdog.leave(slot)
 
-        workers = min(concurrency, len(events))
-        if workers <= 1:
+        def start_others() -> None:
+            spawned.extend(asyncio.ensure_future(worker()) for _ in range(others))
+
+        waiting = asyncio.get_running_loop().call_soon(start_others) if others > 0 else None
+        try:
             await worker()
-        else:
-            await asyncio.gather(*(worker() for _ in range(workers)))
+        except BaseException:
+            for future in spawned:
+                future.cancel()
+            raise
+        finally:
+            if waiting is not None:
+                waiting.cancel()  # a no-op once it ran
+        if spawned:
+            await asyncio.gather(*spawned)
         return handled  # type: ignore[return-value]  # every slot is filled
 
     async def _deliver(

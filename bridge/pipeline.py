@@ -347,7 +347,9 @@ async def run_handlers(
         if traced is not None:
             failed = failure if outcome == ERROR else None
             tracing.end_handler(traced, outcome, error, failed, histogram, duration)
-        run = HandlerOutcome(handler.name, outcome, error, duration)
+        # An error may say that running again cannot help (an HTTP endpoint's 4xx).
+        retriable = outcome != ERROR or getattr(failure, "retriable", True) is not False
+        run = HandlerOutcome(handler.name, outcome, error, duration, retriable)
         outcomes.append(run)
         if outcome == OK:
             continue

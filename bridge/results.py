@@ -31,6 +31,9 @@ class HandlerOutcome(msgspec.Struct, frozen=True):
     outcome: Outcome
     error: str | None
     duration_s: float
+    #: False when the error says running again cannot help (an HTTP handler's 4xx
+    #: answer): a source's ``on_error: retry`` then dead-letters at once.
+    retriable: bool = True
 
 
 class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -82,41 +85,91 @@ class EmitResult(msgspec.Struct, frozen=True):
     duplicate: bool = False
 
     def to_api(self) -> dict[str, Any]:
-        """The JSON shape of the HTTP API (durations in milliseconds)."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "type": self.type,
-            "status": self.status,
-            "handlers": [
-                {
-                    "name": h.name,
-                    "outcome": h.outcome,
-                    "error": h.error,
-                    "duration_ms": round(h.duration_s * 1000.0, 3),
-                }
-                for h in self.handlers
-            ],
-            "deliveries": [_delivery(d) for d in self.deliveries],
-            "follow_ups": [f.to_api() for f in self.follow_ups] if self.follow_ups else [],
-        }
-        if self.error is not None:
-            error = self.error
-            out["error"] = {
-                "code": error.code,
-                "message": error.message,
-                "field": error.field,
-                "retriable": error.retriable,
-                "help": help_for(error.code),
-            }
-        if self.preference_not_applied is not None:
-            out["preference_not_applied"] = self.preference_not_applied
-        if self.duplicate:
-            out["duplicate"] = True
+        """The JSON shape of the HTTP API (durations in milliseconds), as builtins."""
+        out: dict[str, Any] = msgspec.to_builtins(self.api())
         return out
+
+    def api(self, index: int | None = None) -> ApiResult:
+        """The JSON shape of the HTTP API as a struct, for one msgspec encode of a whole
+        response; ``index`` is the item's place in a batch."""
+        # Plain loops: this runs per event, and a comprehension costs a frame.
+        handlers = []
+        for h in self.handlers:
+            handlers.append(ApiHandler(h.name, h.outcome, h.error, round(h.duration_s * 1e3, 3)))
+        # Delivery encodes itself; only a JetStream one without ``seq`` needs the dict.
+        deliveries: list[Any] = self.deliveries
+        for d in deliveries:
+            if d.stream is not None and d.seq is None:
+                deliveries = [_delivery(d) for d in self.deliveries]
+                break
+        follow_ups = [f.api() for f in self.follow_ups] if self.follow_ups else []
+        error = self.error
+        if error is None:
+            return ApiResult(
+                index=index,
+                id=self.id,
+                type=self.type,
+                status=self.status,
+                handlers=handlers,
+                deliveries=deliveries,
+                follow_ups=follow_ups,
+                preference_not_applied=self.preference_not_applied,
+                duplicate=self.duplicate,
+            )
+        return ApiResult(
+            index=index,
+            id=self.id,
+            type=self.type,
+            status=self.status,
+            handlers=handlers,
+            deliveries=deliveries,
+            follow_ups=follow_ups,
+            error=ApiErrorInfo(
+                error.code, error.message, error.field, error.retriable, help_for(error.code)
+            ),
+            preference_not_applied=self.preference_not_applied,
+            duplicate=self.duplicate,
+        )
+
+
+class ApiHandler(msgspec.Struct, frozen=True):
+    """A `HandlerOutcome` as the API shows it (every field always present)."""
+
+    name: str
+    outcome: Outcome
+    error: str | None
+    duration_ms: float
+
+
+class ApiErrorInfo(msgspec.Struct, frozen=True):
+    """An `ErrorInfo` as the API shows it, with its troubleshooting link."""
+
+    code: str
+    message: str
+    field: str | None
+    retriable: bool
+    help: str
+
+
+class ApiResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An `EmitResult` as the API shows it. Fields without a default are always
+    encoded; ``index`` (batch items only), ``error``, ``preference_not_applied`` and
+    ``duplicate`` only when set. `Delivery` encodes itself (it omits its unset fields)."""
+
+    index: int | None = None
+    id: str
+    type: str
+    status: Status
+    handlers: list[ApiHandler]
+    deliveries: list[Any]
+    follow_ups: list[ApiResult]
+    error: ApiErrorInfo | None = None
+    preference_not_applied: str | None = None
+    duplicate: bool = False
 
 
 def _delivery(d: Delivery) -> dict[str, Any]:
-    # By hand rather than msgspec.to_builtins: this runs once per published event.
+    # A JetStream delivery always shows ``seq``, also unset (Delivery itself would omit it).
     out: dict[str, Any] = {"sink": d.sink, "destination": d.destination}
     if d.partition is not None:
         out["partition"] = d.partition

@@ -45,12 +45,14 @@ __all__ = [
     "attach",
     "detach",
     "end_attempts",
+    "end_consume",
     "end_event",
     "end_handler",
     "end_publish",
     "end_span",
     "stamp",
     "start_attempts",
+    "start_consume",
     "start_event",
     "start_handler",
     "start_publish",
@@ -62,6 +64,12 @@ TRACER: Tracer = NoOpTracer()
 _W3C: Final = TraceContextTextMapPropagator()
 _SYSTEMS: dict[type, str] = {}
 _ERROR_OUTCOMES: Final = frozenset({"error", "timeout"})
+#: The attribute naming a consumed message's position, per source type.
+_POSITION: Final = {
+    "kafka": "messaging.kafka.offset",
+    "nats": "evbridge.nats.stream_sequence",
+    "rabbitmq": "messaging.rabbitmq.message.delivery_tag",
+}
 
 
 def _parent(headers: Mapping[str, str]) -> Context | None:
@@ -332,3 +340,57 @@ def end_attempts(spans: Sequence[Span | None], results: Sequence[object]) -> Non
             span.set_attribute("evbridge.delivery.retriable", result.retriable)
             span.set_status(StatusCode.ERROR, result.message)
         span.end()
+
+
+def start_consume(
+    system: str,
+    source: str,
+    group: str | None,
+    where: tuple[str, int | None, int | None],
+    event: Event | None,
+    redelivered: bool,
+) -> tuple[Span, object]:
+    """A CONSUMER span for one message a source consumed, current until `end_consume`
+    (so the event span nests under it): child of the message's ``traceparent`` when it
+    has one. ``where``: its topic, queue or subject, partition and position (Kafka
+    offset, JetStream stream sequence, AMQP delivery tag).
+
+    ``process``: the span covers the handling, up to the verdict that settles the message."""
+    destination, partition, position = where
+    parent = _parent(event.headers) if event is not None else None
+    attributes: dict[str, Any] = {
+        "messaging.system": system,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": destination,
+        "evbridge.source": source,
+    }
+    if group is not None:
+        attributes["messaging.consumer.group.name"] = group
+    if partition is not None:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    if position is not None:
+        attributes[_POSITION.get(system, "evbridge.source.position")] = position
+    if event is not None:
+        attributes["messaging.message.id"] = event.id
+    if redelivered:
+        attributes["evbridge.source.redelivered"] = True
+    span = TRACER.start_span(
+        f"process {destination or source}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+    return span, attach(span)
+
+
+def end_consume(started: tuple[Span, object], action: str, reason: str) -> None:
+    """End a consume span with the message's verdict (``ack``, ``redeliver``,
+    ``dead_letter``); anything but ``ack`` marks it failed."""
+    span, token = started
+    detach(token)
+    if span.is_recording():
+        span.set_attribute("evbridge.source.verdict", action)
+        if action != "ack":
+            span.set_status(StatusCode.ERROR, reason)
+    span.end()

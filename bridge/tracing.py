@@ -20,7 +20,9 @@ The spans, named and attributed after the OpenTelemetry messaging conventions:
 - ``send <destination>`` (PRODUCER) per published event, child of the event span (or
   of the delivery attempt): its context is the ``traceparent`` the broker gets;
 - ``spool write <sink>`` per spool append, and ``deliver <sink>`` per background
-  delivery attempt, child of the event span it reads from the spooled headers.
+  delivery attempt, child of the event span it reads from the spooled headers;
+- ``process <destination>`` (CONSUMER) per message a source consumed, child of the
+  message's ``traceparent`` (`bridge.sources.runner`): the event span nests under it.
 """
 
 from __future__ import annotations
@@ -35,19 +37,21 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.trace import Tracer
 
-    from bridge.config import TracingConfig
+    from bridge.sections import TracingConfig
 
     # The hooks: bound to `bridge.spans` by `setup`, called only while TRACER is set.
     from bridge.spans import (
         attach,
         detach,
         end_attempts,
+        end_consume,
         end_event,
         end_handler,
         end_publish,
         end_span,
         stamp,
         start_attempts,
+        start_consume,
         start_event,
         start_handler,
         start_publish,
@@ -60,6 +64,7 @@ __all__ = [
     "attach",
     "detach",
     "end_attempts",
+    "end_consume",
     "end_event",
     "end_handler",
     "end_publish",
@@ -68,6 +73,7 @@ __all__ = [
     "shutdown",
     "stamp",
     "start_attempts",
+    "start_consume",
     "start_event",
     "start_handler",
     "start_publish",

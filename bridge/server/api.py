@@ -206,7 +206,7 @@ class Api:
                 headers = {"Preference-Applied": "respond-async"}
             elif result.status == "published" and preference.wait_s is not None:
                 headers = {"Preference-Applied": f"wait={preference.wait_s:g}"}
-        return json_response(result.to_api(), status, headers)
+        return json_response(result.api(), status, headers)
 
     # --- POST /v1/events/batch ---------------------------------------------------------
 
@@ -231,7 +231,7 @@ class Api:
     def _batch_body(
         self, items: list[Event | InvalidEvent], results: list[EmitResult]
     ) -> dict[str, Any]:
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         accepted = rejected = 0
         invalid: list[tuple[int, InvalidEvent]] = []
         done = iter(results)
@@ -241,7 +241,7 @@ class Api:
                 invalid.append((index, item))
                 continue
             result = next(done)
-            out.append({"index": index, **result.to_api()})
+            out.append(result.api(index))
             if result.error is None:
                 accepted += 1
             else:

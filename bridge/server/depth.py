@@ -118,6 +118,15 @@ def check_json(body: bytes, limit: int, *, field: str | None = None, outer: int 
     raise too_deep(limit, field if field is not None else _json_deep_field(body, allowed))
 
 
+def json_within(body: bytes, allowed: int) -> bool:
+    """Whether no value in ``body`` nests deeper than ``allowed`` levels (brackets of the
+    outermost value included). For a body of several JSON values (NDJSON) that is the
+    deepest of them, as long as each is well-formed; a decoder refuses one that is not."""
+    if body.count(b"[") + body.count(b"{") <= allowed:
+        return True
+    return _json_max_depth(body, allowed) <= allowed
+
+
 def _json_deep_field(body: bytes, allowed: int) -> str | None:
     """The top-level key under which ``body`` first nests deeper than ``allowed`` (slow)."""
     depth = 0

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
 import msgspec
 
-from bridge.errors import InvalidEvent
+from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import (
     Event,
     check_extension_name,
@@ -46,6 +46,7 @@ from bridge.server.depth import (
     check_json,
     check_msgpack,
     depth_checked,
+    json_within,
     per_item,
     split_json_array,
     split_msgpack_array,
@@ -75,6 +76,10 @@ _MEDIA_CACHE_LIMIT: Final = 256
 _raw_list_json: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_list_msgpack: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _any_json: Final = msgspec.json.Decoder()
+# A whole batch in one call (`_decode_whole`); any item it refuses sends the batch
+# down the per-item path, which names each bad item.
+_events_json: Final = msgspec.json.Decoder(list[Event])
+_event_lines: Final = msgspec.json.Decoder(Event)
 
 # W3C Trace Context, level 1: version-traceid-parentid-flags (lowercase hex).
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?\Z")
@@ -318,6 +323,12 @@ def decode_batch(
     more than ``max_items``.
     """
     media = media_type(content_type)
+    whole = _decode_whole(media, body, max_items, max_depth)
+    if whole is not None:
+        trace = trace_context(headers)
+        if trace is not None:
+            whole = [with_trace(event, trace) for event in whole]
+        return cast("list[Event | InvalidEvent]", whole)  # a new list, only ever read
     items: list[bytes | InvalidEvent]
     decode_item: Callable[[bytes], Event]
     if media == NDJSON:
@@ -344,3 +355,34 @@ def decode_batch(
         )
     trace = trace_context(headers)
     return per_item(items, lambda item: with_trace(decode_item(item), trace))
+
+
+def _decode_whole(media: str, body: bytes, max_items: int, max_depth: int) -> list[Event] | None:
+    """Every item of a JSON-array or NDJSON batch body decoded in one go, or None
+    when the per-item path must run: an item is invalid or nests too deep, the body
+    cannot be split, or it holds more than ``max_items``. That path then gives each
+    item its own result, exactly as if this one did not exist."""
+    if media == NDJSON:
+        if not json_within(body, max_depth + 1):
+            return None
+        lines = _split_ndjson(body)
+        if len(lines) > max_items:
+            return None
+        decode_line = _event_lines.decode
+        # Line by line, not ``decode_lines``: that splits on any whitespace, so a line
+        # of two events, or an event across two lines, would not be refused.
+        try:
+            return [decode_line(line) for line in lines]
+        except (msgspec.DecodeError, BridgeError, RecursionError):
+            return None
+    if media != JSON or not json_within(body, max_depth + 2):  # the array, the event
+        return None
+    try:
+        events = _events_json.decode(body)
+    except (msgspec.DecodeError, BridgeError, RecursionError):
+        # ValidationError is a DecodeError; InvalidEvent (from Event.__post_init__) a
+        # BridgeError. RecursionError: only for malformed bodies that fool `json_within`.
+        return None
+    if len(events) > max_items:
+        return None
+    return events

@@ -94,6 +94,12 @@ class Incoming(msgspec.Struct, frozen=True):
     #: The broker delivered it before (RabbitMQ ``redelivered``, JetStream's delivery
     #: count above 1): it may have been handled already.
     redelivered: bool = False
+    #: For the consume span (`bridge.spans.start_consume`): the topic, queue or subject it
+    #: came from, its partition (Kafka) and its position (Kafka offset, JetStream stream
+    #: sequence, AMQP delivery tag).
+    destination: str = ""
+    partition: int | None = None
+    offset: int | None = None
 
 
 class Verdict(msgspec.Struct, frozen=True):

@@ -33,12 +33,14 @@ from typing import Final, Protocol
 
 import msgspec
 
+from bridge import tracing
 from bridge.dedupe import Window, key_of
 from bridge.event import Event
 from bridge.metrics import Metrics
 from bridge.results import ERROR, TIMEOUT, EmitResult
 from bridge.sinks.toolkit import Backoff
 from bridge.sources.base import Incoming, SourceConfig, Verdict
+from bridge.sources.traced import traced
 
 log = logging.getLogger("bridge.sources")
 
@@ -111,6 +113,11 @@ class Runner:
         """The `Deliver` callback the source is started with."""
         if incoming.redelivered:
             self._again.inc()
+        if tracing.TRACER is not None:
+            return await traced(self.config, incoming, self._guarded)
+        return await self._guarded(incoming)
+
+    async def _guarded(self, incoming: Incoming) -> Verdict:
         self._inflight.inc()
         try:
             return await self._run(incoming)
@@ -170,6 +177,9 @@ class Runner:
             if self.config.on_error == "ignore":
                 self._count("handler_error_ignored")
                 return Verdict("ack")
+            if not any(h.retriable for r in _all(result) for h in r.handlers
+                       if h.outcome in (ERROR, TIMEOUT)):  # fmt: skip
+                break  # only errors that say a rerun cannot help (a 4xx)
             if attempt == attempts:
                 break
             pause = self._backoff.delay(attempt)

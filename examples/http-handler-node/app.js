@@ -27,6 +27,8 @@ function send(res, status, body) {
   res.end(text);
 }
 
+const seen = new Set(); // event ids /hooks/flaky has answered
+
 const routes = {
   // A follow-up event: it runs through the bridge's pipeline after this event.
   "/hooks/invite": (event, res) =>
@@ -44,6 +46,12 @@ const routes = {
   "/hooks/skip": (event, res) => send(res, 200, { skip: true, reason: "node says skip" }),
   "/hooks/reject": (event, res) => send(res, 422, { error: "node refuses " + event.type }),
   "/hooks/fail": (event, res) => send(res, 503, { error: "node is unwell" }),
+  // 503 the first time it sees an event id, 200 after: a retry (on_error: retry) succeeds.
+  "/hooks/flaky": (event, res) => {
+    if (seen.has(event.id)) return send(res, 200);
+    seen.add(event.id);
+    send(res, 503, { error: "node is unwell once" });
+  },
   // Answers after 30 s: past any sensible handler timeout.
   "/hooks/slow": (event, res) => setTimeout(() => send(res, 200), 30000),
   "/hooks/big": (event, res) => send(res, 200, { pad: "x".repeat(2 * 1024 * 1024) }),

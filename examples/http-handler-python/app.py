@@ -23,6 +23,10 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+#: Event ids /hooks/flaky has answered (the server is threaded: one lock).
+SEEN: set[str | None] = set()
+SEEN_LOCK = threading.Lock()
+
 
 class Hooks(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the bridge keeps a connection pool
@@ -65,6 +69,15 @@ class Hooks(BaseHTTPRequestHandler):
             self.send(422, {"error": f"python refuses {event_type}"})
         elif self.path == "/hooks/fail":
             self.send(503, {"error": "python is unwell"})
+        elif self.path == "/hooks/flaky":
+            # 503 the first time an event id comes, 200 after: a retry succeeds.
+            with SEEN_LOCK:
+                again = self.headers.get("ce-id") in SEEN
+                SEEN.add(self.headers.get("ce-id"))
+            if again:
+                self.send(200)
+            else:
+                self.send(503, {"error": "python is unwell once"})
         elif self.path == "/hooks/slow":
             time.sleep(30)  # past any sensible handler timeout
             self.send(200)

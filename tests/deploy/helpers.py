@@ -59,16 +59,6 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
-def durable_delivery_built() -> bool:
-    """Whether the bridge's config has its `delivery` section yet (durable delivery).
-
-    Until then the spool / retry / dead-letter parts of the deployment files are ahead of
-    the code, and the tests that compare the two expect (xfail) that gap.
-    """
-    config = require("bridge.config")
-    return "delivery" in config.Config.__struct_fields__
-
-
 def helm() -> ModuleType:
     module = require("helm_python")
     module.disable_logging()
@@ -186,8 +176,7 @@ def running_bridge(tmp: Path, *, tcp: bool = False) -> Iterator[Bridge]:
         "sinks": [{"name": "out", "type": "file", "path": str(tmp / "out.jsonl")}],
         "routes": [{"name": "all", "match": "*", "sink": "out"}],
     }
-    if durable_delivery_built():
-        settings["delivery"] = {"mode": "durable", "spool_dir": str(tmp / "spool")}
+    settings["delivery"] = {"mode": "durable", "spool_dir": str(tmp / "spool")}
     config = tmp / "evbridge.yaml"
     config.write_text(yaml.safe_dump(settings))
     # What the console script does, without needing the package installed.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import importlib.util
 import json
 import os
 import re
@@ -61,9 +60,6 @@ def test_example_config_routes_to_kafka_and_rabbitmq() -> None:
 def test_the_bridge_accepts_the_example_config() -> None:
     config_mod = require("bridge.config")
     raw = yaml.safe_load(regen.CONFIG.read_text())
-    for sink in raw["sinks"]:
-        if importlib.util.find_spec(f"bridge.sinks.{sink['type']}") is None:
-            pytest.xfail(f"bridge has no {sink['type']} sink yet")
     parsed = config_mod.parse_config(raw, env={"KAFKA_PASSWORD": "x", "RABBITMQ_PASSWORD": "x"})
     assert [r.name for r in parsed.routes] == ["orders", "invites"]
 

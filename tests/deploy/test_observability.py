@@ -17,7 +17,6 @@ from tests.deploy.helpers import (
     ALERTS,
     DASHBOARD,
     REPO,
-    durable_delivery_built,
     require,
     require_tool,
     running_bridge,
@@ -376,41 +375,17 @@ def _series_names(exposition: str) -> set[str]:
 
 
 def _exported(tmp: Path) -> tuple[str, set[str]]:
-    """(where from, series names): the running bridge's /metrics when `evbridge serve`
-    exists, else the collectors of bridge.metrics."""
-    import importlib.util
-
-    if importlib.util.find_spec("bridge.cli") is not None:
-        with (
-            running_bridge(tmp) as bridge,
-            urllib.request.urlopen(f"{bridge.metrics_url}/metrics", timeout=5) as r,
-        ):
-            return "the running bridge's /metrics", _series_names(r.read().decode())
-    metrics = require("bridge.metrics")
-    client = require("prometheus_client")
-    text = client.generate_latest(metrics.METRICS.registry).decode()
-    return "bridge.metrics (no `evbridge serve` yet)", _series_names(text)
-
-
-# Metrics of durable delivery (spool, retries, dead letters). Until the bridge's config
-# has its `delivery` section their absence is an expected failure; then a plain failure.
-DURABLE_DELIVERY_METRICS = {
-    "evbridge_spool_events",
-    "evbridge_spool_bytes",
-    "evbridge_spool_oldest_age_seconds",
-    "evbridge_spool_disk_bytes",
-    "evbridge_spool_max_bytes",
-    "evbridge_spool_full",
-    "evbridge_delivery_retries_total",
-    "evbridge_dead_lettered_total",
-}
+    """(where from, series names): the running bridge's /metrics."""
+    with (
+        running_bridge(tmp) as bridge,
+        urllib.request.urlopen(f"{bridge.metrics_url}/metrics", timeout=5) as r,
+    ):
+        return "the running bridge's /metrics", _series_names(r.read().decode())
 
 
 def _check_missing(source: str, missing: list[str], what: str) -> None:
     if not missing:
         return
-    if set(missing) <= DURABLE_DELIVERY_METRICS and not durable_delivery_built():
-        pytest.xfail(f"durable delivery is not built yet; {source} lacks {missing}")
     pytest.fail(f"{what} absent from {source}: {missing}")
 
 

@@ -13,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 import yaml
 
+from tests.brokers import RabbitMQ, unique_name, wait_until
+from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_process import ServerProcess, assert_conforms, evbridge_command
 
@@ -275,3 +278,84 @@ def test_a_non_loopback_url_is_refused_at_load(short_dir: Path) -> None:
     output = done.stdout + done.stderr
     assert "handlers.http[0].url: '10.1.2.3' is not a loopback address" in output
     assert "handlers.http[0].allow_remote" in output
+
+
+# --- events from a source -----------------------------------------------------------
+
+
+@pytest.fixture
+async def amqp_names(rabbitmq: RabbitMQ) -> AsyncIterator[tuple[str, str, str]]:
+    """The test's own exchange, source queue and dead-letter queue (bound to the
+    exchange's ``dead`` routing key), deleted after."""
+    exchange, queue, dead = unique_name("hh-x"), unique_name("hh-q"), unique_name("hh-dlq")
+    async with await aio_pika.connect(rabbitmq.url) as connection:
+        channel = await connection.channel()
+        x = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        dead_queue = await channel.declare_queue(dead, durable=True)
+        await dead_queue.bind(x, routing_key="dead")
+        yield exchange, queue, dead
+        for name in (queue, dead):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(exchange)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_consumed_events_reach_endpoints_5xx_is_retried_4xx_dead_lettered_at_once(
+    language: str,
+    apps: dict[str, App],
+    rabbitmq: RabbitMQ,
+    amqp_names: tuple[str, str, str],
+    evbridge_server_factory: ServerFactory,
+) -> None:
+    exchange, queue, dead = amqp_names
+    app = apps[language]
+    config = {
+        "handlers": {"http": [
+            hook(app, "audit", "/hooks/audit", match="job.ok"),
+            hook(app, "flaky", "/hooks/flaky", match="job.flaky"),
+            hook(app, "fail", "/hooks/fail", match="job.fail"),
+            hook(app, "reject", "/hooks/reject", match="job.reject"),
+        ]},
+        "sources": [{"name": "in", "type": "rabbitmq", "url": rabbitmq.url, "queue": queue,
+                     "bindings": [{"exchange": exchange, "routing_keys": ["job.*"]}],
+                     "event_type": "{routing_key}", "route": False, "on_error": "retry",
+                     "max_attempts": 3, "retry_initial_s": 0.01, "retry_max_s": 0.05,
+                     "dead_letter_exchange": exchange, "dead_letter_routing_key": "dead"}],
+    }  # fmt: skip
+    srv = evbridge_server_factory(config)
+    async with await aio_pika.connect(rabbitmq.url) as connection:
+        channel = await connection.channel()
+        x = await channel.get_exchange(exchange)
+        for kind in ("ok", "flaky", "fail", "reject"):
+            await x.publish(
+                aio_pika.Message(b'{"n": 1}', message_id=kind), routing_key=f"job.{kind}"
+            )
+
+        async def settled() -> bool:
+            ok = await srv.metric("evbridge_consumed_total", {"source": "in", "outcome": "ok"})
+            dead = await srv.metric(
+                "evbridge_consumed_total", {"source": "in", "outcome": "dead_letter"}
+            )
+            return ok == 2 and dead == 2
+
+        await wait_until(settled, timeout=20, what="2 acked and 2 dead-lettered")
+        dead_letters = await get_messages(await channel.get_queue(dead), 2)
+
+    async def runs_of(handler: str, outcome: str) -> float:
+        labels = {"handler": handler, "outcome": outcome}
+        return await srv.metric("evbridge_handler_runs_total", labels) or 0
+
+    # Consumed events reach the endpoints: once when it answers 2xx ...
+    assert await runs_of("audit", "ok") == 1
+    # ... a 5xx is retried (on_error: retry): the flaky endpoint's second answer is a 200 ...
+    assert (await runs_of("flaky", "error"), await runs_of("flaky", "ok")) == (1, 1)
+    # ... and one that keeps failing is dead-lettered after max_attempts, naming the error.
+    assert await runs_of("fail", "error") == 3
+    reasons = {m.message_id: str((m.headers or {})["x-evbridge-reason"]) for m in dead_letters}
+    assert set(reasons) == {"fail", "reject"}
+    assert "handler failed after 3 run(s): fail: error" in reasons["fail"]
+    assert "answered 503" in reasons["fail"]
+    # A 4xx says a rerun cannot help: dead-lettered after its first run, not retried.
+    assert await runs_of("reject", "error") == 1
+    assert "handler failed after 1 run(s): reject: error" in reasons["reject"]
+    assert "answered 422" in reasons["reject"]

@@ -171,7 +171,15 @@ def test_any_method_and_path_gets_json(
         answer = client.raw(head.encode() + body)
         if answer:
             status_line, _, rest = answer.partition(b"\r\n")
-            error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+            head_lines, _, after = rest.partition(b"\r\n\r\n")
+            # Only the first answer: the server may read a body it does not expect (CONNECT's)
+            # as a next request and answer that too, in the same read.
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head_lines.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            error = json.loads(after[:length])["error"]
             if method in KNOWN_METHODS:
                 assert 400 <= int(status_line[9:12]) < 500, answer[:300]
             else:

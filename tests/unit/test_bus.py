@@ -566,6 +566,31 @@ async def test_emit_many_limits_concurrency_and_keeps_publish_order(
     assert offsets == sorted(offsets)
 
 
+async def test_emit_many_starts_workers_only_when_handlers_wait(
+    registry: HandlerRegistry,
+) -> None:
+    bus = make_bus(registry, handlers={"concurrency": 8})
+    tasks: dict[int, asyncio.Task[object] | None] = {}
+
+    async def record(event: Event, ctx: Context) -> None:
+        tasks[event.data["i"]] = asyncio.current_task()
+        if event.data["wait"]:
+            await asyncio.sleep(0)
+
+    bus.subscribe("keyed.*", record)
+    quick = [Event(type="keyed.a", data={"i": i, "wait": False, "user": "u1"}) for i in range(10)]
+    waiting = [
+        Event(type="keyed.a", data={"i": i, "wait": True, "user": "u1"}) for i in range(10, 20)
+    ]
+    async with bus:
+        results = await bus.emit_many(quick)
+        assert set(tasks.values()) == {asyncio.current_task()}
+        results += await bus.emit_many(waiting)
+    assert len(set(tasks.values())) > 2  # the waiting events spread over more workers
+    assert [r.id for r in results] == [e.id for e in quick + waiting]
+    assert [r.status for r in results] == ["published"] * 20
+
+
 async def test_emit_many_mixes_outcomes_per_event(registry: HandlerRegistry) -> None:
     bus = make_bus(registry)
     async with bus:

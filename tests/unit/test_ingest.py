@@ -326,6 +326,31 @@ def test_ndjson_batch_skips_blank_lines_and_isolates_bad_lines() -> None:
     assert items[1].code == "invalid_json"
 
 
+def test_ndjson_batch_is_one_event_per_line() -> None:
+    # Two events on a line, and one event across two lines, are refused line by line:
+    # the whole-body decoder must not read them as whitespace-separated values.
+    body = b'{"type": "a"} {"type": "b"}\n{"type":\n"c"}\n{"type": "d"}\n'
+    items = decode_batch("application/x-ndjson", headers(), body, max_items=10)
+    assert [type(i).__name__ for i in items] == ["InvalidEvent"] * 3 + ["Event"]
+    assert isinstance(items[3], Event)
+    assert items[3].type == "d"
+
+
+def test_valid_batches_decode_whole_and_keep_the_limit() -> None:
+    lines = [dumps({"type": f"t{i}", "data": {"i": i}}) for i in range(5)]
+    ndjson = decode_batch("application/x-ndjson", headers(), b"\n".join(lines), max_items=5)
+    array = decode_batch("application/json", headers(), b"[" + b",".join(lines) + b"]", max_items=5)
+    assert [e.type for e in ndjson if isinstance(e, Event)] == [f"t{i}" for i in range(5)]
+    assert [e.data for e in array if isinstance(e, Event)] == [{"i": i} for i in range(5)]
+    for content_type, body in (
+        ("application/x-ndjson", b"\n".join(lines)),
+        ("application/json", b"[" + b",".join(lines) + b"]"),
+    ):
+        with pytest.raises(ApiError) as info:
+            decode_batch(content_type, headers(), body, max_items=4)
+        assert info.value.status == 413
+
+
 def test_cloudevents_batch() -> None:
     good = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "partitionkey": "k"}
     body = dumps([good, {"specversion": "1.0", "id": "2", "type": "t"}])

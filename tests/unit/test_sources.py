@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from unittest.mock import ANY
 
@@ -21,16 +22,20 @@ from bridge.sinks.kafka.message import Codec
 from bridge.sinks.memory import MemorySink
 from bridge.sinks.nats.message import nats_headers
 from bridge.sinks.rabbitmq.message import amqp_properties, structured_body
+from bridge.sinks.toolkit import TaskGroup
 from bridge.sources import Sources
 from bridge.sources.base import Incoming, Verdict
 from bridge.sources.decode import Undecodable, plain_event
 from bridge.sources.kafka import KafkaSource, KafkaSourceConfig
+from bridge.sources.kafka.flow import Flow
 from bridge.sources.kafka.message import kafka_event
 from bridge.sources.nats import NatsSourceConfig
 from bridge.sources.nats.message import nats_event
 from bridge.sources.rabbitmq import RabbitSourceConfig
 from bridge.sources.rabbitmq.message import amqp_event
 from bridge.sources.runner import Runner
+from tests.brokers import wait_until
+from tests.unit.test_kafka_source_flow import FakeConsumer
 
 RABBIT = {"name": "in", "type": "rabbitmq", "queue": "orders"}
 NATS = {"name": "js", "type": "nats", "stream": "S", "durable": "d"}
@@ -411,18 +416,6 @@ def test_a_plain_kafka_record_is_typed_from_its_topic() -> None:
     assert "either topics or pattern" in caught.value.message
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.seeks: list[tuple[str, int]] = []
-        self.commits: list[dict[str, int]] = []
-
-    def seek(self, tp: str, offset: int) -> None:
-        self.seeks.append((tp, offset))
-
-    async def commit(self, offsets: dict[str, int]) -> None:
-        self.commits.append(offsets)
-
-
 class FailingProducer:
     async def send_and_wait(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("broker away")
@@ -451,11 +444,16 @@ async def test_kafka_never_commits_past_a_dead_letter_it_could_not_produce() -> 
         return next(verdicts)
 
     source._deliver = deliver
-    link = SimpleNamespace(consumer=FakeConsumer(), producer=FailingProducer())
-    records = [Record(10, b"{}"), Record(11, b"{}"), Record(12, b"{}")]
-    await source._partition(link, "tp", records)  # type: ignore[arg-type]
-    assert link.consumer.commits == [{"tp": 11}]  # offset 10 done; 11 not dead-lettered
-    assert link.consumer.seeks == [("tp", 11)]  # so it comes again, and 12 after it
+    consumer = FakeConsumer("tp")
+    flow = Flow(consumer, functools.partial(source._record, FailingProducer()), name="k",
+                order="partition", concurrency=4, max_records=10, backoff=source._backoff,
+                tasks=TaskGroup("test", logging.getLogger("test")))  # fmt: skip
+    flow.add("tp", [Record(10, b"{}"), Record(11, b"{}"), Record(12, b"{}")])
+    # The dead letter of 11 failed: back to it, so it comes again, and 12 after it.
+    await wait_until(lambda: consumer.seeks == [("tp", 11)], timeout=5, what="seek to 11")
+    await flow.commit()
+    assert consumer.commits == [{"tp": 11}]  # offset 10 done; 11 not dead-lettered
+    await flow.close(0.1)
 
 
 @pytest.mark.parametrize(("max_age_s", "runs"), [(0.004, 1), (None, 4)])

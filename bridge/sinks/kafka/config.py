@@ -19,6 +19,13 @@ from bridge.errors import TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
 from bridge.sinks.toolkit import EnvName, Millis, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit.kafka_security import (
+    SECURITY_DOCS,
+    SaslMechanism,
+    SecurityProtocol,
+    check_security,
+    tls_files,
+)
 
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -50,8 +57,9 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
     enable_idempotence: bool = False
     auto_create_topics: bool = False
     mode: Literal["binary", "structured"] = "binary"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # The TLS/SASL fields shared with the Kafka source (bridge.sinks.toolkit.kafka_security).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password_env: EnvName | None = None
     ssl_cafile: str | None = None
@@ -79,13 +87,7 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
         "auto_create_topics": "Let the broker create a missing topic on first use; with "
         "false it fails with `unknown_topic`.",
         "mode": "CloudEvents content mode: `binary` (headers) or `structured` (JSON body).",
-        "security_protocol": "How to talk to the brokers: plain, TLS, SASL, or SASL over TLS.",
-        "sasl_mechanism": "SASL mechanism; required with `SASL_*`, refused without.",
-        "sasl_username": "SASL user name; required with `SASL_*`.",
-        "sasl_password_env": "Name of the environment variable holding the SASL password.",
-        "ssl_cafile": "PEM CA bundle to trust (`SSL` / `SASL_SSL`).",
-        "ssl_certfile": "PEM client certificate for mutual TLS.",
-        "ssl_keyfile": "PEM client key for mutual TLS (needs `ssl_certfile`).",
+        **SECURITY_DOCS,
     }
 
     def __post_init__(self) -> None:
@@ -100,16 +102,7 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
                 f"compression: {self.compression!r} needs a codec library that is not "
                 "installed (pip install cramjam)"
             )
-        sasl = self.security_protocol.startswith("SASL_")
-        for key in ("sasl_mechanism", "sasl_username", "sasl_password_env"):
-            if sasl and getattr(self, key) is None:
-                raise ValueError(
-                    f"{key}: is required with security_protocol {self.security_protocol}"
-                )
-            if not sasl and getattr(self, key) is not None:
-                raise ValueError(f"{key}: is set but security_protocol is {self.security_protocol}")
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise ValueError("ssl_keyfile: is set without ssl_certfile")
+        check_security(self)
 
     @property
     def servers(self) -> list[str]:
@@ -120,11 +113,7 @@ class KafkaConfig(SinkConfig, frozen=True, kw_only=True):
     @property
     def tls(self) -> TlsFiles | None:
         """The ``ssl_*`` files as the toolkit's type, when the protocol uses TLS."""
-        if not self.security_protocol.endswith("SSL"):
-            return None
-        return TlsFiles(
-            cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
-        )
+        return tls_files(self)
 
     @property
     def supervision(self) -> Supervision:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable, Unencodable
+from bridge.errors import SinkError, SinkRejected, SinkUnavailable, Unencodable
 from bridge.metrics import Metrics
 from bridge.results import Delivery
 from bridge.sinks.base import Health, Outgoing, RouteOptions
@@ -41,7 +41,8 @@ from bridge.sinks.kafka.errors import (
 from bridge.sinks.kafka.link import KafkaLink
 from bridge.sinks.kafka.message import CE_HEADERS_BOUND, EVENT_HEADER_BOUND, Codec, Headers
 from bridge.sinks.kafka.topics import Topics, keyless_partition
-from bridge.sinks.toolkit import Supervisor, describe, read_secret
+from bridge.sinks.toolkit import Supervisor, describe
+from bridge.sinks.toolkit.kafka_security import security_kwargs
 
 log = logging.getLogger("bridge.sinks.kafka")
 
@@ -60,11 +61,7 @@ class KafkaSink:
         self._max_message = config.max_message_bytes
         # Read now: the sidecar builds sinks at config load, so a missing variable or
         # an unreadable TLS file stops `serve` and `check` before anything connects.
-        self._password = self._read_password()
-        self._ssl: Any = None
-        tls = config.tls
-        if tls is not None:
-            self._ssl = tls.context(f"sinks.{config.name}.ssl_*")
+        self._secure = security_kwargs(config, f"sinks.{config.name}")
         self._hashes: dict[bytes, int] = {}
         self._topics = Topics(config.auto_create_topics)
         self._supervisor: Supervisor[KafkaLink] = Supervisor(
@@ -119,28 +116,12 @@ class KafkaSink:
             return Health(ok=True, detail=f"topic {topic!r} is created on first publish")
         return Health(ok=False, detail=classify(missing, topic).message)
 
-    def _read_password(self) -> str | None:
-        env = self.config.sasl_password_env
-        if env is None:
-            return None
-        try:
-            return read_secret(env, f"sinks.{self.name}.sasl_password_env")
-        except ConfigError:
-            raise ConfigError(
-                f"sinks.{self.name}.sasl_password_env: environment variable {env} is not set",
-                field="sasl_password_env",
-            ) from None
-
     def _security(self) -> dict[str, Any]:
         c = self.config
         return {
             "client_id": c.client_id,
             "request_timeout_ms": c.request_timeout_ms,
-            "ssl_context": self._ssl,
-            "security_protocol": c.security_protocol,
-            "sasl_mechanism": c.sasl_mechanism or "PLAIN",
-            "sasl_plain_username": c.sasl_username,
-            "sasl_plain_password": self._password,
+            **self._secure,
         }
 
     async def _connect(self) -> KafkaLink:

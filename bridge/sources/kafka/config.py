@@ -8,8 +8,16 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from bridge.sinks.toolkit import Seconds, Supervision
+from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
+from bridge.sinks.toolkit.kafka_security import (
+    SECURITY_DOCS,
+    SaslMechanism,
+    SecurityProtocol,
+    check_security,
+    tls_files,
+)
 from bridge.sources.base import SourceConfig
+from bridge.sources.kafka.flow import Order
 
 
 class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
@@ -22,6 +30,8 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
     pattern: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
     max_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    order: Order = "partition"
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
     fetch_wait_s: Seconds = 0.5
     event_type: str = "{topic}"
     dead_letter_topic: str | None = None
@@ -29,7 +39,16 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
     health_timeout_s: Seconds = 2.0
     probe_interval_s: Seconds = 10.0
     reconnect_max_s: Seconds = 5.0
+    # The TLS/SASL fields of the Kafka sink (bridge.sinks.toolkit.kafka_security).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password_env: EnvName | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
+    secret_fields: ClassVar[tuple[str, ...]] = ("sasl_password_env",)
     placeholders: ClassVar[tuple[str, ...]] = ("topic",)
     field_docs: ClassVar[Mapping[str, str]] = {
         "bootstrap_servers": "`host:port` of the brokers: comma-separated text or a list.",
@@ -37,7 +56,11 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "topics": "Topics to consume (or `pattern`).",
         "pattern": "A regular expression of topic names to consume (instead of `topics`).",
         "start": "Where a group without committed offsets starts: `earliest` or `latest`.",
-        "max_records": "Records fetched at once (events in flight).",
+        "max_records": "Most records held (fetched, not done); at it, fetching pauses "
+        "(`pause()`) until one is done.",
+        "order": "What is handled in order: a `partition`'s records, or each record `key`'s "
+        "within its partition (different keys concurrently).",
+        "concurrency": "Most records handled at once, over partitions (or keys).",
         "fetch_wait_s": "How long one fetch waits for records.",
         "event_type": "The `type` of a record that is not a CloudEvent: a template of `{topic}`.",
         "dead_letter_topic": "Where dead letters are produced (with the reason in an "
@@ -46,6 +69,7 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "health_timeout_s": "Bound on a health probe (a metadata request).",
         "probe_interval_s": "Seconds between background probes.",
         "reconnect_max_s": "Longest pause between attempts to start the consumer again.",
+        **SECURITY_DOCS,
     }
 
     def __post_init__(self) -> None:
@@ -54,12 +78,18 @@ class KafkaSourceConfig(SourceConfig, frozen=True, kw_only=True):
             raise ValueError("bootstrap_servers: must name at least one host:port")
         if bool(self.topics) == (self.pattern is not None):
             raise ValueError("topics: give either topics or pattern")
+        check_security(self)
 
     @property
     def server_list(self) -> list[str]:
         raw = self.bootstrap_servers
         parts = raw.split(",") if isinstance(raw, str) else list(raw)
         return [p.strip() for p in parts if p.strip()]
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The ``ssl_*`` files, when the protocol uses TLS."""
+        return tls_files(self)
 
     @property
     def supervision(self) -> Supervision:

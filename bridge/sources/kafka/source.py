@@ -2,13 +2,15 @@
 `Supervisor`.
 
 Each start of the consumer (made by the supervisor, which starts it again if it
-fails) runs one fetch loop: fetch up to ``max_records`` records, handle each
-partition's records **in order** (partitions concurrently), and commit, per
-partition, the offset after the last record that is done. A record whose
-`Verdict` is ``redeliver`` stops its partition for this round: the consumer
-seeks back to it after a backoff pause, so it and the records after it come
-again. A dead letter is produced to ``dead_letter_topic`` (if set) before the
-offset moves past it. Offsets not committed when the process stops or dies are
+fails) runs one fetch loop feeding a `Flow` (flow.py): records handled in order
+per partition or per key (``order``), up to ``concurrency`` at once, at most
+``max_records`` held (fetching is paused at the limit), and each partition's
+offset committed up to its lowest unfinished record. A record whose `Verdict`
+is ``redeliver`` rewinds its partition: the consumer seeks back to it after a
+backoff pause. A dead letter is produced to ``dead_letter_topic`` (if set)
+before the offset moves past it. On a rebalance the revoked partitions' records
+in flight get ``grace_s``, what is done is committed, and the rest is left to
+the new owner. Offsets not committed when the process stops or dies are
 consumed again by the group.
 """
 
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from time import perf_counter
 from typing import Any, Final
 
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
     AIOKafkaProducer,
+    ConsumerRebalanceListener,
     ConsumerRecord,
     TopicPartition,
 )
@@ -30,9 +33,11 @@ from aiokafka import (  # type: ignore[import-untyped]
 from bridge.metrics import METRICS, Metrics
 from bridge.sinks.base import Health
 from bridge.sinks.toolkit import Backoff, Supervisor, TaskGroup, describe
+from bridge.sinks.toolkit.kafka_security import security_kwargs
 from bridge.sources.base import Deliver, Incoming, Verdict
 from bridge.sources.decode import Undecodable
 from bridge.sources.kafka.config import KafkaSourceConfig
+from bridge.sources.kafka.flow import Flow
 from bridge.sources.kafka.message import kafka_event
 
 log = logging.getLogger("bridge.sources.kafka")
@@ -45,10 +50,14 @@ SOURCE_HEADER: Final = "evbridge-source"
 class _Link:
     """One started consumer (and the dead-letter producer) with its fetch loop."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer | None) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer | None, flow: Flow
+    ) -> None:
         self.consumer = consumer
         self.producer = producer
+        self.flow = flow
         self.loop: asyncio.Task[None] | None = None
+        self.committer: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def lost(self) -> str:
@@ -62,13 +71,39 @@ class _Link:
         await self.consumer.topics()
 
     async def close(self) -> None:
-        if self.loop is not None:
-            self.loop.cancel()
+        # A consumer started again gets a flow of its own: nothing of this one may run on.
+        for task in (self.loop, self.committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await self.flow.abandon()
         for client in (self.consumer, self.producer):
             if client is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLOSE_TIMEOUT_S):
                         await client.stop()
+
+
+def _names(tps: set[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Revoked partitions: stop their records (``grace_s`` for those in flight) and
+    commit what is done, before the group hands them to another member."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+        self.flow: Flow | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.flow is not None and revoked:
+            log.info("kafka source %s: partitions revoked: %s", self.source.name, _names(revoked))
+            await self.flow.revoke(revoked, self.source.config.grace_s)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("kafka source %s: partitions assigned: %s", self.source.name, _names(assigned))
 
 
 class KafkaSource:
@@ -81,10 +116,11 @@ class KafkaSource:
         self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
-        self._handling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
-        self._redeliveries = 0
+        # Read now: sources are built at config load, so a missing variable or an
+        # unreadable TLS file stops `serve` and `check` with its key path.
+        self._secure = security_kwargs(config, f"sources.{config.name}")
         self._supervisor: Supervisor[_Link] = Supervisor(
             config.name, "kafka", ",".join(config.server_list), self._connect,
             config.supervision, log=log, role="source", metrics=metrics,
@@ -103,8 +139,12 @@ class KafkaSource:
         """Stop fetching, give events in flight ``grace_s``, then leave the group: what
         was not committed is consumed again."""
         self._stopping = True
-        if self._handling:
-            await asyncio.wait(list(self._handling), timeout=self.config.grace_s)
+        link = self._supervisor.current()
+        if isinstance(link, _Link):
+            if link.loop is not None:
+                with contextlib.suppress(BaseException):
+                    await link.loop  # ends within fetch_wait_s: no new records
+            await link.flow.close(self.config.grace_s)
         if self._tasks is not None:
             await self._tasks.close()
         await self._supervisor.stop()
@@ -113,27 +153,14 @@ class KafkaSource:
         """A metadata request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
 
-    async def lag(self) -> int | None:
-        """High watermark minus position, summed over the assigned partitions (the
-        watermarks come with fetches: a partition not fetched yet is left out); None
-        while disconnected."""
-        link = self._supervisor.current()
-        if not isinstance(link, _Link):
-            return None
-        consumer = link.consumer
-        total = 0
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                total += max(highwater - await consumer.position(tp), 0)
-        return total
-
     async def check(self) -> Health:
         """For ``evbridge check``: a metadata request (no group joined, nothing consumed):
         the broker answers and the configured topics exist."""
         c = self.config
         client = AIOKafkaConsumer(
-            bootstrap_servers=c.server_list, request_timeout_ms=int(c.connect_timeout_s * 1000)
+            bootstrap_servers=c.server_list,
+            request_timeout_ms=int(c.connect_timeout_s * 1000),
+            **self._secure,
         )
         try:
             await client.start()
@@ -148,12 +175,20 @@ class KafkaSource:
             return Health(ok=False, detail=f"topics do not exist: {', '.join(missing)}")
         return Health(ok=True, detail=f"brokers answer; group {c.group_id!r}")
 
+    def lag(self) -> int | None:
+        """Consumer lag of this source: per assigned partition, the broker's high
+        watermark minus the lowest offset not done (what a commit now would store),
+        summed; None while not consuming or before the broker reported one."""
+        link = self._supervisor.current()
+        return link.flow.lag() if isinstance(link, _Link) else None
+
     def describe(self) -> dict[str, object]:
         """What `/v1/info` shows of this source."""
         c = self.config
         return {"name": self.name, "type": "kafka", "group_id": c.group_id,
                 "topics": list(c.topics), "pattern": c.pattern, "route": c.route,
-                "on_error": c.on_error}  # fmt: skip
+                "on_error": c.on_error, "order": c.order,
+                "concurrency": c.concurrency}  # fmt: skip
 
     async def _connect(self) -> _Link:
         c = self.config
@@ -163,17 +198,20 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=c.start,
             client_id=f"evbridge-source-{c.name}",
+            **self._secure,
         )
         producer = (
-            AIOKafkaProducer(bootstrap_servers=c.server_list, acks="all")
+            AIOKafkaProducer(bootstrap_servers=c.server_list, acks="all", **self._secure)
             if c.dead_letter_topic
             else None
         )
+        assert self._tasks is not None
+        listener = _Rebalance(self)
         try:
             if c.pattern is not None:
-                consumer.subscribe(pattern=c.pattern)
+                consumer.subscribe(pattern=c.pattern, listener=listener)
             else:
-                consumer.subscribe(list(c.topics))
+                consumer.subscribe(list(c.topics), listener=listener)
             await consumer.start()
             if producer is not None:
                 await producer.start()
@@ -183,60 +221,49 @@ class KafkaSource:
                     with contextlib.suppress(Exception):
                         await client.stop()
             raise
-        link = _Link(consumer, producer)
-        assert self._tasks is not None
+        flow = Flow(consumer, functools.partial(self._record, producer), name=c.name, order=c.order,
+                    concurrency=c.concurrency, max_records=c.max_records,
+                    backoff=self._backoff, tasks=self._tasks,
+                    on_commit=self._ack_duration.observe)  # fmt: skip
+        link = _Link(consumer, producer, flow)
+        listener.flow = flow
         link.loop = self._tasks.spawn(self._fetch_loop(link), name="fetch")
         link.loop.add_done_callback(
             lambda _: None if self._stopping else link.fail("the fetch loop ended")
         )
+        link.committer = self._tasks.spawn(flow.commit_loop(), name="commit")
         return link
 
     async def _fetch_loop(self, link: _Link) -> None:
-        assert self._tasks is not None
         c = self.config
+        flow = link.flow
         while not self._stopping:
+            flow.apply_pause()
+            if flow.room <= 0:
+                # Backpressure: every partition is paused until a record finishes.
+                await flow.wait_room(c.fetch_wait_s)
+                continue
             batch = await link.consumer.getmany(
-                timeout_ms=int(c.fetch_wait_s * 1000), max_records=c.max_records
+                timeout_ms=int(c.fetch_wait_s * 1000), max_records=flow.room
             )
-            tasks = []
+            if self._stopping:
+                return  # not taken: the group consumes them again
             for tp, records in batch.items():
-                task = self._tasks.spawn(self._partition(link, tp, records), name=f"{tp}")
-                self._handling.add(task)
-                task.add_done_callback(self._handling.discard)
-                tasks.append(task)
-            if tasks:
-                # Shielded: stop() waits for these itself, then cancels what is left.
-                await asyncio.shield(asyncio.wait(tasks))
+                flow.add(tp, records)
 
-    async def _partition(
-        self, link: _Link, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
-    ) -> None:
-        """One partition's records in order; commits after the last one done."""
-        done: int | None = None
+    async def _record(
+        self, producer: AIOKafkaProducer | None, record: ConsumerRecord[Any, Any]
+    ) -> Verdict:
+        """One record's verdict; its dead letter produced first (a failure: redeliver)."""
         try:
-            for record in records:
-                try:
-                    verdict = await self._one(record)
-                    if verdict.action == "dead_letter":
-                        await self._dead_letter(link, record, verdict.reason)
-                except Exception as exc:
-                    # Not done: the fetch position has moved past it, so go back to it, or
-                    # a later commit of this partition would skip it.
-                    verdict = Verdict("redeliver", describe(exc))
-                if verdict.action == "redeliver":
-                    self._redeliveries += 1
-                    await asyncio.sleep(self._backoff.delay(self._redeliveries))
-                    link.consumer.seek(tp, record.offset)
-                    return
-                if verdict.action == "ack":
-                    self._redeliveries = 0
-                done = record.offset
-        finally:
-            if done is not None:
-                with contextlib.suppress(Exception):
-                    start = perf_counter()
-                    await link.consumer.commit({tp: done + 1})
-                    self._ack_duration.observe(perf_counter() - start)
+            verdict = await self._one(record)
+            if verdict.action == "dead_letter":
+                await self._dead_letter(producer, record, verdict.reason)
+        except Exception as exc:
+            # Not done: the fetch position has moved past it, so the flow goes back to
+            # it, or a later commit of its partition would skip it.
+            return Verdict("redeliver", describe(exc))
+        return verdict
 
     async def _one(self, record: ConsumerRecord[Any, Any]) -> Verdict:
         assert self._deliver is not None
@@ -249,17 +276,19 @@ class KafkaSource:
                 topic=record.topic,
                 event_type=self.config.event_type,
             )
-            incoming = Incoming(where, event=event)
+            incoming = Incoming(where, event=event, destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc))
+            incoming = Incoming(where, problem=str(exc), destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
         return await self._deliver(incoming)
 
     async def _dead_letter(
-        self, link: _Link, record: ConsumerRecord[Any, Any], reason: str
+        self, producer: AIOKafkaProducer | None, record: ConsumerRecord[Any, Any], reason: str
     ) -> None:
         """Produce the record as it came, with the reason, and wait for the broker's ack
         (a failure raises: the offset is not committed past it)."""
-        if link.producer is None or self.config.dead_letter_topic is None:
+        if producer is None or self.config.dead_letter_topic is None:
             return
         headers = [
             (n, v) for n, v in (record.headers or ()) if n not in (REASON_HEADER, SOURCE_HEADER)
@@ -267,7 +296,7 @@ class KafkaSource:
         headers.append((REASON_HEADER, " ".join(reason.split())[:1000].encode()))
         headers.append((SOURCE_HEADER, self.name.encode()))
         try:
-            await link.producer.send_and_wait(
+            await producer.send_and_wait(
                 self.config.dead_letter_topic, record.value, key=record.key, headers=headers
             )
         except Exception as exc:

@@ -258,7 +258,8 @@ class NatsSource:
         assert self._deliver is not None
         c = self.config
         meta = message.metadata
-        where = f"stream {c.stream!r} seq {meta.sequence.stream if meta.sequence else '?'}"
+        seq = meta.sequence.stream if meta.sequence else None
+        where = f"stream {c.stream!r} seq {'?' if seq is None else seq}"
         again = (meta.num_delivered or 1) > 1
         try:
             event = nats_event(
@@ -268,9 +269,11 @@ class NatsSource:
                 stream=c.stream,
                 event_type=c.event_type,
             )
-            incoming = Incoming(where, event=event, redelivered=again)
+            incoming = Incoming(where, event=event, redelivered=again, destination=message.subject,
+                                offset=seq)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc), redelivered=again)
+            incoming = Incoming(where, problem=str(exc), redelivered=again,
+                                destination=message.subject, offset=seq)  # fmt: skip
         progress = _Progress(message, link.ack_wait_s / 2, self.name)
         try:
             verdict = await self._deliver(incoming)

@@ -243,9 +243,11 @@ class RabbitSource:
                 queue=config.queue,
                 event_type=config.event_type,
             )
-            incoming = Incoming(where, event=event, redelivered=bool(message.redelivered))
+            incoming = Incoming(where, event=event, redelivered=bool(message.redelivered),
+                                destination=config.queue, offset=message.delivery_tag)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc), redelivered=bool(message.redelivered))
+            incoming = Incoming(where, problem=str(exc), redelivered=bool(message.redelivered),
+                                destination=config.queue, offset=message.delivery_tag)  # fmt: skip
         verdict = await self._deliver(incoming)
         try:
             start = perf_counter()
