@@ -181,15 +181,17 @@ async def test_lag_in_flight_and_commit_latency_are_measured(
         async with bus, sources:
             await asyncio.wait_for(entered.wait(), TIMEOUT)
             await sources.sample_lag()
-            # One record fetched and being handled: the other three are behind the position.
-            assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
+            # One record fetched and being handled, three not fetched: lag counts from the
+            # lowest unfinished offset (what a commit now would store), so all four.
+            assert metrics.consumer_lag.labels("in")._value.get() == 4  # type: ignore[attr-defined]
             assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
             release.set()
             await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="4 ok")
             await wait_until(
                 lambda: (metrics.registry.get_sample_value(
-                    "evbridge_source_ack_duration_seconds_count", {"source": "in"}) or 0) >= 4,
-                timeout=TIMEOUT, what="four commits timed",
+                    "evbridge_source_ack_duration_seconds_count", {"source": "in"}) or 0) >= 1,
+                # The committer coalesces finishes meanwhile: at least one commit, not four.
+                timeout=TIMEOUT, what="a commit timed",
             )  # fmt: skip
             await sources.sample_lag()
             assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
