@@ -145,9 +145,9 @@ class Metrics:
         self.consumer_lag = Gauge(
             "evbridge_consumer_lag",
             "Messages waiting to be consumed, as the broker reports them, sampled every few "
-            "seconds (Kafka: high watermark minus position, summed over the assigned "
-            "partitions; NATS: the consumer's pending count; RabbitMQ: the queue's ready "
-            "messages).",
+            "seconds (Kafka: high watermark minus the lowest unfinished offset, summed over "
+            "the assigned partitions; NATS: the consumer's pending count; RabbitMQ: the "
+            "queue's ready messages).",
             ["source"],
             registry=r,
         )
