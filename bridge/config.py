@@ -25,6 +25,7 @@ from bridge.sections import (
     AuthConfig,
     DeliveryConfig,
     HandlersConfig,
+    IngestConfig,
     LimitsConfig,
     ListenConfig,
     LoggingConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "DeadLetterConfig",
     "DeliveryConfig",
     "HandlersConfig",
+    "IngestConfig",
     "LimitsConfig",
     "ListenConfig",
     "LoggingConfig",
@@ -73,6 +75,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     metrics: MetricsConfig = MetricsConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    ingest: IngestConfig = IngestConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -88,6 +91,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         "metrics": "The metrics and probes listener.",
         "auth": "API authentication.",
         "limits": "Bounds on what clients can make the bridge hold.",
+        "ingest": "How the HTTP ingest treats retried events (deduplication).",
         "shutdown": "Graceful shutdown.",
         "logging": "Log format and level.",
         "delivery": "Sync or durable delivery, the spool and retries.",
@@ -108,6 +112,7 @@ _SECTIONS: dict[str, type[Section]] = {
     "metrics": MetricsConfig,
     "auth": AuthConfig,
     "limits": LimitsConfig,
+    "ingest": IngestConfig,
     "shutdown": ShutdownConfig,
     "logging": LoggingConfig,
     "delivery": DeliveryConfig,

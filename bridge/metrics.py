@@ -128,6 +128,36 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.source_inflight = Gauge(
+            "evbridge_source_inflight_events",
+            "Consumed events being handled now, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.source_ack_duration = Histogram(
+            "evbridge_source_ack_duration_seconds",
+            "Time to settle a consumed message with its broker (ack, nack, dead letter; "
+            "Kafka: an offset commit), by source.",
+            ["source"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "evbridge_consumer_lag",
+            "Messages waiting to be consumed, as the broker reports them, sampled every few "
+            "seconds (Kafka: high watermark minus the lowest unfinished offset, summed over "
+            "the assigned partitions; NATS: the consumer's pending count; RabbitMQ: the "
+            "queue's ready messages).",
+            ["source"],
+            registry=r,
+        )
+        self.dedupe_dropped = Counter(
+            "evbridge_dedupe_dropped",
+            "Events not handled again: their (source, id) was handled within the dedupe "
+            "window (source: the source's name, or ingest for POST /v1/events).",
+            ["source"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "evbridge_event_loop_lag_seconds",
             "The worst event-loop lag seen by the watchdog in the last 60 s.",

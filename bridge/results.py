@@ -69,7 +69,9 @@ class EmitResult(msgspec.Struct, frozen=True):
     under a handler's ``on_error="reject"`` (`bridge.policy`): then it is
     ``rejected`` with code ``handler_failed`` and nothing was published.
     ``preference_not_applied`` says why a request's ``Prefer: respond-async``
-    was not applied (the event was delivered synchronously).
+    was not applied (the event was delivered synchronously). ``duplicate``: the
+    result of an earlier run of the same event (``ingest.dedupe``, `bridge.dedupe`),
+    which was not handled again.
     """
 
     id: str
@@ -80,6 +82,7 @@ class EmitResult(msgspec.Struct, frozen=True):
     follow_ups: list[EmitResult] = []
     error: ErrorInfo | None = None
     preference_not_applied: str | None = None
+    duplicate: bool = False
 
     def to_api(self) -> dict[str, Any]:
         """The JSON shape of the HTTP API (durations in milliseconds), as builtins."""
@@ -111,6 +114,7 @@ class EmitResult(msgspec.Struct, frozen=True):
                 deliveries=deliveries,
                 follow_ups=follow_ups,
                 preference_not_applied=self.preference_not_applied,
+                duplicate=self.duplicate,
             )
         return ApiResult(
             index=index,
@@ -124,6 +128,7 @@ class EmitResult(msgspec.Struct, frozen=True):
                 error.code, error.message, error.field, error.retriable, help_for(error.code)
             ),
             preference_not_applied=self.preference_not_applied,
+            duplicate=self.duplicate,
         )
 
 
@@ -148,8 +153,8 @@ class ApiErrorInfo(msgspec.Struct, frozen=True):
 
 class ApiResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """An `EmitResult` as the API shows it. Fields without a default are always
-    encoded; ``index`` (batch items only), ``error`` and ``preference_not_applied``
-    only when set. `Delivery` encodes itself (it omits its unset fields)."""
+    encoded; ``index`` (batch items only), ``error``, ``preference_not_applied`` and
+    ``duplicate`` only when set. `Delivery` encodes itself (it omits its unset fields)."""
 
     index: int | None = None
     id: str
@@ -160,6 +165,7 @@ class ApiResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     follow_ups: list[ApiResult]
     error: ApiErrorInfo | None = None
     preference_not_applied: str | None = None
+    duplicate: bool = False
 
 
 def _delivery(d: Delivery) -> dict[str, Any]:

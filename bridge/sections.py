@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from bridge.dedupe import DedupeConfig
 from bridge.webhookconfig import HttpHandlerConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -60,6 +61,19 @@ class AuthConfig(Section, frozen=True, kw_only=True):
     field_docs: ClassVar[Mapping[str, str]] = {
         "token": "Bearer token every API request must carry (or env `EVBRIDGE_TOKEN`); "
         "null: none needed.",
+    }
+
+
+class IngestConfig(Section, frozen=True, kw_only=True):
+    """How ``POST /v1/events`` treats what it is sent: ``dedupe`` (null: off) answers
+    a retried POST of an event already handled with the first result (`bridge.dedupe`)."""
+
+    dedupe: DedupeConfig | None = None
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "dedupe": "A window of handled (`source`, `id`) pairs: a `POST /v1/events` of one "
+        "of them is not handled again but answered with the first result, flagged "
+        "`duplicate: true`; null: off.",
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from importlib import resources
 from time import monotonic, perf_counter
 from typing import Any, Final, Literal
@@ -168,7 +169,11 @@ class Api:
         except InvalidEvent as exc:
             raise ApiError(400, exc.code, exc.message, field=exc.field) from None
         preference = self._preference(request)
-        result = await self.bus.emit(event, delivery=preference)
+        dedupe = self.sidecar.dedupe
+        if dedupe is None:
+            result = await self.bus.emit(event, delivery=preference)
+        else:
+            result = await dedupe.emit(event, partial(self.bus.emit, delivery=preference))
         return self._answer(result, preference)
 
     def _preference(self, request: web.Request) -> Preference | None:

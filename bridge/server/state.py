@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 
 from bridge.bus import Bus
 from bridge.config import Config
+from bridge.dedupe import INGEST, IngestDedupe
 from bridge.redact import register_config
 from bridge.server.errors import ApiError
 from bridge.server.limits import ConnectionBudget
@@ -53,6 +54,16 @@ class Sidecar:
         self.metrics = self.bus.metrics
         #: Built now, so that a source's missing secret stops the load (bridge.sources).
         self.sources = Sources(config.sources, self.bus)
+        #: ``ingest.dedupe``: shared by the listeners, so a retry on either is caught.
+        self.dedupe = (
+            IngestDedupe(
+                config.ingest.dedupe,
+                config.source,
+                self.metrics.dedupe_dropped.labels(INGEST).inc,
+            )
+            if config.ingest.dedupe is not None
+            else None
+        )
         self.phase: Phase = "starting"
         #: Events admitted and not finished (a batch counts its size).
         self.inflight = 0

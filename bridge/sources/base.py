@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar, Final, Literal, Protocol, runtime_checka
 import msgspec
 
 from bridge.configparse import check_name, convert
+from bridge.dedupe import DedupeConfig
 from bridge.errors import ConfigError
 from bridge.event import Event
 from bridge.metrics import Metrics
@@ -38,6 +39,10 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     retry_initial_s: Seconds = 0.2
     retry_max_s: Seconds = 5.0
+    #: With ``on_error: retry``: no run starts this long after the first (null: no bound).
+    max_age_s: Seconds | None = None
+    #: Drop an event whose (source, id) was handled within the window (null: off).
+    dedupe: DedupeConfig | None = None
     #: Seconds `stop` waits for events in flight; the rest are redelivered by the broker.
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
@@ -55,6 +60,10 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         "dead-lettered.",
         "retry_initial_s": "First pause between retries (doubling, jittered).",
         "retry_max_s": "Longest pause between retries.",
+        "max_age_s": "With `on_error: retry`, seconds after the first run past which no "
+        "retry starts (the event is dead-lettered); null: only `max_attempts` bounds it.",
+        "dedupe": "A window of handled (`source`, `id`) pairs: a message whose event is "
+        "one of them is acked without running the handlers again; null: off.",
         "grace_s": "On stop, how long events in flight may finish; the rest are redelivered.",
     }
 

@@ -15,6 +15,8 @@ async with Bus(config) as bus, Sources(config.sources, bus):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 from collections.abc import Sequence
 from types import TracebackType
@@ -27,6 +29,9 @@ from bridge.sources.runner import Emitter, Runner
 log = logging.getLogger("bridge.sources")
 
 _HEALTH_TIMEOUT_S: Final = 5.0
+#: How often consumer lag is asked of the brokers (``evbridge_consumer_lag``): one
+#: cheap call per source (a passive declare, a consumer info, local Kafka positions).
+LAG_INTERVAL_S: Final = 5.0
 
 
 class Sources:
@@ -43,6 +48,8 @@ class Sources:
         self._started: list[Source] = []
         #: The stop in progress: a second `stop` waits for it rather than return early.
         self._stopping: asyncio.Future[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self.lag_interval_s = LAG_INTERVAL_S
 
     async def start(self) -> None:
         """Start every source (after the bus: their events need its sinks). A source
@@ -56,6 +63,8 @@ class Sources:
                 raise
             self._started.append(source)
             log.info("source %s (%s) started", name, self.sources[name].__class__.__name__)
+        if self._started:
+            self._lag_task = asyncio.create_task(self._sample_lag(), name="consumer lag")
 
     async def stop(self) -> None:
         """Stop every started source (concurrently): fetching stops, events in flight
@@ -71,11 +80,44 @@ class Sources:
         return self._stopping
 
     async def _stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
         started, self._started = self._started, []
         results = await asyncio.gather(*(s.stop() for s in started), return_exceptions=True)
         for source, result in zip(started, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("source %s did not stop cleanly: %s", source.name, result)
+
+    async def sample_lag(self) -> None:
+        """Ask each source that reports it (a ``lag()`` method, plain or async) for its
+        consumer lag, into the gauge; a source that cannot say now (disconnected, timed
+        out) keeps its last value."""
+        gauge = self.bus.metrics.consumer_lag
+
+        async def one(name: str, source: Source) -> None:
+            lag = getattr(source, "lag", None)
+            if lag is None:
+                return
+            try:
+                # A source may know its lag locally (a plain method) or ask its broker.
+                value = lag()
+                if inspect.isawaitable(value):
+                    value = await asyncio.wait_for(value, _HEALTH_TIMEOUT_S)
+            except Exception as exc:
+                log.debug("source %s: consumer lag not sampled: %s", name, exc)
+                return
+            if value is not None:
+                gauge.labels(name).set(value)
+
+        await asyncio.gather(*(one(n, s) for n, s in self.sources.items()))
+
+    async def _sample_lag(self) -> None:
+        while True:
+            await self.sample_lag()
+            await asyncio.sleep(self.lag_interval_s)
 
     async def health(self) -> dict[str, Health]:
         """Every source's health check, concurrently, each bounded in time."""

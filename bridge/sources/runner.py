@@ -13,9 +13,14 @@ notification events to sinks) and answers with a `Verdict`. The commit rule:
   gives the message again, so nothing is lost;
 - ``dead_letter`` when the message cannot be decoded, a delivery was refused
   for good, or handlers failed under ``on_error: dead_letter`` (or still failed
-  after ``max_attempts`` runs under ``retry``).
+  after ``max_attempts`` runs, or ``max_age_s`` after the first, under ``retry``:
+  a retry whose pause would end past ``max_age_s`` is not started).
 
 ``route: false`` emits the event as a domain event: handlers only.
+
+With ``dedupe`` set, an event whose (``source``, ``id``) was acked within the
+window (`bridge.dedupe`) is acked at once without running its handlers again,
+counted in ``evbridge_dedupe_dropped_total`` and as outcome ``duplicate``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from time import monotonic
 from typing import Final, Protocol
 
 import msgspec
 
 from bridge import tracing
+from bridge.dedupe import Window, key_of
 from bridge.event import Event
 from bridge.metrics import Metrics
 from bridge.results import ERROR, TIMEOUT, EmitResult
@@ -39,7 +46,9 @@ log = logging.getLogger("bridge.sources")
 
 _DONE: Final = frozenset({"handled", "published", "spooled"})
 #: Outcomes of ``evbridge_consumed_total{source,outcome}``.
-OUTCOMES: Final = ("ok", "handler_error_ignored", "redelivered", "dead_letter", "undecodable")
+OUTCOMES: Final = (
+    "ok", "handler_error_ignored", "redelivered", "dead_letter", "undecodable", "duplicate"
+)  # fmt: skip
 
 
 class Emitter(Protocol):
@@ -90,6 +99,12 @@ class Runner:
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._counter = bus.metrics.consumed
         self._again = bus.metrics.consumed_again.labels(config.name)
+        dedupe = config.dedupe
+        self._seen: Window[bool] | None = (
+            Window(dedupe.window_s, dedupe.max_entries) if dedupe is not None else None
+        )
+        self._dropped = bus.metrics.dedupe_dropped.labels(config.name)
+        self._inflight = bus.metrics.source_inflight.labels(config.name)
 
     def _count(self, outcome: str) -> None:
         self._counter.labels(self.name, outcome).inc()
@@ -103,6 +118,7 @@ class Runner:
         return await self._guarded(incoming)
 
     async def _guarded(self, incoming: Incoming) -> Verdict:
+        self._inflight.inc()
         try:
             return await self._run(incoming)
         except Exception as exc:
@@ -112,6 +128,8 @@ class Runner:
             log.warning("source %s: %s: %s: %s; the broker redelivers it", self.name,
                         incoming.where, type(exc).__name__, exc)  # fmt: skip
             return Verdict("redeliver", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._inflight.dec()
 
     async def _run(self, incoming: Incoming) -> Verdict:
         if incoming.event is None:
@@ -120,9 +138,29 @@ class Runner:
             log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
             return Verdict("dead_letter", reason)
         event = incoming.event
+        seen = self._seen
+        if seen is None:
+            return await self._handle(incoming, event)
+        # The event as consumed (the bus fills an unset source the same way each time).
+        key = key_of(event, "")
+        if seen.get(key) is not None:
+            self._dropped.inc()
+            self._count("duplicate")
+            log.debug("source %s: %s: event %s was handled already; acked", self.name,
+                      incoming.where, event.id)  # fmt: skip
+            return Verdict("ack")
+        verdict = await self._handle(incoming, event)
+        if verdict.action == "ack":
+            seen.remember(key, True)
+        return verdict
+
+    async def _handle(self, incoming: Incoming, event: Event) -> Verdict:
         if not self.config.route and event.kind != "domain":
             event = msgspec.structs.replace(event, kind="domain")
         attempts = self.config.max_attempts if self.config.on_error == "retry" else 1
+        max_age = self.config.max_age_s
+        started = monotonic()
+        attempt = 0
         for attempt in range(1, attempts + 1):
             result = await self.bus.emit(event)
             verdict = delivery_verdict(result)
@@ -141,11 +179,14 @@ class Runner:
                 return Verdict("ack")
             if not any(h.retriable for r in _all(result) for h in r.handlers
                        if h.outcome in (ERROR, TIMEOUT)):  # fmt: skip
-                attempts = attempt  # only errors that say a rerun cannot help (a 4xx)
+                break  # only errors that say a rerun cannot help (a 4xx)
+            if attempt == attempts:
                 break
-            if attempt < attempts:
-                await asyncio.sleep(self._backoff.delay(attempt))
-        reason = f"handler failed after {attempts} run(s): " + "; ".join(failed)
+            pause = self._backoff.delay(attempt)
+            if max_age is not None and monotonic() - started + pause > max_age:
+                break
+            await asyncio.sleep(pause)
+        reason = f"handler failed after {attempt} run(s): " + "; ".join(failed)
         self._count("dead_letter")
         log.warning("source %s: %s is dead-lettered: %s", self.name, incoming.where, reason)
         return Verdict("dead_letter", reason)

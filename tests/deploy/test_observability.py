@@ -59,11 +59,20 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "evbridge_handler_threads_busy": ("gauge", frozenset()),
     "evbridge_handler_threads_stuck": ("gauge", frozenset({"handler"})),
     "evbridge_handler_tasks_abandoned": ("gauge", frozenset()),
+    # Sources (issue 14): what consumers did, their lag, in-flight work and settle latency.
+    "evbridge_consumed_total": ("counter", frozenset({"source", "outcome"})),
+    "evbridge_consumed_redeliveries_total": ("counter", frozenset({"source"})),
+    "evbridge_dedupe_dropped_total": ("counter", frozenset({"source"})),
+    "evbridge_consumer_lag": ("gauge", frozenset({"source"})),
+    "evbridge_source_inflight_events": ("gauge", frozenset({"source"})),
+    "evbridge_source_ack_duration_seconds": ("histogram", frozenset({"source"})),
+    "evbridge_source_up": ("gauge", frozenset({"source"})),
 }
 # Label values the contract fixes.
 OUTCOMES = {
     "evbridge_published_total": {"ok", "error"},
     "evbridge_handler_runs_total": {"ok", "error", "timeout", "skipped", "stopped"},
+    "evbridge_consumed_total": set(require("bridge.sources.runner").OUTCOMES),
 }
 # Labels Prometheus attaches to every scraped series (ServiceMonitor / pod discovery).
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "container", "service", "endpoint"}
@@ -252,6 +261,13 @@ def test_dashboard_covers_what_the_issue_asks() -> None:
         ("evbridge_spool_oldest_age_seconds", None),
         ("evbridge_dead_lettered_total", "sink"),
         ("evbridge_delivery_retries_total", "sink"),
+        # The consumer row: lag, outcomes and dead letters, redeliveries, by source.
+        ("evbridge_consumer_lag", "source"),
+        ("evbridge_consumed_total", "outcome"),
+        ("evbridge_consumed_total", "source"),
+        ("evbridge_consumed_redeliveries_total", "source"),
+        ("evbridge_source_inflight_events", "source"),
+        ("evbridge_source_ack_duration_seconds_bucket", "source"),
     }
     exprs = [e for _, e in dashboard_exprs()]
     for metric, by in wanted:
@@ -314,6 +330,9 @@ def test_alerts_cover_what_the_issue_asks() -> None:
         "evbridge_spool_oldest_age_seconds",
         "evbridge_ready",
         "evbridge_handler_runs_total",
+        "evbridge_consumer_lag",
+        "evbridge_consumed_total",
+        "evbridge_source_up",
     } <= used
 
 

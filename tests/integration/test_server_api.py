@@ -511,3 +511,35 @@ async def test_metrics_by_transport(
     assert metric_value(text, "evbridge_inflight_events") == 0.0
     assert metric_value(text, "evbridge_published_total", {"sink": "out", "outcome": "ok"})
     assert metric_value(text, "evbridge_publish_duration_seconds_count", {"sink": "out"})
+
+
+# --- ingest.dedupe -------------------------------------------------------------------
+
+
+async def test_a_retried_post_gets_the_first_result_flagged_duplicate() -> None:
+    config = {**CONFIG, "ingest": {"dedupe": {"window_s": 60, "max_entries": 100}}}
+    with running_server(config, handlers={"api_handlers": HANDLERS}, files=PROBE_SINK_FILES) as srv:
+        async with srv.session("unix") as http:
+            body = {"type": "ev.follow", "id": "retry-1", "source": "shop", "data": {}}
+            first = await call(http, "POST", "/v1/events", json=body)
+            # Over the other listener too: the window is the process's.
+            async with srv.session("tcp") as tcp:
+                again = await call(tcp, "POST", "/v1/events", json=body)
+            other = await call(http, "POST", "/v1/events", json={**body, "source": "till"})
+            assert first.status == again.status == other.status == 200
+            assert "duplicate" not in first.json
+            # The first result without what only the first run did: its handlers, follow-ups.
+            assert first.json["handlers"]
+            assert first.json["follow_ups"]
+            assert again.json == {**first.json, "handlers": [], "follow_ups": [], "duplicate": True}
+            assert "duplicate" not in other.json
+            dropped = await srv.metric("evbridge_dedupe_dropped_total", {"source": "ingest"})
+        # Written once for shop/retry-1 and once for till/retry-1: the retry was not handled.
+        types = [record["type"] for record in sink_lines(srv)]
+    assert types.count("ev.follow") == 2
+    assert dropped == 1
+
+
+def sink_lines(server: ServerProcess) -> list[dict[str, Any]]:
+    path = Path(server.workdir, "out", "events.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -157,3 +157,41 @@ async def test_check_reports_missing_topics_without_joining_the_group(
     assert lines["source ok (kafka)"].ok
     assert not lines["source missing (kafka)"].ok
     assert "do not exist" in lines["source missing (kafka)"].detail
+
+
+async def test_lag_in_flight_and_commit_latency_are_measured(
+    kafka_broker: KafkaBroker, registry: HandlerRegistry
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, unique_name("src-k-lag"), 1)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        entered.set()
+        await release.wait()
+
+    bus, sources = consumer(bootstrap, topic, unique_name("g"), registry, max_records=1,
+                            start="earliest")  # fmt: skip
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    metrics = bus.metrics
+    async with publisher(bootstrap, topic) as out:
+        events = [sample(id=f"lag-{i}") for i in range(4)]
+        assert {r.status for r in await out.emit_many(events)} == {"published"}
+        async with bus, sources:
+            await asyncio.wait_for(entered.wait(), TIMEOUT)
+            await sources.sample_lag()
+            # One record fetched and being handled, three not fetched: lag counts from the
+            # lowest unfinished offset (what a commit now would store), so all four.
+            assert metrics.consumer_lag.labels("in")._value.get() == 4  # type: ignore[attr-defined]
+            assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+            release.set()
+            await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="4 ok")
+            await wait_until(
+                lambda: (metrics.registry.get_sample_value(
+                    "evbridge_source_ack_duration_seconds_count", {"source": "in"}) or 0) >= 1,
+                # The committer coalesces finishes meanwhile: at least one commit, not four.
+                timeout=TIMEOUT, what="a commit timed",
+            )  # fmt: skip
+            await sources.sample_lag()
+            assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]

@@ -243,3 +243,61 @@ async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_res
             await wait_until(lambda: "after" in handled, timeout=TIMEOUT, what="consuming resumed")
     assert handled == ["in-flight", "in-flight", "after"]
     assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+
+
+async def test_a_slow_handler_keeps_its_message_in_progress(
+    nats_url: str, names: Names, registry: HandlerRegistry, nats_client: Client
+) -> None:
+    # A handler that runs for 2.5 ack waits: without in_progress JetStream would have
+    # redelivered its message twice meanwhile. (An ack wait of 2 s leaves the half-wait
+    # marks a second of slack on a loaded machine.)
+    runs: list[str] = []
+
+    async def slow(event: Event, ctx: Context) -> None:
+        runs.append(event.id)
+        await asyncio.sleep(5.0)  # the slowness under test, not a wait for a condition
+
+    bus, sources = consumer(nats_url, names, registry, ack_wait_s=2.0)
+    bus.subscribe("order.*", slow, name="slow", timeout=30)
+    sent = sample()
+    async with bus, sources, publisher(nats_url, names) as out:
+        assert (await out.emit(sent)).status == "published"
+        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        info = await nats_client.jetstream().consumer_info(names.stream, "evbridge")
+    assert info.config.ack_wait == 2.0
+    assert info.num_redelivered == 0
+    assert info.num_ack_pending == 0
+    assert runs == [sent.id]
+    assert bus.metrics.consumed_again.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+
+
+async def test_lag_in_flight_and_ack_latency_are_measured(
+    nats_url: str, names: Names, registry: HandlerRegistry
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        entered.set()
+        await release.wait()
+
+    bus, sources = consumer(nats_url, names, registry, batch=1)
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    metrics = bus.metrics
+    async with bus, publisher(nats_url, names) as out:
+        for i in range(4):
+            assert (await out.emit(sample(id=f"lag-{i}"))).status == "published"
+        async with sources:
+            await asyncio.wait_for(entered.wait(), TIMEOUT)
+            await sources.sample_lag()
+            # batch 1: one delivered and being handled, three pending in the stream.
+            assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
+            assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+            release.set()
+            await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="acked")
+            await sources.sample_lag()
+            assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+    acks = metrics.registry.get_sample_value(
+        "evbridge_source_ack_duration_seconds_count", {"source": "in"}
+    )
+    assert acks == 4

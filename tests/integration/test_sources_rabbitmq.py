@@ -284,3 +284,59 @@ async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_res
     assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
     queue = await amqp.declare_queue(names.queue, passive=True)
     assert queue.declaration_result.message_count == 0
+
+
+async def test_the_dedupe_window_drops_an_event_consumed_again(
+    rabbitmq: RabbitMQ, names: Names, registry: HandlerRegistry, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    # The same event arrives twice (a producer's retry, or a message handled and acked
+    # just as its connection went): its handler runs once, both messages are acked.
+    runs: list[str] = []
+    bus, sources = consumer(rabbitmq, names, registry, dedupe={"window_s": 60})
+    bus.subscribe("order.*", lambda event, ctx: runs.append(event.id), name="record")
+    sent = sample(id="dup-1")
+    async with bus, sources, publisher(rabbitmq, names) as out:
+        for event in (sent, sent, sample(id="dup-2")):
+            assert (await out.emit(event)).status == "published"
+        await wait_until(
+            lambda: consumed(bus, "ok") + consumed(bus, "duplicate") == 3,
+            timeout=TIMEOUT,
+            what="three acked",
+        )
+    assert sorted(runs) == ["dup-1", "dup-2"]
+    assert consumed(bus, "duplicate") == 1
+    assert bus.metrics.dedupe_dropped.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+    queue = await amqp.declare_queue(names.queue, passive=True)
+    assert queue.declaration_result.message_count == 0
+
+
+async def test_lag_in_flight_and_ack_latency_are_measured(
+    rabbitmq: RabbitMQ, names: Names, registry: HandlerRegistry
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocks(event: Event, ctx: Context) -> None:
+        entered.set()
+        await release.wait()
+
+    bus, sources = consumer(rabbitmq, names, registry, prefetch=1)
+    bus.subscribe("order.*", blocks, name="blocks", timeout=60)
+    metrics = bus.metrics
+    async with bus, sources, publisher(rabbitmq, names) as out:
+        for i in range(4):
+            assert (await out.emit(sample(id=f"lag-{i}"))).status == "published"
+        await asyncio.wait_for(entered.wait(), TIMEOUT)
+        await sources.sample_lag()
+        # prefetch 1: one handed out and being handled, three ready in the queue.
+        assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
+        assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
+        release.set()
+        await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="four acked")
+        await sources.sample_lag()
+        assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+        assert metrics.source_inflight.labels("in")._value.get() == 0  # type: ignore[attr-defined]
+    acks = metrics.registry.get_sample_value(
+        "evbridge_source_ack_duration_seconds_count", {"source": "in"}
+    )
+    assert acks == 4

@@ -454,3 +454,48 @@ async def test_kafka_never_commits_past_a_dead_letter_it_could_not_produce() -> 
     await flow.commit()
     assert consumer.commits == [{"tp": 11}]  # offset 10 done; 11 not dead-lettered
     await flow.close(0.1)
+
+
+@pytest.mark.parametrize(("max_age_s", "runs"), [(0.004, 1), (None, 4)])
+async def test_retry_stops_at_max_age_before_max_attempts(
+    registry: HandlerRegistry, max_age_s: float | None, runs: int
+) -> None:
+    calls: list[int] = []
+
+    def boom(event: Event, ctx: Context) -> None:
+        calls.append(1)
+        raise RuntimeError("no stock")
+
+    bus = bus_with(registry)
+    bus.subscribe("order.*", boom, name="boom")
+    # Pauses are jittered in [5, 10] ms: the first already ends past 4 ms.
+    fields = {"on_error": "retry", "route": False, "max_attempts": 4, "retry_initial_s": 0.01,
+              "retry_max_s": 0.01, "max_age_s": max_age_s}  # fmt: skip
+    async with bus:
+        verdict = await runner(bus, **fields).deliver(
+            Incoming("m", event=Event(type="order.created"))
+        )
+    assert verdict.action == "dead_letter"
+    assert f"handler failed after {runs} run(s)" in verdict.reason
+    assert len(calls) == runs
+
+
+async def test_lag_is_sampled_from_plain_and_async_lag_methods(registry: HandlerRegistry) -> None:
+    class Fake:
+        def __init__(self, name: str, lag: Any) -> None:
+            self.name, self.lag = name, lag
+
+    async def asked() -> int:
+        return 7
+
+    def broken() -> int:
+        raise RuntimeError("not consuming")
+
+    bus = bus_with(registry)
+    sources = Sources((), bus)
+    sources.sources = {"a": Fake("a", lambda: 3), "b": Fake("b", asked),  # type: ignore[dict-item]
+                       "c": Fake("c", broken), "d": Fake("d", lambda: None)}  # fmt: skip
+    await sources.sample_lag()
+    gauge = bus.metrics.consumer_lag
+    values = {n: gauge.labels(n)._value.get() for n in "abcd"}  # type: ignore[attr-defined]
+    assert values == {"a": 3, "b": 7, "c": 0, "d": 0}

@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Literal, Protocol
 
@@ -104,8 +105,11 @@ class Flow:
         max_records: int,
         backoff: Backoff,
         tasks: TaskGroup,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.consumer = consumer
+        #: Given each successful commit's duration in seconds (the ack/commit histogram).
+        self._on_commit = on_commit
         self.name = name
         self.max_records = max_records
         self._handle = handle
@@ -278,7 +282,10 @@ class Flow:
             if not offsets:
                 return
             try:
+                start = time.perf_counter()
                 await self.consumer.commit(offsets)
+                if self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - start)
             except Exception as exc:
                 log.warning("kafka source %s: commit failed (consumed again): %s",
                             self.name, describe(exc))  # fmt: skip

@@ -113,6 +113,7 @@ class KafkaSource:
         self.name = config.name
         self.config = config
         self._metrics = metrics
+        self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
         self._stopping = False
@@ -222,7 +223,8 @@ class KafkaSource:
             raise
         flow = Flow(consumer, functools.partial(self._record, producer), name=c.name, order=c.order,
                     concurrency=c.concurrency, max_records=c.max_records,
-                    backoff=self._backoff, tasks=self._tasks)  # fmt: skip
+                    backoff=self._backoff, tasks=self._tasks,
+                    on_commit=self._ack_duration.observe)  # fmt: skip
         link = _Link(consumer, producer, flow)
         listener.flow = flow
         link.loop = self._tasks.spawn(self._fetch_loop(link), name="fetch")

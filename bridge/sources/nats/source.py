@@ -7,6 +7,9 @@ hand each to the runner concurrently, settle each by its `Verdict` (ack, nak wit
 a delay, or dead-letter), and fetch again only when the batch is settled, so
 at most ``batch`` events are in flight. A message not acked within the
 consumer's ack wait (a crash, a lost connection) is redelivered by JetStream.
+While a message's handlers run longer than half the consumer's ack wait, it is
+marked in progress (``+WPI``) every half ack wait, so JetStream does not hand a
+message whose handler still runs to anyone else.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from time import perf_counter
 from typing import Any, Final
 
 import nats.errors
@@ -48,6 +52,8 @@ class _Link:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.sub: JetStreamContext.PullSubscription | None = None
+        #: The bound consumer's ack wait (an existing consumer keeps its own).
+        self.ack_wait_s = 30.0
         self.loop: asyncio.Task[None] | None = None
         self._lost = lost
 
@@ -79,6 +85,7 @@ class NatsSource:
         self._auth = _auth(config)  # read now, so a missing secret fails the config load
         self._tls = config.tls.context(f"sources.{config.name}.tls") if config.tls else None
         self._metrics = metrics
+        self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._tasks: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -118,6 +125,16 @@ class NatsSource:
     async def healthcheck(self) -> Health:
         """A JetStream account-info request, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def lag(self) -> int | None:
+        """The durable consumer's pending messages (JetStream's ``num_pending``); None
+        while disconnected."""
+        link = self._supervisor.current()
+        if not isinstance(link, _Link) or link.sub is None:
+            return None
+        info = await link.sub.consumer_info()
+        pending: int | None = info.num_pending
+        return pending
 
     async def check(self) -> Health:
         """For ``evbridge check``: connect, look at the stream and the durable consumer
@@ -198,6 +215,8 @@ class NatsSource:
                     max_ack_pending=max(c.batch, 1000),
                 ),
             )
+            info = await link.sub.consumer_info()
+            link.ack_wait_s = float(info.config.ack_wait or c.ack_wait_s)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -255,9 +274,15 @@ class NatsSource:
         except Undecodable as exc:
             incoming = Incoming(where, problem=str(exc), redelivered=again,
                                 destination=message.subject, offset=seq)  # fmt: skip
-        verdict = await self._deliver(incoming)
+        progress = _Progress(message, link.ack_wait_s / 2, self.name)
         try:
+            verdict = await self._deliver(incoming)
+        finally:
+            progress.cancel()
+        try:
+            start = perf_counter()
             await self._settle(link, message, verdict)
+            self._ack_duration.observe(perf_counter() - start)
         except Exception as exc:
             log.warning("nats source %s: %s not settled (%s): %s; JetStream redelivers it",
                         self.name, where, verdict.action, describe(exc))  # fmt: skip
@@ -278,6 +303,42 @@ class NatsSource:
             headers[SOURCE_HEADER] = self.name
             await link.js.publish(self.config.dead_letter_subject, message.data, headers=headers)
             await message.ack()
+
+
+class _Progress:
+    """Marks a message in progress every ``every_s`` while its handlers run.
+
+    A timer rather than a task per message: only a handler slower than ``every_s``
+    costs anything (one ``+WPI`` publish per interval).
+    """
+
+    __slots__ = ("_every", "_message", "_name", "_sending", "_timer")
+
+    def __init__(self, message: Msg, every_s: float, name: str) -> None:
+        self._message = message
+        self._every = every_s
+        self._name = name
+        self._sending: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            every_s, self._tick
+        )
+
+    def _tick(self) -> None:
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send())
+        self._timer = asyncio.get_running_loop().call_later(self._every, self._tick)
+
+    async def _send(self) -> None:
+        try:
+            await self._message.in_progress()
+        except Exception as exc:
+            # Not fatal: at worst JetStream redelivers it, as it would without this.
+            log.warning("nats source %s: in_progress not sent: %s", self._name, describe(exc))
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _auth(config: NatsSourceConfig) -> dict[str, Any]:

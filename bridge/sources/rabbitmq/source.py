@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from time import perf_counter
 from typing import Final
 
 import aio_pika
@@ -102,6 +103,7 @@ class RabbitSource:
         self.config = config
         self.url = source_url(config)  # the password is read now: a missing one fails the load
         self._metrics = metrics
+        self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
         self._inflight: TaskGroup | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -140,6 +142,16 @@ class RabbitSource:
     async def healthcheck(self) -> Health:
         """A passive declare of the queue, bounded by ``health_timeout_s``."""
         return await self._supervisor.health()
+
+    async def lag(self) -> int | None:
+        """The queue's ready messages (a passive declare on the admin channel); None
+        while disconnected."""
+        link = self._supervisor.current()
+        if not isinstance(link, _Link) or link.queue is None:
+            return None
+        queue = await link.admin.declare_queue(link.queue.name, passive=True)
+        count: int | None = queue.declaration_result.message_count
+        return count
 
     async def check(self) -> Health:
         """For ``evbridge check``: connect, look at the queue and the bindings' exchanges
@@ -238,7 +250,9 @@ class RabbitSource:
                                 destination=config.queue, offset=message.delivery_tag)  # fmt: skip
         verdict = await self._deliver(incoming)
         try:
+            start = perf_counter()
             await self._settle(link, message, verdict)
+            self._ack_duration.observe(perf_counter() - start)
         except Exception as exc:
             # The channel is gone: the broker redelivers the message on another.
             log.warning("rabbitmq source %s: %s not settled (%s): %s; the broker redelivers it",

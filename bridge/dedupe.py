@@ -1,0 +1,160 @@
+"""Deduplication windows: an event whose (``source``, ``id``) was handled recently is
+not handled again.
+
+A `Window` remembers keys for ``window_s`` seconds, at most ``max_entries`` of
+them (the least recently remembered go first), so its memory is bounded
+whatever the traffic: a few hundred bytes per entry (the key's two strings, and
+at ingest the result's id, type, status and deliveries), some tens of MB at the
+default 100 000.
+Sources use one each (`bridge.sources.runner`: a duplicate is acked without
+running its handlers); the HTTP ingest uses one for retried POSTs
+(`IngestDedupe`: a duplicate is answered with the first result, flagged
+``duplicate: true``). Dropped duplicates are counted in
+``evbridge_dedupe_dropped_total{source}`` (the source's name, or ``ingest``).
+
+A window lives in one process: it forgets on restart and is not shared between
+instances, so it narrows duplicates, it does not rule them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from time import monotonic
+from typing import Annotated, ClassVar, Final, Generic, TypeVar
+
+import msgspec
+
+from bridge.event import Event
+from bridge.results import EmitResult
+
+V = TypeVar("V")
+
+#: The label of ``evbridge_dedupe_dropped_total`` for the HTTP ingest's window.
+INGEST: Final = "ingest"
+
+
+class DedupeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A deduplication window: (``source``, ``id``) pairs remembered for ``window_s``
+    seconds, at most ``max_entries`` of them (the oldest are forgotten first)."""
+
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    max_entries: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+
+    field_docs: ClassVar[Mapping[str, str]] = {
+        "window_s": "Seconds an event's (`source`, `id`) is remembered once handled.",
+        "max_entries": "Most pairs remembered; beyond it the oldest are forgotten "
+        "(memory: a few hundred bytes each).",
+    }
+
+
+class Window(Generic[V]):
+    """Keys remembered for ``window_s`` seconds, at most ``max_entries`` of them.
+
+    Kept in an `OrderedDict` in the order they were remembered, so expiry and
+    eviction both take from the front: every operation is O(1) amortised.
+    """
+
+    __slots__ = ("_clock", "_entries", "max_entries", "window_s")
+
+    def __init__(
+        self, window_s: float, max_entries: int, clock: Callable[[], float] = monotonic
+    ) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            key, (at, _) = next(iter(entries.items()))
+            if now - at < self.window_s:
+                return
+            del entries[key]
+
+    def get(self, key: Hashable) -> V | None:
+        """The value remembered for ``key`` within the window, else None."""
+        self._expire(self._clock())
+        found = self._entries.get(key)
+        return None if found is None else found[1]
+
+    def remember(self, key: Hashable, value: V) -> None:
+        """Remember ``key`` (again: its window starts now), evicting the oldest if full."""
+        now = self._clock()
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (now, value)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        self._expire(now)
+
+    def forget(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+
+def key_of(event: Event, default_source: str) -> tuple[str, str]:
+    """An event's deduplication key: its (``source``, ``id``); the bus's source if unset."""
+    return (event.source or default_source, event.id)
+
+
+class IngestDedupe:
+    """The HTTP ingest's window (``ingest.dedupe``): a POST of an event already
+    handled in the window gets the first result, flagged ``duplicate: true``, without
+    its handler outcomes and follow-ups (the handlers did not run again).
+
+    A retry that arrives while the first POST is still running waits for it and
+    gets its result. A result that says sending again may succeed (a retriable
+    rejection: 503, 429) is not remembered, so the retry runs for real.
+    """
+
+    def __init__(
+        self, config: DedupeConfig, default_source: str, dropped: Callable[[], None]
+    ) -> None:
+        self._window: Window[asyncio.Future[EmitResult]] = Window(
+            config.window_s, config.max_entries
+        )
+        self._default_source = default_source
+        self._dropped = dropped
+
+    async def emit(self, event: Event, run: Callable[[Event], Awaitable[EmitResult]]) -> EmitResult:
+        """``run(event)``, or the result of the first run of the same event."""
+        key = key_of(event, self._default_source)
+        first = self._window.get(key)
+        if first is not None:
+            try:
+                # Shielded: a client giving up on the retry must not cancel the first run.
+                result = await asyncio.shield(first)
+            except BaseException:
+                if not first.done():
+                    raise  # this request was cancelled, not the first run
+                # The first run raised or was cut off: this one runs for real.
+            else:
+                if result.error is None or not result.error.retriable:
+                    self._dropped()
+                    return msgspec.structs.replace(
+                        result, handlers=[], follow_ups=[], duplicate=True
+                    )
+                # The first run may succeed if sent again: so may this one.
+        future: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
+        self._window.remember(key, future)
+        try:
+            result = await run(event)
+        except BaseException:
+            self._window.forget(key)
+            future.cancel()
+            raise
+        future.set_result(result)
+        if result.error is not None and result.error.retriable:
+            self._window.forget(key)
+        elif result.handlers or result.follow_ups:
+            # Kept without the handler outcomes and follow-ups (a retry's answer says what
+            # was published, and its handlers did not run again): entries stay small.
+            slim: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
+            slim.set_result(msgspec.structs.replace(result, handlers=[], follow_ups=[]))
+            self._window.remember(key, slim)
+        return result
