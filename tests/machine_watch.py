@@ -1,14 +1,16 @@
-"""A pytest plugin that checks the machine's RabbitMQ and NATS ran throughout the test run.
+"""A pytest plugin that watches (never touches) the machine's RabbitMQ and NATS during a run.
 
-At session start it records, for each machine broker, the process that listens on its port
-and when that process started; at session end it records them again. A different pid or
-start time means the broker was restarted during the run (a ``rabbitmqctl stop_app`` /
-``start_app`` keeps the process; the transient-queue sentinel in ``tests/brokers.py``
-catches that one). With ``CI=true`` a difference fails the run; elsewhere, where someone
-else on the machine may restart a broker, it is reported in the summary.
+The tests never stop or restart the machine's brokers: a test that needs a broker to die
+starts a node of its own (`tests.brokers.RabbitMQNode`, `tests.nats_broker`). This
+plugin proves it. At session start it records, for each machine broker, the process that
+listens on its port and when that process started; at session end it records them again.
+A different pid or start time means the machine's broker was replaced during the run. An
+application-level restart inside the same process is caught by the transient-queue
+sentinel in ``tests/brokers.py``. With ``CI=true`` a difference fails the run; elsewhere,
+where someone else on the machine may restart a broker, it is reported in the summary.
 
 Only ``/proc`` is read (and NATS's monitoring endpoint, when it is enabled): nothing here
-talks to a broker in a way that could disturb it, and ``rabbitmqctl`` is never run.
+talks to a broker in a way that could disturb it.
 """
 
 from __future__ import annotations
