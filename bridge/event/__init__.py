@@ -12,6 +12,7 @@ import ...`` is the import path to use:
 """
 
 from bridge.event.attributes import (
+    BINARY_ATTRIBUTES,
     BRIDGE_EXTENSIONS,
     MAX_ATTR_LEN,
     MAX_EXTENSION_NAME_LEN,
@@ -38,6 +39,7 @@ from bridge.event.rfc3339 import epoch_seconds
 from bridge.event.structured import from_structured, to_structured
 
 __all__ = [
+    "BINARY_ATTRIBUTES",
     "BRIDGE_EXTENSIONS",
     "KINDS",
     "MAX_ATTR_LEN",

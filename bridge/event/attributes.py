@@ -43,6 +43,21 @@ BRIDGE_EXTENSIONS: Final = {
     "correlationid": "correlation_id",
     "ttl": "ttl_ms",
 }
+#: A binary-mode binding's attribute (lower case, without its prefix: ``ce-``, ``ce_``,
+#: ``cloudEvents:``) -> the `Event` field it sets; the same for HTTP ingest and every
+#: source. ``ttl`` is not here: its text is converted (milliseconds).
+BINARY_ATTRIBUTES: Final = {
+    "id": "id",
+    "source": "source",
+    "type": "type",
+    "specversion": "specversion",
+    "time": "time",
+    "subject": "subject",
+    "dataschema": "dataschema",
+    "kind": "kind",
+    "partitionkey": "key",
+    "correlationid": "correlation_id",
+}
 
 
 def check_text(value: object, field: str, max_len: int, *, required: bool) -> None:

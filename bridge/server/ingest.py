@@ -34,6 +34,7 @@ import msgspec
 
 from bridge.errors import BridgeError, InvalidEvent
 from bridge.event import (
+    BINARY_ATTRIBUTES,
     Event,
     check_extension_name,
     check_extension_value,
@@ -199,18 +200,6 @@ def decode_structured(body: bytes) -> Event:
     return from_structured(obj)
 
 
-_BINARY_ATTRIBUTES: Final = {
-    "id": "id",
-    "source": "source",
-    "type": "type",
-    "specversion": "specversion",
-    "time": "time",
-    "subject": "subject",
-    "dataschema": "dataschema",
-    "kind": "kind",
-    "partitionkey": "key",
-    "correlationid": "correlation_id",
-}
 _BINARY_REQUIRED: Final = ("id", "source", "type", "specversion")
 
 
@@ -240,7 +229,7 @@ def decode_binary(content_type: str | None, headers: Mapping[str, str], body: by
                 raise InvalidEvent(
                     f"header {name} is not valid percent-encoded UTF-8", field=attr
                 ) from None
-        target = _BINARY_ATTRIBUTES.get(attr)
+        target = BINARY_ATTRIBUTES.get(attr)
         if target is not None:
             fields[target] = value
         elif attr == "ttl":

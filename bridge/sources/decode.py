@@ -11,12 +11,13 @@ A message that can be neither raises `Undecodable` with the reason.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgspec
 
 from bridge.errors import InvalidEvent
-from bridge.event import Event, convert, from_structured
+from bridge.event import BINARY_ATTRIBUTES, Event, convert, from_structured
 
 STRUCTURED: Final = "application/cloudevents+json"
 _decode_json: Final = msgspec.json.Decoder().decode
@@ -81,6 +82,36 @@ def binary_event(fields: dict[str, Any]) -> Event:
         return convert(fields)
     except InvalidEvent as exc:
         raise Undecodable(f"not a valid CloudEvent: {exc.message}") from None
+
+
+def binary_mode_event(
+    attributes: Mapping[str, object],
+    body: bytes,
+    content_type: str | None,
+    transport: dict[str, str],
+    *,
+    text: Callable[[object], str] = str,
+    extension: Callable[[object], Any] = lambda value: value,
+) -> Event:
+    """The event of a binary-mode message: its binding's attributes (lower case, without
+    their prefix), body, content type and the other headers (``transport``). ``text``
+    turns an attribute's value into text, ``extension`` an extension's into its value."""
+    event: dict[str, Any] = {"datacontenttype": content_type}
+    extensions: dict[str, Any] = {}
+    for name, value in attributes.items():
+        target = BINARY_ATTRIBUTES.get(name)
+        if target is not None:
+            event[target] = text(value)
+        elif name == "ttl":
+            event["ttl_ms"] = ttl(text(value))
+        else:
+            extensions[name] = extension(value)
+    event["data"] = payload(body, content_type)
+    if transport:
+        event["headers"] = transport
+    if extensions:
+        event["extensions"] = extensions
+    return binary_event(event)
 
 
 def ttl(text: object) -> int | None:

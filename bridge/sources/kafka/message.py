@@ -6,29 +6,15 @@ Header values are bytes on Kafka: extensions arrive as text. No broker library h
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
 
 from bridge.event import Event
 from bridge.sources.base import render
 from bridge.sources.decode import (
-    binary_event,
+    binary_mode_event,
     is_structured,
-    payload,
     plain_event,
     structured_event,
-    ttl,
 )
-
-_ATTRIBUTES: Final = {
-    "specversion": "specversion",
-    "id": "id",
-    "source": "source",
-    "type": "type",
-    "time": "time",
-    "subject": "subject",
-    "dataschema": "dataschema",
-    "correlationid": "correlation_id",
-}
 
 
 def kafka_event(
@@ -59,21 +45,6 @@ def kafka_event(
         return plain_event(
             render(event_type, {"topic": topic}), body, content_type, headers=transport
         )
-    event: dict[str, Any] = {"datacontenttype": content_type}
-    extensions: dict[str, Any] = {}
-    for name, text in attributes.items():
-        target = _ATTRIBUTES.get(name)
-        if target is not None:
-            event[target] = text
-        elif name == "ttl":
-            event["ttl_ms"] = ttl(text)
-        else:
-            extensions[name] = text
     if key is not None:
-        event["key"] = key.decode(errors="replace")
-    event["data"] = payload(body, content_type)
-    if transport:
-        event["headers"] = transport
-    if extensions:
-        event["extensions"] = extensions
-    return binary_event(event)
+        attributes["partitionkey"] = key.decode(errors="replace")
+    return binary_mode_event(attributes, body, content_type, transport)

@@ -10,31 +10,18 @@ No broker library is imported here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from bridge.event import Event
 from bridge.sources.base import render
 from bridge.sources.decode import (
-    binary_event,
+    binary_mode_event,
     is_structured,
-    payload,
     plain_event,
     structured_event,
-    ttl,
 )
 
 MSG_ID: Final = "nats-msg-id"
-_ATTRIBUTES: Final = {
-    "specversion": "specversion",
-    "id": "id",
-    "source": "source",
-    "type": "type",
-    "time": "time",
-    "subject": "subject",
-    "dataschema": "dataschema",
-    "partitionkey": "key",
-    "correlationid": "correlation_id",
-}
 
 
 def nats_event(
@@ -67,19 +54,4 @@ def nats_event(
         return plain_event(
             render(event_type, fields), body, content_type, id=message_id, headers=transport
         )
-    event: dict[str, Any] = {"datacontenttype": content_type}
-    extensions: dict[str, Any] = {}
-    for name, value in attributes.items():
-        target = _ATTRIBUTES.get(name)
-        if target is not None:
-            event[target] = value
-        elif name == "ttl":
-            event["ttl_ms"] = ttl(value)
-        else:
-            extensions[name] = value
-    event["data"] = payload(body, content_type)
-    if transport:
-        event["headers"] = transport
-    if extensions:
-        event["extensions"] = extensions
-    return binary_event(event)
+    return binary_mode_event(attributes, body, content_type, transport)

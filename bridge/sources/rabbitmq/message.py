@@ -14,27 +14,13 @@ from typing import Any, Final
 from bridge.event import Event
 from bridge.sources.base import render
 from bridge.sources.decode import (
-    binary_event,
+    binary_mode_event,
     is_structured,
-    payload,
     plain_event,
     structured_event,
-    ttl,
 )
 
 _PREFIXES: Final = ("cloudevents:", "cloudevents_")
-#: Binding attribute (lower case, without prefix) -> `Event` field.
-_ATTRIBUTES: Final = {
-    "specversion": "specversion",
-    "id": "id",
-    "source": "source",
-    "type": "type",
-    "time": "time",
-    "subject": "subject",
-    "dataschema": "dataschema",
-    "partitionkey": "key",
-    "correlationid": "correlation_id",
-}
 
 
 def _text(value: object) -> str:
@@ -76,19 +62,6 @@ def amqp_event(
         return plain_event(
             render(event_type, fields), body, content_type, id=message_id, headers=transport
         )
-    event: dict[str, Any] = {"datacontenttype": content_type}
-    extensions: dict[str, Any] = {}
-    for name, value in attributes.items():
-        target = _ATTRIBUTES.get(name)
-        if target is not None:
-            event[target] = _text(value)
-        elif name == "ttl":
-            event["ttl_ms"] = ttl(_text(value))
-        else:
-            extensions[name] = _value(value)
-    event["data"] = payload(body, content_type)
-    if transport:
-        event["headers"] = transport
-    if extensions:
-        event["extensions"] = extensions
-    return binary_event(event)
+    return binary_mode_event(
+        attributes, body, content_type, transport, text=_text, extension=_value
+    )
