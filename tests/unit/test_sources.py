@@ -93,6 +93,24 @@ def test_unknown_keys_are_refused_with_their_path(source: dict[str, Any], field:
     assert "unknown key" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("source", "field", "says"),
+    [
+        ({**NATS, "servers": "http://x:4222"}, "servers", "must start with nats://"),
+        ({**NATS, "user": "u"}, "password_env", "go together"),
+        ({**NATS, "token_env": "T", "creds_file": "/c.creds"}, "creds_file", "set only one of"),
+    ],
+)
+def test_the_nats_source_checks_its_connection_as_the_sink_does(
+    source: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(source)
+    assert caught.value.field == "sources[0]"
+    assert caught.value.message.startswith(f"sources[0]: {field}: ")
+    assert says in caught.value.message
+
+
 def test_a_source_needs_its_fields_and_a_known_type() -> None:
     with pytest.raises(ConfigError) as caught:
         config({"name": "in", "type": "rabbitmq"})

@@ -11,14 +11,13 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
+from bridge.sinks.nats.connection import CONNECTION_DOCS, check_connection, server_list, supervision
 from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
 
 #: A subject to publish to: dot-separated tokens, no wildcards, no whitespace.
 _SUBJECT: Final = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*\Z")
 #: Header names NATS can carry (RFC 7230 tokens: no ``:``).
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: Probes in a row that may fail before the connection is replaced (see `Supervision`).
-MAX_FAILED_PROBES: Final = 3
 StreamName = Annotated[str, msgspec.Meta(pattern=r"^[^.\s*>/\\]{1,255}$")]
 
 
@@ -57,51 +56,26 @@ class NatsConfig(SinkConfig, frozen=True, kw_only=True):
     reconnect_max_s: Seconds = 5.0
 
     field_docs: ClassVar[Mapping[str, str]] = {
-        "servers": "Server URLs (`nats://` or `tls://`): one, comma-separated text or a list.",
-        "user": "User name (with `password_env`).",
-        "password_env": "Name of the environment variable holding the password (with `user`).",
-        "token_env": "Name of the environment variable holding an auth token.",
-        "creds_file": "Path to a NATS `.creds` file (JWT and NKey seed).",
+        **CONNECTION_DOCS,
         "tls": "TLS files (see below); `tls: {}` is TLS with the system CA bundle.",
         "create_stream": "A stream created on every (re)connect if none of its name exists.",
         "max_inflight": "Publishes awaiting their ack per connection; more wait for room.",
-        "connect_timeout_s": "Bound on one connection attempt.",
         "confirm_timeout_s": "How long a publish waits for its acks; past it `confirm_timeout`.",
-        "health_timeout_s": "Bound on a health probe.",
-        "probe_interval_s": "Seconds between background probes while connected.",
-        "reconnect_max_s": "Longest pause between reconnection attempts.",
     }
 
     #: Only names of variables and files are in the config; URLs may carry ``user:pass@``.
     secret_fields: ClassVar[tuple[str, ...]] = ("servers",)
 
     def __post_init__(self) -> None:
-        if not self.server_list:
-            raise ValueError("servers: must name at least one nats:// or tls:// URL")
-        for url in self.server_list:
-            if not re.match(r"(nats|tls)://", url):
-                raise ValueError(f"servers: {url!r} must start with nats:// or tls://")
-        if (self.user is None) != (self.password_env is None):
-            raise ValueError("password_env: user and password_env go together")
-        given = [k for k in ("password_env", "token_env", "creds_file") if getattr(self, k)]
-        if len(given) > 1:
-            raise ValueError(f"{given[1]}: set only one of password_env, token_env, creds_file")
+        check_connection(self)
 
     @property
     def server_list(self) -> list[str]:
-        raw = self.servers
-        parts = raw.split(",") if isinstance(raw, str) else list(raw)
-        return [p.strip() for p in parts if p.strip()]
+        return server_list(self.servers)
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision.for_broker(
-            connect_timeout_s=self.connect_timeout_s,
-            health_timeout_s=self.health_timeout_s,
-            probe_interval_s=self.probe_interval_s,
-            reconnect_max_s=self.reconnect_max_s,
-            max_failed_probes=MAX_FAILED_PROBES,
-        )
+        return supervision(self)
 
 
 class NatsRoute(RouteOptions, frozen=True, kw_only=True):

@@ -3,17 +3,16 @@ No broker library is imported here."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Final
+from typing import Annotated, ClassVar
 
 import msgspec
 
 from bridge.sinks.nats.config import StreamName
+from bridge.sinks.nats.connection import CONNECTION_DOCS, check_connection, server_list, supervision
 from bridge.sinks.toolkit import EnvName, Seconds, Supervision, TlsFiles
 from bridge.sources.base import SourceConfig
 
-MAX_FAILED_PROBES: Final = 3
 ConsumerName = Annotated[str, msgspec.Meta(pattern=r"^[^.\s*>/\\]{1,255}$")]
 
 
@@ -42,11 +41,7 @@ class NatsSourceConfig(SourceConfig, frozen=True, kw_only=True):
     placeholders: ClassVar[tuple[str, ...]] = ("subject", "stream")
     secret_fields: ClassVar[tuple[str, ...]] = ("servers",)
     field_docs: ClassVar[Mapping[str, str]] = {
-        "servers": "Server URLs (`nats://` or `tls://`): one, comma-separated text or a list.",
-        "user": "User name (with `password_env`).",
-        "password_env": "Name of the environment variable holding the password (with `user`).",
-        "token_env": "Name of the environment variable holding an auth token.",
-        "creds_file": "Path to a NATS `.creds` file (JWT and NKey seed).",
+        **CONNECTION_DOCS,
         "tls": "TLS files; `tls: {}` is TLS with the system CA bundle.",
         "stream": "The JetStream stream to consume (it must exist).",
         "durable": "The durable consumer's name; created (explicit acks) if it does not exist.",
@@ -58,36 +53,18 @@ class NatsSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "`{subject}`, `{stream}`.",
         "dead_letter_subject": "Where dead letters are published (with the reason in "
         "`Evbridge-Reason`); unset: terminated (`term`), never redelivered.",
-        "connect_timeout_s": "Bound on one connection attempt.",
-        "health_timeout_s": "Bound on a health probe.",
-        "probe_interval_s": "Seconds between background probes while connected.",
-        "reconnect_max_s": "Longest pause between reconnection attempts.",
     }
 
     def __post_init__(self) -> None:
         self.check_template(self.event_type, "event_type")
         if not self.event_type:
             raise ValueError("event_type: must not be empty")
-        if not self.server_list:
-            raise ValueError("servers: must name at least one nats:// or tls:// URL")
-        for url in self.server_list:
-            if not re.match(r"(nats|tls)://", url):
-                raise ValueError(f"servers: {url!r} must start with nats:// or tls://")
-        if (self.user is None) != (self.password_env is None):
-            raise ValueError("password_env: user and password_env go together")
+        check_connection(self)
 
     @property
     def server_list(self) -> list[str]:
-        raw = self.servers
-        parts = raw.split(",") if isinstance(raw, str) else list(raw)
-        return [p.strip() for p in parts if p.strip()]
+        return server_list(self.servers)
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision.for_broker(
-            connect_timeout_s=self.connect_timeout_s,
-            health_timeout_s=self.health_timeout_s,
-            probe_interval_s=self.probe_interval_s,
-            reconnect_max_s=self.reconnect_max_s,
-            max_failed_probes=MAX_FAILED_PROBES,
-        )
+        return supervision(self)
