@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 import msgspec
 import yaml
 
-from bridge.configparse import check_name, convert
+from bridge.configparse import convert
 from bridge.errors import ConfigError
 from bridge.routeconfig import DeadLetterConfig, RouteConfig, parse_route
 from bridge.sections import (
@@ -35,7 +35,7 @@ from bridge.sections import (
     ShutdownConfig,
     TracingConfig,
 )
-from bridge.sinks.base import SinkConfig, get_sink_type
+from bridge.sinks.base import SINKS, SinkConfig
 from bridge.sources.base import SourceConfig, parse_sources
 from bridge.webhookconfig import check_http_handlers
 
@@ -123,18 +123,6 @@ _SECTIONS: dict[str, type[Section]] = {
 def default_source() -> str:
     """``evbridge://<hostname>``: the ``source`` of events that do not set one."""
     return f"evbridge://{socket.gethostname()}"
-
-
-def _parse_sink(raw: object, where: str) -> SinkConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping (got {raw!r})", field=where)
-    check_name(raw.get("name"), f"{where}.name")
-    kind = raw.get("type")
-    if not isinstance(kind, str):
-        raise ConfigError(f"{where}.type: is required (got {kind!r})", field=f"{where}.type")
-    sink_type = get_sink_type(kind, where=f"{where}.type")
-    parsed: SinkConfig = convert(dict(raw), sink_type.config, f".{where}")
-    return parsed
 
 
 #: ``EVBRIDGE_*`` names that are not config overrides: the config file's path, the
@@ -249,14 +237,7 @@ def parse_config(
             field="limits.unix_reserved_connections",
         )
     check_http_handlers(config.handlers.http, "handlers.http")
-    sinks: dict[str, SinkConfig] = {}
-    for i, raw_sink in enumerate(raw_sinks):
-        sink = _parse_sink(raw_sink, f"sinks[{i}]")
-        if sink.name in sinks:
-            raise ConfigError(
-                f"sinks[{i}].name: {sink.name!r} is used twice", field=f"sinks[{i}].name"
-            )
-        sinks[sink.name] = sink
+    sinks = {sink.name: sink for sink in SINKS.parse_list(raw_sinks, "sinks")}
     routes = tuple(parse_route(r, f"routes[{i}]", sinks, i) for i, r in enumerate(raw_routes))
     seen: set[str] = set()
     for i, route in enumerate(routes):

@@ -2,22 +2,22 @@
 
 A sink type is a module exposing ``SINK_TYPE = SinkType(...)``. Built-in types
 are imported lazily, so a broker library is imported only when a sink of its
-type is configured. Third-party sinks register through the ``evbridge.sinks``
-entry-point group, or by calling `register_sink_type`.
+type is configured (`bridge.plugins`, which sources share).
+Third-party sinks register through the ``evbridge.sinks`` entry-point group, or
+by calling `register_sink_type`.
 """
 
 from __future__ import annotations
 
 import builtins
-import importlib
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, runtime_checkable
 
 import msgspec
 
-from bridge.errors import ConfigError, SinkError
+from bridge.errors import SinkError
 from bridge.event import Event
+from bridge.plugins import Registry
 from bridge.results import Delivery
 
 if TYPE_CHECKING:
@@ -148,50 +148,27 @@ class SinkType(msgspec.Struct, frozen=True):
     coalesce: bool = True
 
 
-_BUILTIN = {
+_BUILTIN: Final = {
     "memory": "bridge.sinks.memory",
     "file": "bridge.sinks.file",
     "kafka": "bridge.sinks.kafka",
     "rabbitmq": "bridge.sinks.rabbitmq",
     "nats": "bridge.sinks.nats",
 }
-_registry: dict[str, SinkType] = {}
+#: The sink types; `bridge.config` parses the ``sinks:`` list through it.
+SINKS: Final = Registry[SinkType, SinkConfig]("sink", "SINK_TYPE", _BUILTIN, group="evbridge.sinks")
 
 
 def builtin_sink_types() -> tuple[str, ...]:
     """The ``type`` names of the sinks that ship with evbridge."""
-    return tuple(_BUILTIN)
+    return SINKS.builtin_types()
 
 
 def register_sink_type(sink_type: SinkType) -> None:
     """Make a sink type available to configs under ``sink_type.type``."""
-    _registry[sink_type.type] = sink_type
+    SINKS.register(sink_type)
 
 
 def get_sink_type(name: str, *, where: str = "type") -> SinkType:
     """Look up a sink type, importing its module on first use."""
-    found = _registry.get(name)
-    if found is not None:
-        return found
-    module_name = _BUILTIN.get(name)
-    if module_name is None:
-        for ep in entry_points(group="evbridge.sinks"):
-            if ep.name == name:
-                module_name = ep.value
-                break
-    if module_name is None:
-        known = sorted({*_BUILTIN, *_registry})
-        raise ConfigError(
-            f"{where}: unknown sink type {name!r} (known: {', '.join(known)})", field=where
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"{where}: sink type {name!r} needs a library that is not installed ({exc}); "
-            f"install it with: pip install 'evbridge[{name}]'",
-            field=where,
-        ) from None
-    sink_type: SinkType = module.SINK_TYPE
-    register_sink_type(sink_type)
-    return sink_type
+    return SINKS.get(name, where=where)

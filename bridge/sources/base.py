@@ -3,24 +3,23 @@
 A source consumes from a broker and hands every message to the runner
 (`bridge.sources.runner`), which runs it through the bus and answers with a
 `Verdict`: the source acks, redelivers or dead-letters the message by it.
-Built-in types are imported lazily, as sink types are (`bridge.sinks.base`).
+Built-in types are imported lazily, as sink types are (`bridge.plugins`).
 """
 
 from __future__ import annotations
 
 import builtins
-import importlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, ClassVar, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from bridge.configparse import check_name, convert
 from bridge.dedupe import DedupeConfig
 from bridge.errors import ConfigError
 from bridge.event import Event
 from bridge.metrics import Metrics
+from bridge.plugins import Registry
 from bridge.sinks.base import Health
 from bridge.sinks.toolkit import Seconds
 
@@ -150,41 +149,23 @@ _BUILTIN: Final = {
     "rabbitmq": "bridge.sources.rabbitmq",
     "nats": "bridge.sources.nats",
 }
-_registry: dict[str, SourceType] = {}
+#: The source types (`bridge.plugins`, as the sinks' registry).
+SOURCES: Final = Registry[SourceType, SourceConfig]("source", "SOURCE_TYPE", _BUILTIN)
 
 
 def builtin_source_types() -> tuple[str, ...]:
     """The ``type`` names of the sources that ship with evbridge."""
-    return tuple(_BUILTIN)
+    return SOURCES.builtin_types()
 
 
 def register_source_type(source_type: SourceType) -> None:
     """Make a source type available to configs under ``source_type.type``."""
-    _registry[source_type.type] = source_type
+    SOURCES.register(source_type)
 
 
 def get_source_type(name: str, *, where: str = "type") -> SourceType:
     """Look up a source type, importing its module on first use."""
-    found = _registry.get(name)
-    if found is not None:
-        return found
-    module_name = _BUILTIN.get(name)
-    if module_name is None:
-        known = sorted({*_BUILTIN, *_registry})
-        raise ConfigError(
-            f"{where}: unknown source type {name!r} (known: {', '.join(known)})", field=where
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"{where}: source type {name!r} needs a library that is not installed ({exc}); "
-            f"install it with: pip install 'evbridge[{name}]'",
-            field=where,
-        ) from None
-    source_type: SourceType = module.SOURCE_TYPE
-    register_source_type(source_type)
-    return source_type
+    return SOURCES.get(name, where=where)
 
 
 def parse_sources(raw: object) -> tuple[SourceConfig, ...]:
@@ -193,18 +174,4 @@ def parse_sources(raw: object) -> tuple[SourceConfig, ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"sources: must be a list (got {raw!r})", field="sources")
-    parsed: dict[str, SourceConfig] = {}
-    for i, item in enumerate(raw):
-        where = f"sources[{i}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError(f"{where}: must be a mapping (got {item!r})", field=where)
-        check_name(item.get("name"), f"{where}.name")
-        kind = item.get("type")
-        if not isinstance(kind, str):
-            raise ConfigError(f"{where}.type: is required (got {kind!r})", field=f"{where}.type")
-        source_type = get_source_type(kind, where=f"{where}.type")
-        config: SourceConfig = convert(dict(item), source_type.config, f".{where}")
-        if config.name in parsed:
-            raise ConfigError(f"{where}.name: {config.name!r} is used twice", field=f"{where}.name")
-        parsed[config.name] = config
-    return tuple(parsed.values())
+    return SOURCES.parse_list(raw, "sources")

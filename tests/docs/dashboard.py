@@ -6,7 +6,12 @@
    one route synchronous and one durable (so the spool panels have data), and sends it
    a varying load for about a minute over its Unix socket: valid invites, some whose
    data the ``add_to_group`` handler cannot decode (handler errors), and some malformed
-   requests (rejections).
+   requests (rejections). Accepted invites are routed to a NATS sink whose subject the
+   sidecar's own NATS source consumes (a stream of the run's own on the machine's
+   JetStream, deleted afterwards), so the Consumers row has data: the undecodable ones
+   fail their handler again and are dead-lettered. (Redeliveries stay at zero: nothing
+   fails mid-handler, and an id sent twice never reaches the source, as JetStream drops
+   the repeated publish inside its duplicate window.)
 2. Scrapes its ``/metrics`` once a second meanwhile, adding the ``namespace`` and
    ``pod`` labels Prometheus would add as target labels.
 3. Evaluates every panel's PromQL from deploy/grafana/evbridge.json over those scrapes
@@ -20,6 +25,7 @@ tests/docs/test_pictures.py fails when the dashboard changed and the picture did
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -57,16 +63,32 @@ def dashboard_hash(path: Path = DASHBOARD) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def _config(handlers_module: str) -> dict[str, Any]:
+#: The machine's NATS JetStream, where the run's source consumes.
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _config(handlers_module: str, prefix: str, stream: str) -> dict[str, Any]:
     return {
         "handlers": {"modules": [handlers_module]},
         "delivery": {"spool_dir": "spool"},
-        "sinks": [{"name": "out", "type": "file", "path": "evbridge-out/events.jsonl"}],
+        "sinks": [
+            {"name": "out", "type": "file", "path": "evbridge-out/events.jsonl"},
+            {"name": "js", "type": "nats", "servers": NATS_URL},
+        ],
         "routes": [
+            {"name": "accepted", "match": "invite.accepted", "sink": "js",
+             "subject": f"{prefix}.in"},
             {"name": "invites", "match": "invite.*", "sink": "out"},
             {"name": "groups", "match": "group.*", "sink": "out", "delivery": "durable"},
         ],
-    }
+        # The accepted invites come back through a source (handlers only): the Consumers row.
+        "sources": [
+            {"name": "accepted", "type": "nats", "servers": NATS_URL, "stream": stream,
+             "durable": "evbridge", "filter_subject": f"{prefix}.in",
+             "dead_letter_subject": f"{prefix}.dead", "route": False, "batch": 8,
+             "fetch_wait_s": 0.2},
+        ],
+    }  # fmt: skip
 
 
 def _load(second: int) -> int:
@@ -86,12 +108,24 @@ def _parse_scrape(text: str, at: float) -> Scrape:
 
 def record_run() -> list[Scrape]:
     """Run the sidecar under load and return one `Scrape` per second."""
+    from tests.brokers import unique_name
+    from tests.nats_broker import add_stream, delete_stream
+
+    prefix = unique_name("dashboard").replace("-", "_")
+    stream = asyncio.run(add_stream(NATS_URL, [f"{prefix}.>"], name=prefix.upper()))
+    try:
+        return _record(_config("myapp.handlers", prefix, stream))
+    finally:
+        asyncio.run(delete_stream(NATS_URL, stream))
+
+
+def _record(config: dict[str, Any]) -> list[Scrape]:
     from tests.integration.server_process import running_server
     from tests.integration.test_readme import readme_blocks
 
     handlers = readme_blocks()["handlers"][1]
     scrapes: list[Scrape] = []
-    with running_server(_config("myapp.handlers"), files={"myapp/handlers.py": handlers}) as srv:
+    with running_server(config, files={"myapp/handlers.py": handlers}) as srv:
         api, metrics = srv.sync_client("unix"), srv.sync_client("metrics")
         headers = {"Content-Type": "application/json"}
         start = time.monotonic()

@@ -6,61 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
-from bridge import Bus, Context, Event, parse_config
+from bridge import Context, Event
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import Metrics
-from bridge.server.check import run_check
-from bridge.sources import Sources
 from tests.brokers import KafkaBroker, create_topic, unique_name, wait_until
+from tests.integration.source_support import KAFKA_TIMEOUT as TIMEOUT
+from tests.integration.source_support import check_sources, consumed, sample, until_consumed
+from tests.integration.source_support import kafka_consumer as consumer
+from tests.integration.source_support import kafka_publisher as publisher
 
-TIMEOUT = 30.0
-
-
-def publisher(bootstrap: str, topic: str) -> Bus:
-    raw = {
-        "sinks": [{"name": "k", "type": "kafka", "bootstrap_servers": bootstrap}],
-        "routes": [{"match": "*", "sink": "k", "topic": topic, "key": "{key}"}],
-        "handlers": {"entry_points": False},
-    }
-    return Bus(parse_config(raw, {}), registry=HandlerRegistry(), metrics=Metrics())
-
-
-def consumer(
-    bootstrap: str, topic: str, group: str, registry: HandlerRegistry, **source: Any
-) -> tuple[Bus, Sources]:
-    fields = {
-        "name": "in", "type": "kafka", "bootstrap_servers": bootstrap, "group_id": group,
-        "topics": [topic], "route": False, "grace_s": 0.5, "retry_initial_s": 0.01,
-        "fetch_wait_s": 0.2, **source,
-    }  # fmt: skip
-    config = parse_config({"sources": [fields], "handlers": {"entry_points": False}}, {})
-    bus = Bus(config, registry=registry, metrics=Metrics())
-    return bus, Sources(config.sources, bus)
-
-
-def consumed(bus: Bus, outcome: str) -> float:
-    return bus.metrics.consumed.labels("in", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
-
-
-def sample(**overrides: Any) -> Event:
-    fields: dict[str, Any] = {
-        "type": "order.created",
-        "source": "shop/orders",
-        "subject": "order-7",
-        "data": {"id": 7, "items": ["a", "b"]},
-        "key": "customer-3",
-        "correlation_id": "corr-1",
-        "extensions": {"tenant": "acme"},  # Kafka headers are bytes: text extensions only
-        "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        **overrides,
-    }
-    return Event(**fields)
+# The other Kafka source tests take these from here.
+__all__ = ["TIMEOUT", "consumed", "consumer", "publisher", "sample"]
 
 
 async def test_round_trip_in_order_with_an_undecodable_record_dead_lettered(
@@ -89,7 +48,7 @@ async def test_round_trip_in_order_with_an_undecodable_record_dead_lettered(
             await producer.stop()
         assert {r.status for r in await out.emit_many(events[10:])} == {"published"}
         async with bus, sources:
-            await wait_until(lambda: consumed(bus, "ok") == 21, timeout=TIMEOUT, what="21 ok")
+            await until_consumed(bus, 21, timeout=TIMEOUT)
     ids = [e.id for e in got if e.type == "order.created"]
     assert ids == [e.id for e in events]  # one partition: in order
     assert [msgspec.structs.replace(e, kind="notification") for e in got if e.id == "e0"] == [
@@ -137,7 +96,7 @@ async def test_an_unfinished_record_is_consumed_again_by_the_group(
     again.subscribe("order.*", lambda event, ctx: handled.append(event.id), name="again")
     async with again, sources2:
         await wait_until(lambda: handled == ["slow"], timeout=TIMEOUT, what="consumed again")
-        await wait_until(lambda: consumed(again, "ok") == 1, timeout=TIMEOUT, what="acked")
+        await until_consumed(again, 1, timeout=TIMEOUT)
 
 
 async def test_check_reports_missing_topics_without_joining_the_group(
@@ -150,10 +109,7 @@ async def test_check_reports_missing_topics_without_joining_the_group(
         {**base, "name": "ok", "topics": [topic]},
         {**base, "name": "missing", "topics": [unique_name("src-k-none")]},
     ]
-    path = tmp_path / "evbridge.yaml"
-    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
-    report = await run_check(str(path), str(path), timeout=15)
-    lines = {line.what: line for line in report.lines}
+    lines = await check_sources(tmp_path, sources, timeout=15)
     assert lines["source ok (kafka)"].ok
     assert not lines["source missing (kafka)"].ok
     assert "do not exist" in lines["source missing (kafka)"].detail
@@ -186,7 +142,7 @@ async def test_lag_in_flight_and_commit_latency_are_measured(
             assert metrics.consumer_lag.labels("in")._value.get() == 4  # type: ignore[attr-defined]
             assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
             release.set()
-            await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="4 ok")
+            await until_consumed(bus, 4, timeout=TIMEOUT)
             await wait_until(
                 lambda: (metrics.registry.get_sample_value(
                     "evbridge_source_ack_duration_seconds_count", {"source": "in"}) or 0) >= 1,

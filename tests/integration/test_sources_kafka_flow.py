@@ -16,7 +16,10 @@ from bridge.handlers import HandlerRegistry
 from bridge.sources import Sources
 from bridge.sources.kafka.flow import Flow
 from tests.brokers import KafkaBroker, create_topic, unique_name, wait_until
-from tests.integration.test_sources_kafka import TIMEOUT, consumed, consumer, publisher, sample
+from tests.integration.source_support import KAFKA_TIMEOUT as TIMEOUT
+from tests.integration.source_support import consumed, sample, until_consumed
+from tests.integration.source_support import kafka_consumer as consumer
+from tests.integration.source_support import kafka_publisher as publisher
 
 
 def flow_of(sources: Sources) -> Flow:
@@ -68,7 +71,7 @@ async def test_per_key_order_holds_under_concurrency_and_a_slow_key_does_not_blo
                          timeout=TIMEOUT, what="every other key handled")  # fmt: skip
         assert "k0" not in seen  # still blocked behind e0, in order
         release.set()
-        await wait_until(lambda: consumed(bus, "ok") == 60, timeout=TIMEOUT, what="60 ok")
+        await until_consumed(bus, 60, timeout=TIMEOUT)
         flow = flow_of(sources)
         assert 1 < flow.most_running <= 4
     for key, numbers in seen.items():
@@ -98,7 +101,7 @@ async def test_fetching_pauses_at_max_records_and_resumes(
         await wait_until(lambda: tp in flow.consumer.paused(), timeout=TIMEOUT, what="paused")
         assert (flow.held, flow.running) == (5, 2)
         release.set()
-        await wait_until(lambda: consumed(bus, "ok") == 50, timeout=TIMEOUT, what="50 ok")
+        await until_consumed(bus, 50, timeout=TIMEOUT)
         assert flow.held <= 5
         assert flow.pauses >= 1
         await wait_until(lambda: tp not in flow.consumer.paused(), timeout=TIMEOUT,

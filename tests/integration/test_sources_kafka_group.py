@@ -17,7 +17,9 @@ from bridge import Context, Event
 from bridge.handlers import HandlerRegistry
 from bridge.sources import Sources
 from tests.brokers import KafkaBroker, create_topic, unique_name, wait_until
-from tests.integration.test_sources_kafka import consumer, publisher, sample
+from tests.integration.source_support import kafka_consumer as consumer
+from tests.integration.source_support import kafka_publisher as publisher
+from tests.integration.source_support import sample
 
 TIMEOUT = 60.0  # a rebalance waits for the other member's heartbeat
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import Bus, Event, parse_config
+from bridge import Event
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import Metrics
-from bridge.sources import Sources
 from tests.brokers import NoidaBroker, create_topic, unique_name, wait_until
-from tests.integration.test_sources_kafka import TIMEOUT, publisher, sample
+from tests.integration.source_support import KAFKA_TIMEOUT as TIMEOUT
+from tests.integration.source_support import kafka_publisher as publisher
+from tests.integration.source_support import sample, source_bus
 
 
 async def test_a_sasl_plain_source_consumes_from_noida(
@@ -23,14 +23,12 @@ async def test_a_sasl_plain_source_consumes_from_noida(
     bootstrap = noida_broker.bootstrap
     topic = await create_topic(bootstrap, unique_name("src-sasl"), 1)
     fields = {
-        "name": "in", "type": "kafka", "bootstrap_servers": bootstrap,
+        "type": "kafka", "bootstrap_servers": bootstrap,
         "group_id": unique_name("g"), "topics": [topic], "route": False, "fetch_wait_s": 0.2,
         "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
         "sasl_username": "bridge", "sasl_password_env": "EVBRIDGE_TEST_SRC_SASL_PW",
     }  # fmt: skip
-    config = parse_config({"sources": [fields], "handlers": {"entry_points": False}}, {})
-    bus = Bus(config, registry=registry, metrics=Metrics())
-    sources = Sources(config.sources, bus)
+    bus, sources = source_bus(registry, fields)
     got: list[Event] = []
     bus.subscribe("*", lambda event, ctx: got.append(event), name="record")
     async with publisher(bootstrap, topic) as out:

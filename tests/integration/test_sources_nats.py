@@ -11,21 +11,26 @@ from typing import Any
 
 import msgspec
 import pytest
-import yaml
 from nats.aio.client import Client
 from yarl import URL
 
-from bridge import Bus, Context, Event, parse_config
+from bridge import Bus, Context, Event
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import Metrics
-from bridge.server.check import run_check
 from bridge.sources import Sources
 from tests.brokers import LOCALHOST, TcpProxy, unique_name, wait_until
+from tests.integration.source_support import (
+    QUICK,
+    TIMEOUT,
+    check_sources,
+    consumed,
+    sample,
+    sink_bus,
+    source_bus,
+    until_consumed,
+)
 from tests.nats_broker import add_stream, delete_stream, nats_client, nats_url
 
 __all__ = ["nats_client", "nats_url"]
-
-TIMEOUT = 15.0
 
 
 class Names:
@@ -46,45 +51,18 @@ async def names(nats_url: str) -> AsyncIterator[Names]:
 
 
 def publisher(nats_url: str, names: Names) -> Bus:
-    raw = {
-        "sinks": [{"name": "js", "type": "nats", "servers": nats_url}],
-        "routes": [{"match": "*", "sink": "js", "subject": names.prefix + ".in.{type}"}],
-        "handlers": {"entry_points": False},
-    }
-    return Bus(parse_config(raw, {}), registry=HandlerRegistry(), metrics=Metrics())
+    sink = {"name": "js", "type": "nats", "servers": nats_url}
+    return sink_bus(sink, subject=names.prefix + ".in.{type}")
 
 
 def consumer(
     nats_url: str, names: Names, registry: HandlerRegistry, **source: Any
 ) -> tuple[Bus, Sources]:
     fields = {
-        "name": "in", "type": "nats", "servers": nats_url, "stream": names.stream,
-        "durable": "evbridge", "route": False, "grace_s": 0.5, "retry_initial_s": 0.01,
-        "fetch_wait_s": 0.2, **source,
+        "type": "nats", "servers": nats_url, "stream": names.stream, "durable": "evbridge",
+        **QUICK, "fetch_wait_s": 0.2, **source,
     }  # fmt: skip
-    config = parse_config({"sources": [fields], "handlers": {"entry_points": False}}, {})
-    bus = Bus(config, registry=registry, metrics=Metrics())
-    return bus, Sources(config.sources, bus)
-
-
-def consumed(bus: Bus, outcome: str) -> float:
-    return bus.metrics.consumed.labels("in", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
-
-
-def sample(**overrides: Any) -> Event:
-    fields: dict[str, Any] = {
-        "type": "order.created",
-        "source": "shop/orders",
-        "subject": "order-7",
-        "data": {"id": 7, "items": ["a", "b"], "total": 12.5},
-        "key": "customer-3",
-        "correlation_id": "corr-1",
-        "dataschema": "https://example.com/order.json",
-        "extensions": {"tenant": "acme"},  # NATS headers are text: text extensions only
-        "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        **overrides,
-    }
-    return Event(**fields)
+    return source_bus(registry, fields)
 
 
 async def test_round_trip_gives_an_equal_event(
@@ -96,7 +74,7 @@ async def test_round_trip_gives_an_equal_event(
     sent = sample()
     async with bus, sources, publisher(nats_url, names) as out:
         assert (await out.emit(sent)).status == "published"
-        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        await until_consumed(bus, 1)
     assert len(got) == 1
     assert msgspec.structs.replace(got[0], kind="notification") == sent
 
@@ -111,7 +89,7 @@ async def test_every_event_is_handled_and_acked(
     async with bus, sources, publisher(nats_url, names) as out:
         results = await out.emit_many(events)
         assert {r.status for r in results} == {"published"}
-        await wait_until(lambda: consumed(bus, "ok") == 300, timeout=TIMEOUT, what="300 acked")
+        await until_consumed(bus, 300)
 
         async def settled() -> bool:
             info = await nats_client.jetstream().consumer_info(names.stream, "evbridge")
@@ -155,7 +133,7 @@ async def test_an_unfinished_event_is_redelivered_after_stop(
         again.subscribe("order.*", lambda event, ctx: handled.append(event.id), name="again")
         async with again, sources2:
             await wait_until(lambda: handled == [sent.id], timeout=TIMEOUT, what="redelivery")
-            await wait_until(lambda: consumed(again, "ok") == 1, timeout=TIMEOUT, what="acked")
+            await until_consumed(again, 1)
     assert attempts == [sent.id]
     # Counted as a possible duplicate: JetStream had delivered it before.
     assert again.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
@@ -179,9 +157,7 @@ async def test_undecodable_is_dead_lettered_while_neighbours_proceed(
         await js.publish(f"{names.prefix}.in.plain", b'{"job": 1}')
         await out.emit(sample(id="after"))
         await wait_until(lambda: len(got) == 3, timeout=TIMEOUT, what="three events handled")
-        await wait_until(
-            lambda: consumed(bus, "undecodable") == 1, timeout=TIMEOUT, what="one undecodable"
-        )
+        await until_consumed(bus, 1, "undecodable")
     assert sorted(e.id for e in got if e.type == "order.created") == ["after", "before"]
     plain = next(e for e in got if e.type != "order.created")
     assert (plain.type, plain.data) == (f"nats.{names.prefix}.in.plain", {"job": 1})
@@ -202,10 +178,7 @@ async def test_check_reports_the_stream_and_consumer(
         {**base, "name": "ok", "stream": names.stream},
         {**base, "name": "nostream", "stream": names.stream + "_MISSING"},
     ]
-    path = tmp_path / "evbridge.yaml"
-    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
-    report = await run_check(str(path), str(path), timeout=10)
-    lines = {line.what: line for line in report.lines}
+    lines = await check_sources(tmp_path, sources, timeout=10)
     assert lines["source ok (nats)"].ok
     assert "will be created" in lines["source ok (nats)"].detail
     assert not lines["source nostream (nats)"].ok
@@ -262,7 +235,7 @@ async def test_a_slow_handler_keeps_its_message_in_progress(
     sent = sample()
     async with bus, sources, publisher(nats_url, names) as out:
         assert (await out.emit(sent)).status == "published"
-        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        await until_consumed(bus, 1)
         info = await nats_client.jetstream().consumer_info(names.stream, "evbridge")
     assert info.config.ack_wait == 2.0
     assert info.num_redelivered == 0
@@ -294,7 +267,7 @@ async def test_lag_in_flight_and_ack_latency_are_measured(
             assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
             assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
             release.set()
-            await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="acked")
+            await until_consumed(bus, 4)
             await sources.sample_lag()
             assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
     acks = metrics.registry.get_sample_value(

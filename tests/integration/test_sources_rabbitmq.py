@@ -12,18 +12,27 @@ from typing import Any
 import aio_pika
 import msgspec
 import pytest
-import yaml
 from yarl import URL
 
-from bridge import Bus, Context, Event, parse_config
+from bridge import Bus, Context, Event
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import Metrics
-from bridge.server.check import run_check
 from bridge.sinks.memory import MemorySink
 from bridge.sources import Sources
 from tests.brokers import LOCALHOST, RabbitMQ, TcpProxy, unique_name, wait_until
+from tests.integration import source_support
+from tests.integration.source_support import (
+    QUICK,
+    TIMEOUT,
+    amqp,
+    check_sources,
+    consumed,
+    queue_depth,
+    sink_bus,
+    source_bus,
+    until_consumed,
+)
 
-TIMEOUT = 15.0
+__all__ = ["amqp"]
 
 
 class Names:
@@ -31,12 +40,6 @@ class Names:
         self.exchange = unique_name("src-x")
         self.queue = unique_name("src-q")
         self.dead = unique_name("src-dlq")
-
-
-@pytest.fixture
-async def amqp(rabbitmq: RabbitMQ) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    async with await aio_pika.connect(rabbitmq.url) as connection:
-        yield await connection.channel()
 
 
 @pytest.fixture
@@ -52,13 +55,9 @@ async def names(amqp: aio_pika.abc.AbstractChannel) -> AsyncIterator[Names]:
 
 def publisher(rabbitmq: RabbitMQ, names: Names, mode: str = "binary") -> Bus:
     """A bus whose sink writes to the test's exchange (routing key: the event type)."""
-    raw = {
-        "sinks": [{"name": "rmq", "type": "rabbitmq", "url": rabbitmq.url,
-                   "exchange": names.exchange, "mode": mode}],
-        "routes": [{"match": "*", "sink": "rmq", "routing_key": "{type}"}],
-        "handlers": {"entry_points": False},
-    }  # fmt: skip
-    return Bus(parse_config(raw, {}), registry=HandlerRegistry(), metrics=Metrics())
+    sink = {"name": "rmq", "type": "rabbitmq", "url": rabbitmq.url,
+            "exchange": names.exchange, "mode": mode}  # fmt: skip
+    return sink_bus(sink, routing_key="{type}")
 
 
 def consumer(
@@ -68,35 +67,16 @@ def consumer(
     sinks = source.pop("sinks", [])
     routes = source.pop("routes", [])
     fields = {
-        "name": "in", "type": "rabbitmq", "url": rabbitmq.url, "queue": names.queue,
-        "bindings": [{"exchange": names.exchange, "routing_keys": ["#"]}],
-        "route": False, "grace_s": 0.5, "retry_initial_s": 0.01, **source,
+        "type": "rabbitmq", "url": rabbitmq.url, "queue": names.queue,
+        "bindings": [{"exchange": names.exchange, "routing_keys": ["#"]}], **QUICK, **source,
     }  # fmt: skip
-    raw = {"sources": [fields], "sinks": sinks, "routes": routes,
-           "handlers": {"entry_points": False}}  # fmt: skip
-    config = parse_config(raw, {})
-    bus = Bus(config, registry=registry, metrics=Metrics())
-    return bus, Sources(config.sources, bus)
-
-
-def consumed(bus: Bus, outcome: str) -> float:
-    return bus.metrics.consumed.labels("in", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
+    return source_bus(registry, fields, sinks=sinks, routes=routes)
 
 
 def sample(**overrides: Any) -> Event:
-    fields: dict[str, Any] = {
-        "type": "order.created",
-        "source": "shop/orders",
-        "subject": "order-7",
-        "data": {"id": 7, "items": ["a", "b"], "total": 12.5},
-        "key": "customer-3",
-        "correlation_id": "corr-1",
-        "dataschema": "https://example.com/order.json",
-        "extensions": {"tenant": "acme", "count": 3, "flag": True},
-        "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        **overrides,
-    }
-    return Event(**fields)
+    """The shared sample with typed extensions, which AMQP headers carry."""
+    extensions = {"tenant": "acme", "count": 3, "flag": True}
+    return source_support.sample(**{"extensions": extensions, **overrides})
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
@@ -111,7 +91,7 @@ async def test_round_trip_gives_an_equal_event(
         result = await out.emit(sent)
         assert result.status == "published"
         await wait_until(lambda: len(got) == 1, timeout=TIMEOUT, what="the event consumed")
-        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        await until_consumed(bus, 1)
     # route: false hands it to the handlers as a domain event; all else is as sent.
     assert got[0].kind == "domain"
     assert msgspec.structs.replace(got[0], kind="notification") == sent
@@ -132,10 +112,9 @@ async def test_every_event_is_handled_and_acked(
     async with bus, sources, publisher(rabbitmq, names) as out:
         results = await out.emit_many(events)
         assert {r.status for r in results} == {"published"}
-        await wait_until(lambda: consumed(bus, "ok") == 300, timeout=TIMEOUT, what="300 acked")
+        await until_consumed(bus, 300)
     assert seen == {e.id for e in events}
-    queue = await amqp.declare_queue(names.queue, passive=True)
-    assert queue.declaration_result.message_count == 0
+    assert await queue_depth(amqp, names.queue) == 0
 
 
 async def test_a_message_is_acked_only_after_its_handler_finished(
@@ -156,8 +135,7 @@ async def test_a_message_is_acked_only_after_its_handler_finished(
         try:
             await out.emit(sent)
             await asyncio.wait_for(entered.wait(), TIMEOUT)
-            queue = await amqp.declare_queue(names.queue, passive=True)
-            assert queue.declaration_result.message_count == 0  # handed out, not acked
+            assert await queue_depth(amqp, names.queue) == 0  # handed out, not acked
         finally:
             await sources.stop()  # the handler has not finished: the message stays unacked
             release.set()
@@ -192,9 +170,7 @@ async def test_undecodable_is_dead_lettered_while_neighbours_proceed(
         )
         await out.emit(sample(id="after"))
         await wait_until(lambda: len(got) == 4, timeout=TIMEOUT, what="four events handled")
-        await wait_until(
-            lambda: consumed(bus, "undecodable") == 1, timeout=TIMEOUT, what="one undecodable"
-        )
+        await until_consumed(bus, 1, "undecodable")
     by_type = {e.type: e for e in got}
     assert [e.id for e in got if e.type == "order.created"] == ["before", "after"]
     assert by_type["amqp.jobs.plain"].data == {"job": 1}
@@ -220,7 +196,7 @@ async def test_route_true_relays_consumed_events_to_a_sink(
     sent = sample()
     async with bus, sources, publisher(rabbitmq, names) as out:
         await out.emit(sent)
-        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="relayed, acked")
+        await until_consumed(bus, 1)
         sink = bus.sinks["mem"]
         assert isinstance(sink, MemorySink)
         assert [item.event for item in sink.items] == [sent]
@@ -237,18 +213,14 @@ async def test_check_reports_each_source_without_consuming(
         {"name": "new", "type": "rabbitmq", "url": rabbitmq.url, "queue": missing},
     ]  # fmt: skip
     await amqp.default_exchange.publish(aio_pika.Message(b"x"), routing_key=names.dead)
-    path = tmp_path / "evbridge.yaml"
-    path.write_text(yaml.safe_dump({"sources": sources, "handlers": {"entry_points": False}}))
-    report = await run_check(str(path), str(path), timeout=10)
-    lines = {line.what: line for line in report.lines}
+    lines = await check_sources(tmp_path, sources, timeout=10)
     assert lines["source dead (rabbitmq)"].ok
     assert "1 messages ready" in lines["source dead (rabbitmq)"].detail
     assert not lines["source gone (rabbitmq)"].ok
     assert "does not exist" in lines["source gone (rabbitmq)"].detail
     assert lines["source new (rabbitmq)"].ok
     assert "will be declared" in lines["source new (rabbitmq)"].detail
-    queue = await amqp.declare_queue(names.dead, passive=True)
-    assert queue.declaration_result.message_count == 1  # nothing consumed
+    assert await queue_depth(amqp, names.dead) == 1  # nothing consumed
 
 
 async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_resumes(
@@ -279,11 +251,10 @@ async def test_a_lost_connection_redelivers_what_was_in_flight_and_consuming_res
                 lambda: handled == ["in-flight", "in-flight"], timeout=TIMEOUT, what="redelivery"
             )
             await out.emit(sample(id="after"))
-            await wait_until(lambda: consumed(bus, "ok") == 3, timeout=TIMEOUT, what="3 runs")
+            await until_consumed(bus, 3)
     assert handled == ["in-flight", "in-flight", "after"]
     assert bus.metrics.consumed_again.labels("in")._value.get() == 1  # type: ignore[attr-defined]
-    queue = await amqp.declare_queue(names.queue, passive=True)
-    assert queue.declaration_result.message_count == 0
+    assert await queue_depth(amqp, names.queue) == 0
 
 
 async def test_the_dedupe_window_drops_an_event_consumed_again(
@@ -306,8 +277,7 @@ async def test_the_dedupe_window_drops_an_event_consumed_again(
     assert sorted(runs) == ["dup-1", "dup-2"]
     assert consumed(bus, "duplicate") == 1
     assert bus.metrics.dedupe_dropped.labels("in")._value.get() == 1  # type: ignore[attr-defined]
-    queue = await amqp.declare_queue(names.queue, passive=True)
-    assert queue.declaration_result.message_count == 0
+    assert await queue_depth(amqp, names.queue) == 0
 
 
 async def test_lag_in_flight_and_ack_latency_are_measured(
@@ -332,7 +302,7 @@ async def test_lag_in_flight_and_ack_latency_are_measured(
         assert metrics.consumer_lag.labels("in")._value.get() == 3  # type: ignore[attr-defined]
         assert metrics.source_inflight.labels("in")._value.get() == 1  # type: ignore[attr-defined]
         release.set()
-        await wait_until(lambda: consumed(bus, "ok") == 4, timeout=TIMEOUT, what="four acked")
+        await until_consumed(bus, 4)
         await sources.sample_lag()
         assert metrics.consumer_lag.labels("in")._value.get() == 0  # type: ignore[attr-defined]
         assert metrics.source_inflight.labels("in")._value.get() == 0  # type: ignore[attr-defined]

@@ -15,11 +15,10 @@ from nats.aio.client import Client
 from tests.brokers import RabbitMQ, unique_name, wait_until
 from tests.contract.target_rabbitmq import get_messages
 from tests.integration.conftest import ServerFactory
+from tests.integration.source_support import TIMEOUT, amqp, queue_depth
 from tests.nats_broker import add_stream, delete_stream, nats_client, nats_url
 
-__all__ = ["nats_client", "nats_url"]
-
-TIMEOUT = 15.0
+__all__ = ["amqp", "nats_client", "nats_url"]
 
 
 class Relay:
@@ -28,12 +27,6 @@ class Relay:
         self.queue = unique_name("src-in-q")
         self.outbound = unique_name("src-out")
         self.out_queue = unique_name("src-out-q")
-
-
-@pytest.fixture
-async def amqp(rabbitmq: RabbitMQ) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    async with await aio_pika.connect(rabbitmq.url) as connection:
-        yield await connection.channel()
 
 
 @pytest.fixture
@@ -88,8 +81,7 @@ async def test_a_consumed_message_is_relayed_and_the_source_is_visible(
         return await srv.metric("evbridge_consumed_total", {"source": "in", "outcome": "ok"}) == 1
 
     await wait_until(acked, timeout=TIMEOUT, what="the consumed message counted as ok")
-    queue = await amqp.declare_queue(relay.queue, passive=True)
-    assert queue.declaration_result.message_count == 0
+    assert await queue_depth(amqp, relay.queue) == 0
     assert await srv.metric("evbridge_source_up", {"source": "in"}) == 1
     assert srv.stop() == 0
 

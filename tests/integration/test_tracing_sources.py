@@ -18,17 +18,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from bridge import Bus, Context, Event, parse_config, tracing
+from bridge import Bus, Context, Event, tracing
 from bridge.config import TracingConfig
 from bridge.handlers import HandlerRegistry
-from bridge.metrics import Metrics
 from bridge.sources import Sources
-from tests.brokers import RabbitMQ, unique_name, wait_until
+from tests.brokers import RabbitMQ, unique_name
+from tests.integration.source_support import QUICK, source_bus, until_consumed
 from tests.nats_broker import add_stream, delete_stream, nats_url
 
 __all__ = ["nats_url"]
 
-TIMEOUT = 15.0
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
@@ -43,14 +42,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 def consumer(registry: HandlerRegistry, **source: Any) -> tuple[Bus, Sources]:
-    fields = {"name": "in", "route": False, "grace_s": 0.5, "retry_initial_s": 0.01, **source}
-    config = parse_config({"sources": [fields], "handlers": {"entry_points": False}}, {})
-    bus = Bus(config, registry=registry, metrics=Metrics())
-    return bus, Sources(config.sources, bus)
-
-
-def consumed(bus: Bus, outcome: str) -> float:
-    return bus.metrics.consumed.labels("in", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
+    return source_bus(registry, {**QUICK, **source})
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
@@ -103,7 +95,7 @@ async def test_a_nats_message_gets_a_consume_span_continuing_its_traceparent(
         finally:
             await nc.close()
         async with bus, sources:
-            await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+            await until_consumed(bus, 1)
     finally:
         await delete_stream(nats_url, stream)
     found = by_name(spans)
@@ -149,9 +141,7 @@ async def test_a_rabbitmq_message_whose_handler_fails_gets_a_failed_consume_span
             channel = await connection.channel()
             message = aio_pika.Message(b'{"id": 8}', headers={"traceparent": TRACEPARENT})
             await channel.default_exchange.publish(message, routing_key=queue)
-        await wait_until(
-            lambda: consumed(bus, "dead_letter") == 1, timeout=TIMEOUT, what="dead-lettered"
-        )
+        await until_consumed(bus, 1, "dead_letter")
     found = by_name(spans)
     check_tree(found, queue, queue)
     consume = found["consume"]
@@ -176,6 +166,6 @@ async def test_with_tracing_off_a_consumed_message_makes_no_span(
             channel = await connection.channel()
             message = aio_pika.Message(b"{}", headers={"traceparent": TRACEPARENT})
             await channel.default_exchange.publish(message, routing_key=queue)
-        await wait_until(lambda: consumed(bus, "ok") == 1, timeout=TIMEOUT, what="acked")
+        await until_consumed(bus, 1)
     # The message's traceparent reaches the handler untouched: no span was made.
     assert seen[0].headers["traceparent"] == TRACEPARENT
