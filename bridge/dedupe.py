@@ -7,9 +7,9 @@ whatever the traffic: a few hundred bytes per entry (the key's two strings, and
 at ingest the result's id, type, status and deliveries), some tens of MB at the
 default 100 000.
 Sources use one each (`bridge.sources.runner`: a duplicate is acked without
-running its handlers); the HTTP ingest uses one for retried POSTs
-(`IngestDedupe`: a duplicate is answered with the first result, flagged
-``duplicate: true``). Dropped duplicates are counted in
+running its handlers); the HTTP ingest uses one for retried POSTs of
+``/v1/events`` and of ``/v1/events/batch`` items (`IngestDedupe`: a duplicate is
+answered with the first result, flagged ``duplicate: true``). Dropped duplicates are counted in
 ``evbridge_dedupe_dropped_total{source}`` (the source's name, or ``ingest``).
 
 A window lives in one process: it forgets on restart and is not shared between
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from time import monotonic
 from typing import Annotated, ClassVar, Final, Generic, TypeVar
 
@@ -105,7 +105,9 @@ def key_of(event: Event, default_source: str) -> tuple[str, str]:
 class IngestDedupe:
     """The HTTP ingest's window (``ingest.dedupe``): a POST of an event already
     handled in the window gets the first result, flagged ``duplicate: true``, without
-    its handler outcomes and follow-ups (the handlers did not run again).
+    its handler outcomes and follow-ups (the handlers did not run again). In a batch
+    this holds per item, and an item repeating an earlier item of the same batch gets
+    that item's result, flagged the same way.
 
     A retry that arrives while the first POST is still running waits for it and
     gets its result. A result that says sending again may succeed (a retriable
@@ -124,30 +126,88 @@ class IngestDedupe:
     async def emit(self, event: Event, run: Callable[[Event], Awaitable[EmitResult]]) -> EmitResult:
         """``run(event)``, or the result of the first run of the same event."""
         key = key_of(event, self._default_source)
-        first = self._window.get(key)
-        if first is not None:
-            try:
-                # Shielded: a client giving up on the retry must not cancel the first run.
-                result = await asyncio.shield(first)
-            except BaseException:
-                if not first.done():
-                    raise  # this request was cancelled, not the first run
-                # The first run raised or was cut off: this one runs for real.
-            else:
-                if result.error is None or not result.error.retriable:
-                    self._dropped()
-                    return msgspec.structs.replace(
-                        result, handlers=[], follow_ups=[], duplicate=True
-                    )
-                # The first run may succeed if sent again: so may this one.
-        future: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
-        self._window.remember(key, future)
+        earlier = await self._earlier(key)
+        if earlier is not None:
+            return earlier
+        future = self._claim(key)
         try:
             result = await run(event)
         except BaseException:
-            self._window.forget(key)
-            future.cancel()
+            self._release(key, future)
             raise
+        self._settle(key, future, result)
+        return result
+
+    async def emit_many(
+        self,
+        events: Sequence[Event],
+        run: Callable[[list[Event]], Awaitable[list[EmitResult]]],
+    ) -> list[EmitResult]:
+        """One result per event, in order: ``run`` (called once, with the events not
+        handled in the window, in their order) for those, the first run's result for
+        the others."""
+        results: list[EmitResult | None] = [None] * len(events)
+        first_in_batch: dict[tuple[str, str], int] = {}
+        repeats: list[tuple[int, int]] = []  # (index, index of its first in this batch)
+        claimed: list[tuple[int, tuple[str, str], asyncio.Future[EmitResult]]] = []
+        try:
+            for index, event in enumerate(events):
+                key = key_of(event, self._default_source)
+                first = first_in_batch.setdefault(key, index)
+                if first != index:
+                    repeats.append((index, first))
+                elif (earlier := await self._earlier(key)) is not None:
+                    results[index] = earlier
+                else:
+                    # Claimed at once: a retry of this batch arriving meanwhile waits.
+                    claimed.append((index, key, self._claim(key)))
+            ran = await run([events[index] for index, _, _ in claimed]) if claimed else []
+        except BaseException:
+            for _, key, future in claimed:
+                self._release(key, future)
+            raise
+        for (index, key, future), result in zip(claimed, ran, strict=True):
+            results[index] = result
+            self._settle(key, future, result)
+        for index, first in repeats:
+            self._dropped()
+            results[index] = self._duplicate(_done(results[first]))
+        return [_done(result) for result in results]
+
+    async def _earlier(self, key: tuple[str, str]) -> EmitResult | None:
+        """The first run's result (flagged, counted) if it answers a repeat, else None."""
+        first = self._window.get(key)
+        if first is None:
+            return None
+        try:
+            # Shielded: a client giving up on the retry must not cancel the first run.
+            result = await asyncio.shield(first)
+        except BaseException:
+            if not first.done():
+                raise  # this request was cancelled, not the first run
+            return None  # the first run raised or was cut off: this one runs for real
+        if result.error is not None and result.error.retriable:
+            return None  # the first run may succeed if sent again: so may this one
+        self._dropped()
+        return self._duplicate(result)
+
+    @staticmethod
+    def _duplicate(result: EmitResult) -> EmitResult:
+        return msgspec.structs.replace(result, handlers=[], follow_ups=[], duplicate=True)
+
+    def _claim(self, key: tuple[str, str]) -> asyncio.Future[EmitResult]:
+        future: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
+        self._window.remember(key, future)
+        return future
+
+    def _release(self, key: tuple[str, str], future: asyncio.Future[EmitResult]) -> None:
+        """The run raised or was cancelled: forgotten, and whoever waits runs for real."""
+        self._window.forget(key)
+        future.cancel()
+
+    def _settle(
+        self, key: tuple[str, str], future: asyncio.Future[EmitResult], result: EmitResult
+    ) -> None:
         future.set_result(result)
         if result.error is not None and result.error.retriable:
             self._window.forget(key)
@@ -157,4 +217,8 @@ class IngestDedupe:
             slim: asyncio.Future[EmitResult] = asyncio.get_running_loop().create_future()
             slim.set_result(msgspec.structs.replace(result, handlers=[], follow_ups=[]))
             self._window.remember(key, slim)
-        return result
+
+
+def _done(result: EmitResult | None) -> EmitResult:
+    assert result is not None  # every index was given its result above
+    return result

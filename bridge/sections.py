@@ -65,14 +65,16 @@ class AuthConfig(Section, frozen=True, kw_only=True):
 
 
 class IngestConfig(Section, frozen=True, kw_only=True):
-    """How ``POST /v1/events`` treats what it is sent: ``dedupe`` (null: off) answers
-    a retried POST of an event already handled with the first result (`bridge.dedupe`)."""
+    """How ``POST /v1/events`` and ``/v1/events/batch`` treat what they are sent:
+    ``dedupe`` (null: off) answers a retried POST of an event (or batch item) already
+    handled with the first result (`bridge.dedupe`)."""
 
     dedupe: DedupeConfig | None = None
 
     field_docs: ClassVar[Mapping[str, str]] = {
         "dedupe": "A window of handled (`source`, `id`) pairs: a `POST /v1/events` of one "
-        "of them is not handled again but answered with the first result, flagged "
+        "of them, or a `/v1/events/batch` item (also one repeating an earlier item of its "
+        "batch), is not handled again but answered with the first result, flagged "
         "`duplicate: true`; null: off.",
     }
 

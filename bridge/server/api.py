@@ -225,7 +225,15 @@ class Api:
         events = [item for item in items if isinstance(item, Event)]
         ticket(request).grow(len(events))
         preference = self._preference(request)
-        results = await self.bus.emit_many(events, delivery=preference) if events else []
+        dedupe = self.sidecar.dedupe
+        if not events:
+            results = []
+        elif dedupe is None:
+            results = await self.bus.emit_many(events, delivery=preference)
+        else:
+            results = await dedupe.emit_many(
+                events, partial(self.bus.emit_many, delivery=preference)
+            )
         return json_response(self._batch_body(items, results))
 
     def _batch_body(

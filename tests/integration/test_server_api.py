@@ -540,6 +540,35 @@ async def test_a_retried_post_gets_the_first_result_flagged_duplicate() -> None:
     assert dropped == 1
 
 
+async def test_a_batch_item_already_posted_or_repeated_gets_the_first_result() -> None:
+    config = {**CONFIG, "ingest": {"dedupe": {"window_s": 60, "max_entries": 100}}}
+    with running_server(config, handlers={"api_handlers": HANDLERS}, files=PROBE_SINK_FILES) as srv:
+        async with srv.session("unix") as http:
+            posted = {"type": "ev.follow", "id": "b-1", "source": "shop", "data": {}}
+            fresh = {**posted, "id": "b-2"}
+            single = await call(http, "POST", "/v1/events", json=posted)
+            batch = [posted, fresh, {"type": "ev.x"}, fresh]  # index 2: no id, never a repeat
+            first = await call(http, "POST", "/v1/events/batch", json=batch)
+            again = await call(http, "POST", "/v1/events/batch", json=batch)
+            dropped = await srv.metric("evbridge_dedupe_dropped_total", {"source": "ingest"})
+        types = [record["type"] for record in sink_lines(srv)]
+    assert first.status == again.status == 200
+    results = first.json["results"]
+    assert [r.get("duplicate", False) for r in results] == [True, False, False, True]
+    assert results[0] == {**single.json, "handlers": [], "follow_ups": [], "duplicate": True,
+                          "index": 0}  # fmt: skip
+    assert results[1]["handlers"]  # b-2 ran here, once
+    assert results[3] == {**results[1], "handlers": [], "follow_ups": [], "duplicate": True,
+                          "index": 3}  # fmt: skip
+    assert [r.get("duplicate", False) for r in again.json["results"]] == [True, True, False, True]
+    assert first.json["accepted"] == again.json["accepted"] == 4
+    # b-1 and b-2 handled once each (one follow-up each); the id-less item once per POST.
+    assert types.count("ev.follow") == 2
+    assert types.count("ev.child") == 2
+    assert types.count("ev.x") == 2
+    assert dropped == 2 + 3
+
+
 def sink_lines(server: ServerProcess) -> list[dict[str, Any]]:
     path = Path(server.workdir, "out", "events.jsonl")
     return [json.loads(line) for line in path.read_text().splitlines()]

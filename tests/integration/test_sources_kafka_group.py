@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 
-from bridge import Context, Event
+from bridge import Bus, Context, Event
 from bridge.handlers import HandlerRegistry
 from bridge.sources import Sources
 from tests.brokers import KafkaBroker, create_topic, unique_name, wait_until
@@ -146,3 +146,11 @@ async def test_a_revocation_commits_what_finished_in_grace_and_leaves_the_rest(
             await sources_a.stop()
     assert seen["b"] == [f"stuck-{b_part}"]  # its fin was committed at the revocation
     assert sorted(n for n in seen["a"] if n.startswith("fin")) == ["fin-0", "fin-1"]  # once
+    # a fetched its stuck record before the rebalance gave the partition back: counted as
+    # redelivered there. b had never fetched its stuck record: new to it, not counted.
+    assert redeliveries(bus_a) == 1
+    assert redeliveries(bus_b) == 0
+
+
+def redeliveries(bus: Bus) -> float:
+    return bus.metrics.consumed_again.labels("in")._value.get()  # type: ignore[attr-defined,no-any-return]

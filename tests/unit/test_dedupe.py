@@ -246,3 +246,88 @@ async def test_a_retry_waiting_on_a_retriable_rejection_runs_for_real() -> None:
     assert await first == away
     assert await retry == EmitResult("e1", "t", "published")
     assert len(calls) == 2
+
+
+# --- the ingest's batches ----------------------------------------------------
+
+
+def published(event: Event) -> EmitResult:
+    outcome = HandlerOutcome("h", "ok", None, 0.001)
+    return EmitResult(event.id, event.type, "published", [outcome])
+
+
+async def test_a_batch_runs_only_its_new_items_once_and_answers_the_others_first_result() -> None:
+    count: list[int] = []
+    runs: list[list[str]] = []
+
+    async def run_many(events: list[Event]) -> list[EmitResult]:
+        runs.append([e.id for e in events])
+        return [published(e) for e in events]
+
+    async def run(event: Event) -> EmitResult:
+        return published(event)
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: count.append(1))
+    await dedupe.emit(Event(type="t", id="posted"), run)
+    batch = [Event(type="t", id=i) for i in ("a", "posted", "b", "a")]
+    results = await dedupe.emit_many(batch, run_many)
+    assert runs == [["a", "b"]]  # one call, the new items in their order
+    assert [r.id for r in results] == ["a", "posted", "b", "a"]
+    assert [r.duplicate for r in results] == [False, True, False, True]
+    assert results[0].handlers  # the first run's own result, whole
+    # A repeat within the batch: its first item's result, without what only that run did.
+    assert results[3] == EmitResult("a", "t", "published", duplicate=True)
+    # A retry of the whole batch, and a single POST of one of its items: nothing runs.
+    again = await dedupe.emit_many(batch, run_many)
+    assert [r.duplicate for r in again] == [True] * 4
+    assert (await dedupe.emit(Event(type="t", id="b"), run)).duplicate is True
+    assert runs == [["a", "b"]]
+    assert len(count) == 2 + 4 + 1
+
+
+async def test_a_batch_item_waits_for_a_post_still_running_and_reruns_a_retriable_one() -> None:
+    gate = asyncio.Event()
+    away = EmitResult("x", "t", "rejected", error=ErrorInfo("sink_unavailable", "away", None, True))
+    runs: list[list[str]] = []
+
+    async def slow(event: Event) -> EmitResult:
+        await gate.wait()
+        return published(event) if event.id == "y" else away
+
+    async def run_many(events: list[Event]) -> list[EmitResult]:
+        runs.append([e.id for e in events])
+        return [published(e) for e in events]
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: None)
+    first_x = asyncio.ensure_future(dedupe.emit(Event(type="t", id="x"), slow))
+    first_y = asyncio.ensure_future(dedupe.emit(Event(type="t", id="y"), slow))
+    await asyncio.sleep(0)
+    batch = asyncio.ensure_future(
+        dedupe.emit_many([Event(type="t", id="x"), Event(type="t", id="y")], run_many)
+    )
+    await asyncio.sleep(0)
+    assert not runs  # waiting for the first runs
+    gate.set()
+    assert await first_x == away
+    assert (await first_y).duplicate is False
+    x, y = await batch
+    assert runs == [["x"]]  # x's first run may succeed if sent again: it runs for real
+    assert (x.status, x.duplicate) == ("published", False)
+    assert y == EmitResult("y", "t", "published", duplicate=True)
+
+
+async def test_a_batch_that_raises_is_forgotten() -> None:
+    calls: list[int] = []
+
+    async def run_many(events: list[Event]) -> list[EmitResult]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bus stopping")
+        return [published(e) for e in events]
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: None)
+    batch = [Event(type="t", id="a"), Event(type="t", id="b")]
+    with pytest.raises(RuntimeError):
+        await dedupe.emit_many(batch, run_many)
+    assert [r.duplicate for r in await dedupe.emit_many(batch, run_many)] == [False, False]
+    assert len(calls) == 2

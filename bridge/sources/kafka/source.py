@@ -11,7 +11,8 @@ backoff pause. A dead letter is produced to ``dead_letter_topic`` (if set)
 before the offset moves past it. On a rebalance the revoked partitions' records
 in flight get ``grace_s``, what is done is committed, and the rest is left to
 the new owner. Offsets not committed when the process stops or dies are
-consumed again by the group.
+consumed again by the group. A record this process fetched before is handed on
+as redelivered (fetched.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bridge.sinks.toolkit.kafka_security import security_kwargs
 from bridge.sources.base import Deliver, Incoming, Verdict
 from bridge.sources.decode import Undecodable
 from bridge.sources.kafka.config import KafkaSourceConfig
+from bridge.sources.kafka.fetched import Fetched
 from bridge.sources.kafka.flow import Flow
 from bridge.sources.kafka.message import kafka_event
 
@@ -103,6 +105,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.flow.revoke(revoked, self.source.config.grace_s)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.source._fetched.keep(assigned)
         log.info("kafka source %s: partitions assigned: %s", self.source.name, _names(assigned))
 
 
@@ -118,6 +121,8 @@ class KafkaSource:
         self._tasks: TaskGroup | None = None
         self._stopping = False
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
+        #: Kept across reconnects and rebalances: the redelivery flag, for this process.
+        self._fetched = Fetched()
         # Read now: sources are built at config load, so a missing variable or an
         # unreadable TLS file stops `serve` and `check` with its key path.
         self._secure = security_kwargs(config, f"sources.{config.name}")
@@ -249,6 +254,7 @@ class KafkaSource:
             if self._stopping:
                 return  # not taken: the group consumes them again
             for tp, records in batch.items():
+                self._fetched.take(records)
                 flow.add(tp, records)
 
     async def _record(
@@ -268,6 +274,7 @@ class KafkaSource:
     async def _one(self, record: ConsumerRecord[Any, Any]) -> Verdict:
         assert self._deliver is not None
         where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
+        again = self._fetched.again(record)
         try:
             event = kafka_event(
                 record.value,
@@ -276,11 +283,12 @@ class KafkaSource:
                 topic=record.topic,
                 event_type=self.config.event_type,
             )
-            incoming = Incoming(where, event=event, destination=record.topic,
+            incoming = Incoming(where, event=event, redelivered=again, destination=record.topic,
                                 partition=record.partition, offset=record.offset)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc), destination=record.topic,
-                                partition=record.partition, offset=record.offset)  # fmt: skip
+            incoming = Incoming(where, problem=str(exc), redelivered=again,
+                                destination=record.topic, partition=record.partition,
+                                offset=record.offset)  # fmt: skip
         return await self._deliver(incoming)
 
     async def _dead_letter(
