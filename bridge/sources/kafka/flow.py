@@ -21,7 +21,9 @@ meanwhile finish, and may be handled again after the seek: at-least-once).
 
 `revoke` (a rebalance) and `close` (stop) drop what is queued, give records in
 flight ``grace_s``, cancel the rest, and commit the watermarks: what was not
-finished is consumed again by the partition's next owner. No broker library is
+finished is consumed again by the partition's next owner. A dropped record is not
+finished: it brings its partition's position back to it, so the watermark stays at or
+below it even when every record in flight finishes. No broker library is
 imported here: the consumer is anything with aiokafka's consumer methods used.
 """
 
