@@ -362,25 +362,8 @@ GRACE_S = 2.0
 EXIT_MARGIN_S = 2.0
 
 
-#: Kafka: a known open defect of the per-lane flow, seen only under load (two local runs
-#: in three and one CI run on a loaded machine): after the restart some messages never
-#: arrive within 120 s. Not strict, so the fix shows as XPASS; the failure names the
-#: missing messages and the server's log.
-SIGTERM_BROKERS = [
-    pytest.param(
-        b,
-        marks=pytest.mark.xfail(
-            reason="kafka: messages missing after a SIGTERM restart", strict=False
-        ),
-    )
-    if b == "kafka"
-    else b
-    for b in BROKERS
-]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("backlog", SIGTERM_BROKERS, indirect=True)
+@pytest.mark.parametrize("backlog", BROKERS, indirect=True)
 async def test_sigterm_acks_what_finished_and_the_rest_is_redelivered(
     backlog: Backlog, evbridge_server_factory: ServerFactory
 ) -> None:

@@ -219,3 +219,38 @@ async def test_revocation_gives_in_flight_records_grace_then_commits_what_is_don
     await settle()
     await f.close(grace_s=0.05)
     assert consumer.commits[-1] == {"tp1": 6}
+
+
+async def test_a_stop_never_commits_past_the_queued_records_it_dropped() -> None:
+    # The defect behind the SIGTERM crash test's missing messages: the in-flight record
+    # finished within the grace, and the commit (the stop's, or the committer's) then
+    # went to the fetch position, past the records the stop had dropped unhandled.
+    gates, consumer = Gates(), FakeConsumer()
+    f = flow(gates.handle, consumer, order="partition")
+    committer = asyncio.create_task(f.commit_loop())
+    f.add(TP, [Record(10), Record(11), Record(12)])
+    await settle()
+    assert gates.started == [10]
+    closing = asyncio.create_task(f.close(grace_s=5.0))
+    await settle()
+    gates.gate(10).set()  # finishes within the grace
+    await closing
+    committer.cancel()
+    await asyncio.gather(committer, return_exceptions=True)
+    assert gates.done == [10]
+    assert consumer.commits[-1:] == [{TP: 11}]
+    assert all(c[TP] <= 11 for c in consumer.commits)  # 11 and 12 are consumed again
+
+
+async def test_a_revocation_with_key_lanes_commits_the_lowest_dropped_offset() -> None:
+    gates, consumer = Gates(), FakeConsumer(TP, "tp1")
+    f = flow(gates.handle, consumer, order="key")
+    f.add(TP, [Record(0, b"a"), Record(1, b"a"), Record(2, b"b"), Record(3, b"b")])
+    await settle()
+    assert sorted(gates.started) == [0, 2]
+    revoking = asyncio.create_task(f.revoke({TP}, grace_s=5.0))
+    await settle()
+    gates.gate(0).set()
+    gates.gate(2).set()
+    await revoking
+    assert consumer.commits == [{TP: 1}]  # 1 and 3 were dropped: 1 is the lowest

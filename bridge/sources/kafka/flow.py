@@ -21,7 +21,9 @@ meanwhile finish, and may be handled again after the seek: at-least-once).
 
 `revoke` (a rebalance) and `close` (stop) drop what is queued, give records in
 flight ``grace_s``, cancel the rest, and commit the watermarks: what was not
-finished is consumed again by the partition's next owner. No broker library is
+finished is consumed again by the partition's next owner. A dropped record is not
+finished: it brings its partition's position back to it, so the watermark stays at or
+below it even when every record in flight finishes. No broker library is
 imported here: the consumer is anything with aiokafka's consumer methods used.
 """
 
@@ -71,7 +73,8 @@ class _Partition:
         #: Offsets fetched and not finished (a count: after a seek back, a record still
         #: in flight may be fetched again).
         self.pending: collections.Counter[int] = collections.Counter()
-        #: The offset after the last record fetched (or the seek target).
+        #: The offset after the last record fetched (or the seek target), lowered to a
+        #: record dropped unhandled (`drop`).
         self.position: int | None = None
         self.committed: int | None = None
         #: While a rewind waits for its backoff: the lowest offset to seek back to.
@@ -89,6 +92,14 @@ class _Partition:
         self.pending[offset] -= 1
         if self.pending[offset] <= 0:
             del self.pending[offset]
+
+    def drop(self, offset: int) -> None:
+        """A record taken out of its lane unhandled: the position comes back to it, so
+        the watermark (and any commit, the stop's or the committer's) stays at or below
+        it until it is fetched again: without this, records in flight finishing after a
+        stop or revocation dropped the rest let the commit skip them."""
+        self.release(offset)
+        self.position = offset if self.position is None else min(self.position, offset)
 
 
 class Flow:
@@ -225,7 +236,7 @@ class Flow:
                     dropped.append(record.offset)
                     part = self._parts.get(tp)
                     if part is not None:
-                        part.release(record.offset)
+                        part.drop(record.offset)
                     self.held -= 1
             if len(keep) != len(queue):
                 queue.clear()

@@ -141,14 +141,16 @@ class KafkaSource:
         await self._supervisor.start()
 
     async def stop(self) -> None:
-        """Stop fetching, give events in flight ``grace_s``, then leave the group: what
-        was not committed is consumed again."""
+        """Stop fetching at once, give events in flight ``grace_s``, commit what is done,
+        then leave the group: what was not committed is consumed again."""
         self._stopping = True
         link = self._supervisor.current()
         if isinstance(link, _Link):
             if link.loop is not None:
-                with contextlib.suppress(BaseException):
-                    await link.loop  # ends within fetch_wait_s: no new records
+                # A fetch cancelled while it waits has taken no records (their offsets
+                # stay uncommitted), and the grace is not spent waiting for it.
+                link.loop.cancel()
+                await asyncio.wait([link.loop])
             await link.flow.close(self.config.grace_s)
         if self._tasks is not None:
             await self._tasks.close()
