@@ -1,6 +1,7 @@
 """Durable-mode benchmark against a real Kafka-protocol broker (Tansu, started here).
 
     python bench/bench_durable.py [--rounds 3] [--duration 5] [--drain-events 200000]
+                                  [--cases latency,drain]
 
 - ``latency``: ``evbridge serve`` in durable mode (one no-op handler, one Kafka route),
   single-event POSTs at a fixed 1 000 requests/s over the Unix socket for
@@ -10,7 +11,8 @@
   the same process meanwhile.
 - ``drain``: ``--drain-events`` events spooled first (no broker reachable), then the
   deliverer publishes them to Tansu through the real Kafka sink: events/s from the
-  start of delivery until the spool is empty.
+  start of delivery until the spool is empty, and the CPU time per event of the process
+  meanwhile (all threads; less disturbed by other load than events/s).
 
 The server and the deliverer are pinned to CPU 0 and the load generator to CPU 1 when
 there are two CPUs. Prints one JSON line per measurement and the medians.
@@ -144,7 +146,8 @@ def latency_round(tmp: Path, bootstrap: str, duration: float, cpus: list[int | N
         shutil.rmtree(tmp / "spool", ignore_errors=True)
 
 
-async def drain_round(tmp: Path, bootstrap: str, n: int) -> float:
+async def drain_round(tmp: Path, bootstrap: str, n: int) -> tuple[float, float]:
+    """Events/s and CPU µs per event (this process, all threads) of one drain."""
     from bridge.config import parse_config
     from bridge.deliverer import Deliverer
     from bridge.delivery import Publisher
@@ -183,14 +186,16 @@ async def drain_round(tmp: Path, bootstrap: str, n: int) -> float:
         config.delivery.retry,
     )
     began = time.perf_counter()
+    cpu_began = time.process_time()
     deliverer.start()
     assert await deliverer.drain(600), "the spool did not drain"
     elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
     await deliverer.stop()
     await sink.stop()
     await spool.close()
     shutil.rmtree(tmp / "spool", ignore_errors=True)
-    return n / elapsed
+    return n / elapsed, 1e6 * cpu / n
 
 
 def main() -> None:
@@ -198,33 +203,44 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--drain-events", type=int, default=200_000)
+    parser.add_argument("--cases", default="latency,drain", help="comma-separated: latency, drain")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
     cpus: list[int | None] = [0, 1] if (os.cpu_count() or 1) >= 2 else [None, None]
     tmp = Path(tempfile.mkdtemp(prefix="bench-durable-"))
     tansu, bootstrap = start_tansu(tmp)
     latencies: list[dict[str, Any]] = []
     drains: list[float] = []
+    drain_cpu: list[float] = []
     try:
         for round_no in range(args.rounds):
-            result = latency_round(tmp, bootstrap, args.duration, cpus)
-            latencies.append(result)
-            print(json.dumps({"round": round_no, "case": "latency_1000rps_unix", **result}))
+            if "latency" in cases:
+                result = latency_round(tmp, bootstrap, args.duration, cpus)
+                latencies.append(result)
+                print(json.dumps({"round": round_no, "case": "latency_1000rps_unix", **result}))
+            if "drain" not in cases:
+                continue
             if cpus[0] is not None:
                 os.sched_setaffinity(0, {cpus[0]})
             import uvloop
 
-            rate = uvloop.run(drain_round(tmp, bootstrap, args.drain_events))
+            rate, cpu_us = uvloop.run(drain_round(tmp, bootstrap, args.drain_events))
             drains.append(rate)
-            print(
-                json.dumps({"round": round_no, "case": "drain_kafka", "events_per_s": round(rate)})
-            )
+            drain_cpu.append(cpu_us)
+            row = {"events_per_s": round(rate), "cpu_us_per_event": round(cpu_us, 2)}
+            print(json.dumps({"round": round_no, "case": "drain_kafka", **row}))
     finally:
         stop_tansu(tansu)
         shutil.rmtree(tmp, ignore_errors=True)
-    p50 = statistics.median(r["p50_ms"] for r in latencies)
-    p99 = statistics.median(r["p99_ms"] for r in latencies)
-    print(f"\nlatency at 1 000 events/s (unix): p50 {p50:.3f} ms, p99 {p99:.3f} ms (medians)")
-    print(f"drain to Kafka: {statistics.median(drains):,.0f} events/s (median)")
+    if latencies:
+        p50 = statistics.median(r["p50_ms"] for r in latencies)
+        p99 = statistics.median(r["p99_ms"] for r in latencies)
+        print(f"\nlatency at 1 000 events/s (unix): p50 {p50:.3f} ms, p99 {p99:.3f} ms (medians)")
+    if drains:
+        print(
+            f"drain to Kafka: {statistics.median(drains):,.0f} events/s, "
+            f"{statistics.median(drain_cpu):.2f} µs CPU/event (medians)"
+        )
 
 
 if __name__ == "__main__":

@@ -90,6 +90,22 @@ def test_anything_else_is_refused_naming_time(text: str) -> None:
     assert info.value.field == "time"
 
 
+def test_a_second_found_valid_once_still_refuses_what_follows_it_wrongly() -> None:
+    # check_time remembers seconds already found valid; the rest of the text is still checked.
+    for valid in ("2026-11-22T07:25:00Z", "2026-11-22T07:25:00.5Z", "2016-12-31T23:59:60Z"):
+        Event(type="t", time=valid)
+    for text in (
+        "2026-11-22T07:25:00+24:00",
+        "2026-11-22T07:25:00.Z",
+        "2026-11-22T07:25:00Z\n",
+        "2026-11-22T07:25:00",
+        "2026-11-22T07:25:00.١Z",  # a non-ASCII digit in the fraction
+    ):
+        with pytest.raises(InvalidEvent) as info:
+            Event(type="t", time=text)
+        assert info.value.field == "time", text
+
+
 def test_a_leap_second_gets_an_amqp_timestamp() -> None:
     props = amqp_properties(Event(type="t", time="2016-12-31T23:59:60Z"), None, persistent=True)
     assert props.timestamp is not None

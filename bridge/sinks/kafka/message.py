@@ -35,15 +35,23 @@ class Codec:
         self.structured = mode == "structured"
         self._encoder = msgspec.json.Encoder()
         # type, source and content type repeat from event to event: their header tuples
-        # are built once (aiokafka only reads them).
-        self._cached: dict[tuple[str, str], tuple[str, bytes]] = {}
+        # are built once (aiokafka only reads them), in one table per header name so
+        # that a lookup needs no key tuple.
+        self._cached: dict[str, dict[str, tuple[str, bytes]]] = {}
+        # The three looked up for nearly every event, bound directly (the tables above).
+        self._types: dict[str, tuple[str, bytes]] = {}
+        self._content_types: dict[str, tuple[str, bytes]] = {}
+        self._sources: dict[str, tuple[str, bytes]] = {}
 
     def _header(self, name: str, text: str) -> tuple[str, bytes]:
-        found = self._cached.get((name, text))
+        table = self._cached.get(name)
+        if table is None:
+            table = self._cached[name] = {}
+        found = table.get(text)
         if found is None:
-            if len(self._cached) >= 4096:
-                self._cached.clear()
-            found = self._cached[(name, text)] = (name, text.encode())
+            if len(table) >= 4096:
+                table.clear()
+            found = table[text] = (name, text.encode())
         return found
 
     def encode(self, event: Event) -> tuple[bytes, Headers]:
@@ -55,17 +63,29 @@ class Codec:
         else:
             value = data_bytes(event)
             header = self._header
+            type_header = self._types.get(event.type)
+            if type_header is None:
+                type_header = header("ce_type", event.type)
+                self._types = self._cached["ce_type"]
             headers = [
                 _SPECVERSION if event.specversion == "1.0" else header("ce_specversion", "1.0"),
                 ("ce_id", event.id.encode()),
-                header("ce_type", event.type),
+                type_header,
                 ("ce_time", event.time.encode()),
             ]
             content_type = wire_content_type(event)
             if content_type is not None:
-                headers.append(header(_CONTENT_TYPE, content_type))
+                found = self._content_types.get(content_type)
+                if found is None:
+                    found = header(_CONTENT_TYPE, content_type)
+                    self._content_types = self._cached[_CONTENT_TYPE]
+                headers.append(found)
             if event.source is not None:
-                headers.append(header("ce_source", event.source))
+                found = self._sources.get(event.source)
+                if found is None:
+                    found = header("ce_source", event.source)
+                    self._sources = self._cached["ce_source"]
+                headers.append(found)
             if event.subject is not None:
                 headers.append(("ce_subject", event.subject.encode()))
             if event.correlation_id is not None:
