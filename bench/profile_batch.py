@@ -1,9 +1,10 @@
 """Flame graph of `evbridge serve` under batch load (py-spy; needs ptrace).
 
-    python bench/profile_batch.py [--out bench/flame-batch.svg] [--duration 8]
+    python bench/profile_batch.py [--out bench/flame-batch.svg] [--duration 8] [--single]
 
 Starts the server of `bench_http.py` (memory sink, one no-op handler), drives it
-with 100-event NDJSON batches over the Unix socket from 8 connections, and
+with 100-event NDJSON batches over the Unix socket from 8 connections (``--single``:
+single-event POSTs from 32 connections, as `bench_http.py`'s ``single_unix``), and
 records it with ``py-spy record`` meanwhile. Prints the server's CPU µs per event.
 """
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument(
         "--format", default="flamegraph", help="py-spy output format (raw: folded stacks)"
     )
+    parser.add_argument("--single", action="store_true", help="single-event POSTs instead")
     args = parser.parse_args()
     args.spy_args = ["--format", args.format]
     cpus = sorted(os.sched_getaffinity(0))
@@ -44,6 +46,12 @@ def main() -> None:
                 "connections": bench_http.BATCH_CONNECTIONS,
                 "duration": 1.0,
             }
+            per_request = bench_http.BATCH_SIZE
+            if args.single:
+                spec["path"], spec["body"] = "/v1/events", bench_http.EVENT.decode("latin-1")
+                spec["content_type"] = "application/json"
+                spec["connections"] = bench_http.CONNECTIONS
+                per_request = 1
             bench_http.run_client(spec, client_cpu, 60)  # warm up
             spy = subprocess.Popen(
                 [
@@ -67,9 +75,9 @@ def main() -> None:
             )
             cpu_used = server.cpu_seconds() - cpu_before
             spy.wait(60)
-            events = result["requests"] * bench_http.BATCH_SIZE
+            events = result["requests"] * per_request
             print(
-                f"batch: {result['rps'] * bench_http.BATCH_SIZE:,.0f} events/s, "
+                f"{spec['path']}: {result['rps'] * per_request:,.0f} events/s, "
                 f"server CPU {cpu_used / events * 1e6:.2f} µs/event (under py-spy), "
                 f"flame graph {args.out}"
             )

@@ -95,7 +95,10 @@ class EmitResult(msgspec.Struct, frozen=True):
         # Plain loops: this runs per event, and a comprehension costs a frame.
         handlers = []
         for h in self.handlers:
-            handlers.append(ApiHandler(h.name, h.outcome, h.error, round(h.duration_s * 1e3, 3)))
+            # Milliseconds to 3 decimals: ``round(µs) / 1e3``, not ``round(ms, 3)``, which
+            # goes through decimal digits and costs more than the rest of this method.
+            ms = round(h.duration_s * 1e6) / 1e3
+            handlers.append(ApiHandler(h.name, h.outcome, h.error, ms))
         # Delivery encodes itself; only a JetStream one without ``seq`` needs the dict.
         deliveries: list[Any] = self.deliveries
         for d in deliveries:

@@ -4,7 +4,7 @@
 one-concept modules; everything public is re-exported here, so ``from bridge.event
 import ...`` is the import path to use:
 
-- `bridge.event.envelope`: `Event`, `new_id`, `now_rfc3339`;
+- `bridge.event.envelope`: `Event`, `new_id`, `now_rfc3339`, `one_instant`;
 - `bridge.event.attributes`: attribute, header and extension checks and their limits;
 - `bridge.event.rfc3339`: RFC 3339 date-times;
 - `bridge.event.codecs`: the plain shape from JSON / msgpack / a mapping; ``data`` as bytes;
@@ -34,7 +34,7 @@ from bridge.event.codecs import (
     to_plain,
     wire_content_type,
 )
-from bridge.event.envelope import KINDS, Event, Kind, new_id, now_rfc3339
+from bridge.event.envelope import KINDS, Event, Kind, new_id, now_rfc3339, one_instant
 from bridge.event.rfc3339 import epoch_seconds
 from bridge.event.structured import from_structured, to_structured
 
@@ -63,6 +63,7 @@ __all__ = [
     "from_structured",
     "new_id",
     "now_rfc3339",
+    "one_instant",
     "to_plain",
     "to_structured",
     "wire_content_type",

@@ -42,6 +42,7 @@ from bridge.event import (
     decode_json,
     decode_msgpack,
     from_structured,
+    one_instant,
 )
 from bridge.server.depth import (
     check_json,
@@ -312,6 +313,13 @@ def decode_batch(
     more than ``max_items``.
     """
     media = media_type(content_type)
+    with one_instant():  # the batch's events arrived together
+        return _decode_batch(media, headers, body, max_items, max_depth)
+
+
+def _decode_batch(
+    media: str, headers: Mapping[str, str], body: bytes, max_items: int, max_depth: int
+) -> list[Event | InvalidEvent]:
     whole = _decode_whole(media, body, max_items, max_depth)
     if whole is not None:
         trace = trace_context(headers)

@@ -34,6 +34,48 @@ def test_ids_are_uuid4_text_and_unique() -> None:
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
 
 
+def test_ids_stay_uuid4_and_unique_across_blocks_and_forks() -> None:
+    import os
+    import uuid
+
+    from bridge.event import envelope
+
+    # Past one block of ids, so the random part is drawn again at least once.
+    ids = [envelope.new_id() for _ in range(envelope._ID_BLOCK + 10)]
+    assert len(set(ids)) == len(ids)
+    assert len({i[:29] for i in ids}) >= 2  # two blocks: two random prefixes
+    for text in (ids[0], ids[envelope._ID_BLOCK - 1], ids[-1]):
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be the parent's next one
+        os.write(write, envelope.new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != envelope.new_id()
+    assert child[:29] != ids[-1][:29]
+
+
+def test_one_instant_gives_the_events_built_inside_one_time() -> None:
+    from bridge.event import one_instant
+
+    with one_instant() as now:
+        inside = [Event(type="x") for _ in range(3)]
+        own = Event(type="x", time="2026-01-01T00:00:00Z")
+        with one_instant() as nested:
+            assert nested is now
+        decoded = decode_json(b'{"type": "x"}')
+    assert {e.time for e in inside} == {now} == {decoded.time}
+    assert own.time == "2026-01-01T00:00:00Z"
+    with pytest.raises(InvalidEvent), one_instant():
+        Event(type="x", time="yesterday")  # still checked inside
+    assert Event(type="x").time != now  # released, also after an error
+
+
 def test_default_time_is_rfc3339_utc_and_moves_forward() -> None:
     from datetime import datetime
 

@@ -336,6 +336,29 @@ def test_ndjson_batch_is_one_event_per_line() -> None:
     assert items[3].type == "d"
 
 
+def test_a_batch_is_stamped_with_one_time_and_distinct_ids() -> None:
+    lines = [dumps({"type": "t"}) for _ in range(4)] + [
+        dumps({"type": "t", "time": "2026-01-01T00:00:00Z"})
+    ]
+    for content_type, body in (
+        ("application/x-ndjson", b"\n".join(lines)),
+        ("application/json", b"[" + b",".join(lines) + b"]"),
+        ("application/x-ndjson", b"\n".join([*lines, b"{"])),  # the per-item path
+    ):
+        events = [
+            e
+            for e in decode_batch(content_type, headers(), body, max_items=9)
+            if isinstance(e, Event)
+        ]
+        assert len(events) == 5
+        assert len({e.time for e in events[:4]}) == 1
+        assert events[4].time == "2026-01-01T00:00:00Z"
+        assert len({e.id for e in events}) == 5
+    again = decode_batch("application/x-ndjson", headers(), lines[0], max_items=9)[0]
+    assert isinstance(again, Event)
+    assert again.time != events[0].time
+
+
 def test_valid_batches_decode_whole_and_keep_the_limit() -> None:
     lines = [dumps({"type": f"t{i}", "data": {"i": i}}) for i in range(5)]
     ndjson = decode_batch("application/x-ndjson", headers(), b"\n".join(lines), max_items=5)
