@@ -180,6 +180,13 @@ class Flow:
                     self._workers[lane] = self._tasks.spawn(self._work(lane), name=f"lane {tp}")
         self.apply_pause()
 
+    @property
+    def take(self) -> int:
+        """How many records to ask the next fetch for: the room left, but at most half of
+        ``max_records``, so that with handlers that keep up the flow never fills (and so
+        is never paused: a paused partition is not prefetched)."""
+        return max(1, min(self.room, self.max_records // 2))
+
     async def wait_room(self, timeout: float) -> None:  # noqa: ASYNC109
         """Until a record finishes (or ``timeout``): the fetch loop's wait while full."""
         self._room.clear()
