@@ -260,24 +260,8 @@ class KafkaSource:
         self, producer: AIOKafkaProducer | None, record: ConsumerRecord[Any, Any]
     ) -> Verdict:
         """One record's verdict; its dead letter produced first (a failure: redeliver)."""
-        assert self._deliver is not None
-        # Decoding, the runner and the dead letter in one frame: this runs per record.
         try:
-            where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
-            try:
-                event = kafka_event(
-                    record.value,
-                    headers=record.headers or (),
-                    key=record.key,
-                    topic=record.topic,
-                    event_type=self.config.event_type,
-                )
-                incoming = Incoming(where, event=event, destination=record.topic,
-                                    partition=record.partition, offset=record.offset)  # fmt: skip
-            except Undecodable as exc:
-                incoming = Incoming(where, problem=str(exc), destination=record.topic,
-                                    partition=record.partition, offset=record.offset)  # fmt: skip
-            verdict = await self._deliver(incoming)
+            verdict = await self._one(record)
             if verdict.action == "dead_letter":
                 await self._dead_letter(producer, record, verdict.reason)
         except Exception as exc:
@@ -285,6 +269,24 @@ class KafkaSource:
             # it, or a later commit of its partition would skip it.
             return Verdict("redeliver", describe(exc))
         return verdict
+
+    async def _one(self, record: ConsumerRecord[Any, Any]) -> Verdict:
+        assert self._deliver is not None
+        where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
+        try:
+            event = kafka_event(
+                record.value,
+                headers=list(record.headers or ()),
+                key=record.key,
+                topic=record.topic,
+                event_type=self.config.event_type,
+            )
+            incoming = Incoming(where, event=event, destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
+        except Undecodable as exc:
+            incoming = Incoming(where, problem=str(exc), destination=record.topic,
+                                partition=record.partition, offset=record.offset)  # fmt: skip
+        return await self._deliver(incoming)
 
     async def _dead_letter(
         self, producer: AIOKafkaProducer | None, record: ConsumerRecord[Any, Any], reason: str
