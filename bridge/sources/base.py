@@ -78,6 +78,8 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 def render(template: str, fields: Mapping[str, str]) -> str:
     """``template`` with each ``{name}`` replaced by ``fields[name]`` (checked at load)."""
+    if "{" not in template:
+        return template  # a fixed type: no pattern to run, per message
     return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), ""), template)
 
 

@@ -138,23 +138,23 @@ def plain_event(
     is no content type and the payload parses as JSON; else the payload itself
     (text for ``text/*``, else bytes, with the content type kept).
     """
-    fields: dict[str, Any] = {"type": event_type}
-    if id:
-        fields["id"] = id
-    if headers:
-        fields["headers"] = headers
+    data: Any
     if content_type is None:
         try:
-            fields["data"] = _decode_json(body) if body else None
-            fields["datacontenttype"] = "application/json"
+            data = _decode_json(body) if body else None
+            content_type = "application/json"
         except msgspec.DecodeError:
-            fields["data"] = body
-            fields["datacontenttype"] = None
+            data = body
     else:
-        fields["data"] = payload(body, content_type)
-        fields["datacontenttype"] = content_type
+        data = payload(body, content_type)
     try:
-        return convert(fields)
+        # Built directly, not converted from a mapping: every field's type is known here,
+        # and `Event`'s own checks still run (its ``__post_init__``).
+        if id:
+            return Event(type=event_type, data=data, id=id, datacontenttype=content_type,
+                         headers=headers or {})  # fmt: skip
+        return Event(type=event_type, data=data, datacontenttype=content_type,
+                     headers=headers or {})  # fmt: skip
     except InvalidEvent as exc:
         raise Undecodable(f"no event can be made of this message: {exc.message}") from None
 

@@ -5,6 +5,7 @@ Header values are bytes on Kafka: extensions arrive as text. No broker library h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from bridge.event import Event
@@ -15,6 +16,12 @@ from bridge.sources.decode import (
     plain_event,
     structured_event,
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _event_type(template: str, topic: str) -> str:
+    # Rendered once per topic, not per record (topics are few; a pattern's are bounded).
+    return render(template, {"topic": topic})
 
 
 def kafka_event(
@@ -42,9 +49,7 @@ def kafka_event(
     if is_structured(content_type):
         return structured_event(body, transport)
     if "specversion" not in attributes:
-        return plain_event(
-            render(event_type, {"topic": topic}), body, content_type, headers=transport
-        )
+        return plain_event(_event_type(event_type, topic), body, content_type, headers=transport)
     if key is not None:
         attributes["partitionkey"] = key.decode(errors="replace")
     return binary_mode_event(attributes, body, content_type, transport)

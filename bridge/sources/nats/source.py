@@ -244,15 +244,58 @@ class NatsSource:
                 log.warning("nats source %s: fetch failed: %s", self.name, describe(exc))
                 await asyncio.sleep(self._backoff.delay(1))
                 continue
-            batch = []
-            for message in messages:
-                task = self._tasks.spawn(self._handle(link, message), name="event")
+            if messages:
+                await self._run_batch(link, messages)
+
+    async def _run_batch(self, link: _Link, messages: list[Msg]) -> None:
+        """Handle and settle ``messages``: this task takes them in turn, and the other
+        workers start only if it yields to the loop before the batch is done."""
+        assert self._tasks is not None
+        tasks = self._tasks
+        unsettled = {id(message): message for message in messages}
+        progress = _Progress(unsettled, link.ack_wait_s / 2, self.name)
+        turns = iter(messages)
+
+        async def worker() -> None:
+            for message in turns:
+                try:
+                    await self._handle(link, message)
+                except Exception as exc:
+                    # A bug (decoding and the runner answer for the message's faults): the
+                    # batch goes on; unacked, JetStream redelivers it after the ack wait.
+                    log.error("nats source %s: a message crashed: %s", self.name,
+                              describe(exc), exc_info=exc)  # fmt: skip
+                    self._metrics.error("source", type(exc).__name__)
+                finally:
+                    unsettled.pop(id(message), None)
+
+        spawned: list[asyncio.Task[None]] = []
+
+        def start_others() -> None:
+            for _ in range(len(messages) - 1):
+                task = tasks.spawn(worker(), name="events")
                 self._handling.add(task)
                 task.add_done_callback(self._handling.discard)
-                batch.append(task)
-            if batch:
-                # Shielded: stop() waits for these itself, then cancels what is left.
-                await asyncio.shield(asyncio.wait(batch))
+                spawned.append(task)
+
+        current = asyncio.current_task()
+        assert current is not None
+        # stop() gives the batch grace_s: this task ends after it, as it is stopping.
+        self._handling.add(current)
+        waiting = asyncio.get_running_loop().call_soon(start_others) if len(messages) > 1 else None
+        try:
+            await worker()
+            if spawned:
+                await asyncio.wait(spawned)
+        except BaseException:
+            for task in spawned:
+                task.cancel()  # the connection is being replaced, or stop() cancels
+            raise
+        finally:
+            if waiting is not None:
+                waiting.cancel()  # a no-op once it ran
+            progress.cancel()
+            self._handling.discard(current)
 
     async def _handle(self, link: _Link, message: Msg) -> None:
         assert self._deliver is not None
@@ -274,11 +317,7 @@ class NatsSource:
         except Undecodable as exc:
             incoming = Incoming(where, problem=str(exc), redelivered=again,
                                 destination=message.subject, offset=seq)  # fmt: skip
-        progress = _Progress(message, link.ack_wait_s / 2, self.name)
-        try:
-            verdict = await self._deliver(incoming)
-        finally:
-            progress.cancel()
+        verdict = await self._deliver(incoming)
         try:
             start = perf_counter()
             await self._settle(link, message, verdict)
@@ -306,16 +345,16 @@ class NatsSource:
 
 
 class _Progress:
-    """Marks a message in progress every ``every_s`` while its handlers run.
+    """Marks the messages of a batch not settled yet in progress every ``every_s``.
 
-    A timer rather than a task per message: only a handler slower than ``every_s``
-    costs anything (one ``+WPI`` publish per interval).
+    One timer per batch rather than a task or timer per message: only a batch slower
+    than ``every_s`` costs anything (one ``+WPI`` publish per message per interval).
     """
 
-    __slots__ = ("_every", "_message", "_name", "_sending", "_timer")
+    __slots__ = ("_every", "_messages", "_name", "_sending", "_timer")
 
-    def __init__(self, message: Msg, every_s: float, name: str) -> None:
-        self._message = message
+    def __init__(self, messages: dict[int, Msg], every_s: float, name: str) -> None:
+        self._messages = messages
         self._every = every_s
         self._name = name
         self._sending: asyncio.Task[None] | None = None
@@ -325,15 +364,18 @@ class _Progress:
 
     def _tick(self) -> None:
         if self._sending is None or self._sending.done():
-            self._sending = asyncio.ensure_future(self._send())
+            self._sending = asyncio.ensure_future(self._send(list(self._messages.values())))
         self._timer = asyncio.get_running_loop().call_later(self._every, self._tick)
 
-    async def _send(self) -> None:
-        try:
-            await self._message.in_progress()
-        except Exception as exc:
-            # Not fatal: at worst JetStream redelivers it, as it would without this.
-            log.warning("nats source %s: in_progress not sent: %s", self._name, describe(exc))
+    async def _send(self, messages: list[Msg]) -> None:
+        for message in messages:
+            try:
+                await message.in_progress()
+            except Exception as exc:
+                # Not fatal: at worst JetStream redelivers it, as it would without this.
+                log.warning("nats source %s: in_progress not sent: %s", self._name,
+                            describe(exc))  # fmt: skip
+                return
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -3,9 +3,12 @@
 Each connection (made by the supervisor, replaced when lost) sets the channel's
 prefetch, declares the queue (durable) and its bindings unless ``declare:
 false``, and starts a consumer. Every delivered message is decoded and handed to
-the runner in a task of its own (``prefetch`` bounds how many are in flight);
-it is acked, requeued or dead-lettered only once the runner's `Verdict` is in.
-A message in flight when its connection is lost is redelivered by the broker.
+the runner in the task aio-pika runs the consumer callback in (one per message
+already: the source adds none of its own), so ``prefetch`` bounds how many are
+in flight; it is acked, requeued or dead-lettered only once the runner's
+`Verdict` is in. A message in flight when its connection is lost is redelivered
+by the broker; its handlers are cancelled with the channel's tasks, since their
+outcome could no longer be acked.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bridge.metrics import METRICS, Metrics
 from bridge.redact import mask_url
 from bridge.sinks.base import Health
 from bridge.sinks.rabbitmq.errors import connect_error
-from bridge.sinks.toolkit import Backoff, Supervisor, TaskGroup, describe, read_secret
+from bridge.sinks.toolkit import Backoff, Supervisor, describe, read_secret
 from bridge.sources.base import Deliver, Incoming, Verdict
 from bridge.sources.decode import Undecodable
 from bridge.sources.rabbitmq.config import RabbitSourceConfig
@@ -105,8 +108,8 @@ class RabbitSource:
         self._metrics = metrics
         self._ack_duration = metrics.source_ack_duration.labels(config.name)
         self._deliver: Deliver | None = None
-        self._inflight: TaskGroup | None = None
-        self._handling: set[asyncio.Task[None]] = set()
+        #: The consumer callbacks' tasks (aio-pika's) running a message now.
+        self._handling: set[asyncio.Task[object]] = set()
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
         self._redeliveries = 0
         self._supervisor: Supervisor[_Link] = Supervisor(
@@ -122,9 +125,6 @@ class RabbitSource:
     async def start(self, deliver: Deliver) -> None:
         """Connect and consume; a broker that is away does not fail the start."""
         self._deliver = deliver
-        self._inflight = TaskGroup(
-            f"rabbitmq source {self.name}", log, metrics=self._metrics, stage="source"
-        )
         await self._supervisor.start()
 
     async def stop(self) -> None:
@@ -134,9 +134,11 @@ class RabbitSource:
         if isinstance(link, _Link):
             await link.cancel()
         if self._handling:
-            await asyncio.wait(list(self._handling), timeout=self.config.grace_s)
-        if self._inflight is not None:
-            await self._inflight.close()  # cancels the rest: unacked, so redelivered
+            _, late = await asyncio.wait(list(self._handling), timeout=self.config.grace_s)
+            for task in late:
+                task.cancel()  # unacked, so redelivered
+            if late:
+                await asyncio.wait(late)
         await self._supervisor.stop()
 
     async def healthcheck(self) -> Health:
@@ -212,7 +214,7 @@ class RabbitSource:
             link.queue = queue
 
             async def received(message: AbstractIncomingMessage) -> None:
-                self._received(link, message)
+                await self._received(link, message)
 
             link.consumer_tag = await queue.consume(received, no_ack=False)
         except BaseException:
@@ -221,12 +223,23 @@ class RabbitSource:
             raise
         return link
 
-    def _received(self, link: _Link, message: AbstractIncomingMessage) -> None:
-        # The broker's callback returns at once: prefetch, not this callback, bounds work.
-        assert self._inflight is not None
-        task = self._inflight.spawn(self._handle(link, message), name=f"tag {message.delivery_tag}")
+    async def _received(self, link: _Link, message: AbstractIncomingMessage) -> None:
+        # Run here, in aio-pika's task for this message: a task of the source's own per
+        # message cost more than a no-op handler. The broker hands out at most
+        # ``prefetch`` unacked messages, so that bounds the work, not this callback.
+        task = asyncio.current_task()
+        assert task is not None
         self._handling.add(task)
-        task.add_done_callback(self._handling.discard)
+        try:
+            await self._handle(link, message)
+        except Exception as exc:
+            # Not the message's fault (decoding and the runner answer for that): a bug.
+            # Unacked, so the broker redelivers it with the connection.
+            log.error("rabbitmq source %s: delivery %s crashed: %s", self.name,
+                      message.delivery_tag, describe(exc), exc_info=exc)  # fmt: skip
+            self._metrics.error("source", type(exc).__name__)
+        finally:
+            self._handling.discard(task)
 
     async def _handle(self, link: _Link, message: AbstractIncomingMessage) -> None:
         assert self._deliver is not None
