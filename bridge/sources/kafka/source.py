@@ -85,6 +85,37 @@ class _Link:
                         await client.stop()
 
 
+class _Refetched:
+    """Which records this source fetched before: Kafka has no redelivered flag, so a record
+    counts as delivered again when it was fetched again, i.e. its offset is below the end
+    of what was fetched from its partition so far (after a seek back, a consumer started
+    again, the group's rejoin after a broker restart, a partition assigned back). One pair
+    of offsets per partition; it does not survive the process."""
+
+    __slots__ = ("_again_below", "_end")
+
+    def __init__(self) -> None:
+        #: Per partition: the offset after the highest record fetched.
+        self._end: dict[tuple[str, int], int] = {}
+        #: Per partition: records below it that were fetched since it was set came again.
+        self._again_below: dict[tuple[str, int], int] = {}
+
+    def fetched(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """Take in one fetched batch of ``tp`` (in offset order, as the client returns it)."""
+        if not records:
+            return
+        key = (tp.topic, tp.partition)
+        end = self._end.get(key)
+        if end is not None and records[0].offset < end:
+            self._again_below[key] = max(self._again_below.get(key, 0), end)
+        self._end[key] = max(end or 0, records[-1].offset + 1)
+
+    def before(self, record: ConsumerRecord[Any, Any]) -> bool:
+        """Whether ``record`` (being handed to the runner) may have been handled before."""
+        offset: int = record.offset
+        return offset < self._again_below.get((record.topic, record.partition), 0)
+
+
 def _names(tps: set[TopicPartition]) -> str:
     return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"
 
@@ -118,6 +149,7 @@ class KafkaSource:
         self._tasks: TaskGroup | None = None
         self._stopping = False
         self._backoff = Backoff(initial_s=config.retry_initial_s, max_s=config.retry_max_s)
+        self._again = _Refetched()
         # Read now: sources are built at config load, so a missing variable or an
         # unreadable TLS file stops `serve` and `check` with its key path.
         self._secure = security_kwargs(config, f"sources.{config.name}")
@@ -249,6 +281,7 @@ class KafkaSource:
             if self._stopping:
                 return  # not taken: the group consumes them again
             for tp, records in batch.items():
+                self._again.fetched(tp, records)
                 flow.add(tp, records)
 
     async def _record(
@@ -268,6 +301,7 @@ class KafkaSource:
     async def _one(self, record: ConsumerRecord[Any, Any]) -> Verdict:
         assert self._deliver is not None
         where = f"topic {record.topic!r} partition {record.partition} offset {record.offset}"
+        again = self._again.before(record)
         try:
             event = kafka_event(
                 record.value,
@@ -276,11 +310,12 @@ class KafkaSource:
                 topic=record.topic,
                 event_type=self.config.event_type,
             )
-            incoming = Incoming(where, event=event, destination=record.topic,
+            incoming = Incoming(where, event=event, redelivered=again, destination=record.topic,
                                 partition=record.partition, offset=record.offset)  # fmt: skip
         except Undecodable as exc:
-            incoming = Incoming(where, problem=str(exc), destination=record.topic,
-                                partition=record.partition, offset=record.offset)  # fmt: skip
+            incoming = Incoming(where, problem=str(exc), redelivered=again,
+                                destination=record.topic, partition=record.partition,
+                                offset=record.offset)  # fmt: skip
         return await self._deliver(incoming)
 
     async def _dead_letter(
