@@ -27,6 +27,9 @@ from bridge.sinks.rabbitmq import (
     broker_url,
     publish_error,
 )
+from bridge.sinks.rabbitmq.connection import MAX_FAILED_PROBES
+from bridge.sources.rabbitmq.config import RabbitSourceConfig
+from bridge.sources.rabbitmq.source import source_url
 from tests.brokers import free_port
 
 SECRET = "s3cr3t-pa55"
@@ -313,3 +316,28 @@ def test_a_close_over_a_too_large_message_is_message_too_large() -> None:
         406, "PRECONDITION_FAILED - invalid expiration"
     )
     assert own_close_error(ttl, "ex", "rk").code == "broker_refused"
+
+
+def test_the_source_connects_and_is_supervised_as_the_sink_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One connection layer (bridge.sinks.rabbitmq.connection) for both sides.
+    monkeypatch.setenv("RMQ_PW", SECRET)
+    fields = {"url": "amqp://app@broker:5672/vh", "password_env": "RMQ_PW", "heartbeat_s": 7,
+              "reconnect_max_s": 2.0, "probe_interval_s": 1.5}  # fmt: skip
+    sink = RabbitConfig(name="rmq", type="rabbitmq", **fields)  # type: ignore[arg-type]
+    source = RabbitSourceConfig(name="in", type="rabbitmq", queue="q", **fields)  # type: ignore[arg-type]
+    sink_url, source_url_ = broker_url(sink), source_url(source)
+    assert sink_url.with_query({}) == source_url_.with_query({})
+    assert sink_url.password == source_url_.password == SECRET
+    assert sink_url.query["heartbeat"] == source_url_.query["heartbeat"] == "7"
+    assert (sink_url.query["name"], source_url_.query["name"]) == (
+        "evbridge rmq",
+        "evbridge source in",
+    )
+    assert sink.supervision == source.supervision
+    assert sink.supervision.max_failed_probes == MAX_FAILED_PROBES
+    monkeypatch.delenv("RMQ_PW")
+    with pytest.raises(ConfigError) as info:
+        source_url(source)
+    assert info.value.field == "sources.in.password_env"

@@ -11,6 +11,7 @@ import msgspec
 from bridge.errors import InvalidEvent, TemplateError
 from bridge.event import Event
 from bridge.sinks.base import RouteOptions, SinkConfig
+from bridge.sinks.rabbitmq.connection import CONNECTION_DOCS, supervision
 from bridge.sinks.toolkit import EnvName, Seconds, Supervision
 
 ExchangeName = Annotated[str, msgspec.Meta(max_length=255)]
@@ -20,9 +21,6 @@ SHORTSTR_MAX: Final = 255
 #: The largest per-message TTL (``expiration``) RabbitMQ accepts: ten years in ms. Above it
 #: the broker closes the channel with ``PRECONDITION_FAILED invalid expiration``.
 MAX_EXPIRATION_MS: Final = 315_360_000_000
-#: Probes in a row that may fail before the connection is replaced (see `Supervision`):
-#: a half-open connection never reports itself closed.
-MAX_FAILED_PROBES: Final = 3
 
 
 class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
@@ -48,8 +46,7 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
     field_docs: ClassVar[Mapping[str, str]] = {
         "url": "Broker URL, `amqp://` or `amqps://` (credentials in it are masked wherever "
         "it is shown).",
-        "password_env": "Name of an environment variable holding the password; it replaces "
-        "any in `url`.",
+        "password_env": CONNECTION_DOCS["password_env"],
         "exchange": 'The exchange events go to unless a route names another (`""`: the '
         "default exchange).",
         "exchange_type": "The type `exchange` is declared with.",
@@ -67,9 +64,9 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
         "confirm_timeout_s": "How long a publish waits for its confirms; past it "
         "`confirm_timeout`.",
         "health_timeout_s": "Bound on the health check and on each background probe.",
-        "probe_interval_s": "Seconds between background probes while connected.",
+        "probe_interval_s": CONNECTION_DOCS["probe_interval_s"],
         "heartbeat_s": "AMQP heartbeat; 0 turns it off.",
-        "reconnect_max_s": "Longest pause between reconnection attempts.",
+        "reconnect_max_s": CONNECTION_DOCS["reconnect_max_s"],
     }
 
     #: The URL may carry ``user:password@``; prefer ``password_env``.
@@ -77,13 +74,7 @@ class RabbitConfig(SinkConfig, frozen=True, kw_only=True):
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision.for_broker(
-            connect_timeout_s=self.connect_timeout_s,
-            health_timeout_s=self.health_timeout_s,
-            probe_interval_s=self.probe_interval_s,
-            reconnect_max_s=self.reconnect_max_s,
-            max_failed_probes=MAX_FAILED_PROBES,
-        )
+        return supervision(self)
 
 
 class RabbitRoute(RouteOptions, frozen=True, kw_only=True):

@@ -13,9 +13,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bridge.sinks.rabbitmq import _aiormq
 from bridge.sinks.rabbitmq._aiormq import Confirm
-from bridge.sinks.toolkit import TaskGroup, describe
+from bridge.sinks.rabbitmq.connection import CLOSE_TIMEOUT_S, WatchedConnection
+from bridge.sinks.toolkit import TaskGroup
 
-CLOSE_TIMEOUT_S: Final = 5.0
 KNOWN_EXCHANGES_MAX: Final = 4096
 #: Probed when the sink has no exchange of its own: it exists on every broker.
 PROBE_EXCHANGE: Final = "amq.direct"
@@ -71,7 +71,7 @@ class Slot:
         self._room.set()
 
 
-class RabbitLink:
+class RabbitLink(WatchedConnection):
     """Connected: the connection, the channel pool and the exchanges known to exist."""
 
     def __init__(
@@ -83,7 +83,7 @@ class RabbitLink:
         check_timeout: float,
         chores: TaskGroup,
     ) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self.slots = slots
         self.exchange = exchange
         self.check_timeout = check_timeout
@@ -95,28 +95,14 @@ class RabbitLink:
         self._admin_lock = asyncio.Lock()
         self._checks: dict[str, asyncio.Future[bool]] = {}
         self._next = 0
-        self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        connection.close_callbacks.add(self._on_close)
 
-    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
-        if not self._lost.done():
-            self._lost.set_result(describe(exc) if exc is not None else "closed")
-
-    # --- the supervisor's Link ------------------------------------------------
-
-    async def lost(self) -> str:
-        return await asyncio.shield(self._lost)
+    # --- the supervisor's Link (lost and close: WatchedConnection) ------------
 
     async def probe(self) -> None:
         """A passive declare of the sink's exchange: a round trip on the admin channel. A
         missing exchange is an answer (the broker is there); health reports it."""
         name = self.exchange or PROBE_EXCHANGE
         self.exchange_found = await self.exchange_exists(name, fresh=True)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.connection.close()
 
     # --- publishing -----------------------------------------------------------
 

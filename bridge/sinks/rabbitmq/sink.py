@@ -38,6 +38,7 @@ from bridge.sinks.base import Health, Outgoing, RouteOptions
 from bridge.sinks.rabbitmq import _aiormq
 from bridge.sinks.rabbitmq._aiormq import Confirm
 from bridge.sinks.rabbitmq.config import RabbitConfig, RabbitRoute
+from bridge.sinks.rabbitmq.connection import connection_url
 from bridge.sinks.rabbitmq.errors import (
     channel_gone,
     connect_error,
@@ -52,7 +53,7 @@ from bridge.sinks.rabbitmq.message import (
     shortstr,
     structured_body,
 )
-from bridge.sinks.toolkit import Supervisor, TaskGroup, describe, read_secret
+from bridge.sinks.toolkit import Supervisor, TaskGroup, describe
 
 log = logging.getLogger("bridge.sinks.rabbitmq")
 
@@ -62,16 +63,9 @@ CHUNK_BYTES: Final = 256 * 1024
 
 def broker_url(config: RabbitConfig, env: Mapping[str, str] | None = None) -> URL:
     """The URL to connect to: the password from ``password_env``, heartbeat and name added."""
-    url = URL(config.url)
-    if config.password_env is not None:
-        password = read_secret(config.password_env, f"sinks.{config.name}.password_env", env)
-        url = url.with_password(password)
-        if url.user is None:
-            url = url.with_user("guest")
-    query = dict(url.query)
-    query.setdefault("heartbeat", str(config.heartbeat_s))
-    query.setdefault("name", f"evbridge {config.name}")
-    return url.with_query(query)
+    return connection_url(
+        config, key=f"sinks.{config.name}.password_env", client=f"evbridge {config.name}", env=env
+    )
 
 
 class RabbitSink:

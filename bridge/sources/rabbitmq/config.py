@@ -4,15 +4,14 @@ toolkit's shared field types. No broker library is imported here."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Final
+from typing import Annotated, ClassVar
 
 import msgspec
 
+from bridge.sinks.rabbitmq.connection import CONNECTION_DOCS, supervision
 from bridge.sinks.toolkit import EnvName, Seconds, Supervision
 from bridge.sources.base import SourceConfig
 
-#: Probes in a row that may fail before the connection is replaced (as the sink's).
-MAX_FAILED_PROBES: Final = 3
 QueueName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
@@ -50,8 +49,7 @@ class RabbitSourceConfig(SourceConfig, frozen=True, kw_only=True):
     secret_fields: ClassVar[tuple[str, ...]] = ("url",)
     field_docs: ClassVar[Mapping[str, str]] = {
         "url": "Broker URL, `amqp://` or `amqps://` (credentials in it are masked).",
-        "password_env": "Name of an environment variable holding the password; it replaces "
-        "any in `url`.",
+        "password_env": CONNECTION_DOCS["password_env"],
         "queue": "The queue to consume.",
         "declare": "Declare `queue` (durable) and its bindings on every (re)connect; false: "
         "it must exist.",
@@ -64,9 +62,9 @@ class RabbitSourceConfig(SourceConfig, frozen=True, kw_only=True):
         "dead_letter_routing_key": "Routing key of dead letters (default: the message's own).",
         "connect_timeout_s": "Bound on one connection attempt.",
         "health_timeout_s": "Bound on a health probe.",
-        "probe_interval_s": "Seconds between background probes while connected.",
+        "probe_interval_s": CONNECTION_DOCS["probe_interval_s"],
         "heartbeat_s": "AMQP heartbeat interval (0: off).",
-        "reconnect_max_s": "Longest pause between reconnection attempts.",
+        "reconnect_max_s": CONNECTION_DOCS["reconnect_max_s"],
     }
 
     def __post_init__(self) -> None:
@@ -76,10 +74,4 @@ class RabbitSourceConfig(SourceConfig, frozen=True, kw_only=True):
 
     @property
     def supervision(self) -> Supervision:
-        return Supervision.for_broker(
-            connect_timeout_s=self.connect_timeout_s,
-            health_timeout_s=self.health_timeout_s,
-            probe_interval_s=self.probe_interval_s,
-            reconnect_max_s=self.reconnect_max_s,
-            max_failed_probes=MAX_FAILED_PROBES,
-        )
+        return supervision(self)

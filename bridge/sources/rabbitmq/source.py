@@ -31,8 +31,9 @@ from yarl import URL
 from bridge.metrics import METRICS, Metrics
 from bridge.redact import mask_url
 from bridge.sinks.base import Health
+from bridge.sinks.rabbitmq.connection import CLOSE_TIMEOUT_S, WatchedConnection, connection_url
 from bridge.sinks.rabbitmq.errors import connect_error
-from bridge.sinks.toolkit import Backoff, Supervisor, describe, read_secret
+from bridge.sinks.toolkit import Backoff, Supervisor, describe
 from bridge.sources.base import Deliver, Incoming, Verdict
 from bridge.sources.decode import Undecodable
 from bridge.sources.rabbitmq.config import RabbitSourceConfig
@@ -40,45 +41,30 @@ from bridge.sources.rabbitmq.message import amqp_event
 
 log = logging.getLogger("bridge.sources.rabbitmq")
 
-CLOSE_TIMEOUT_S: Final = 5.0
 REASON_HEADER: Final = "x-evbridge-reason"
 SOURCE_HEADER: Final = "x-evbridge-source"
 
 
 def source_url(config: RabbitSourceConfig) -> URL:
     """The URL to connect to: the password from ``password_env``, heartbeat and name added."""
-    url = URL(config.url)
-    if config.password_env is not None:
-        password = read_secret(config.password_env, f"sources.{config.name}.password_env")
-        url = url.with_password(password)
-        if url.user is None:
-            url = url.with_user("guest")
-    query = dict(url.query)
-    query.setdefault("heartbeat", str(config.heartbeat_s))
-    query.setdefault("name", f"evbridge source {config.name}")
-    return url.with_query(query)
+    return connection_url(
+        config,
+        key=f"sources.{config.name}.password_env",
+        client=f"evbridge source {config.name}",
+    )
 
 
-class _Link:
+class _Link(WatchedConnection):
     """One connection: the consuming channel, an admin channel for probes, the queue."""
 
     def __init__(
         self, connection: AbstractConnection, channel: AbstractChannel, admin: AbstractChannel
     ) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self.channel = channel
         self.admin = admin
         self.queue: AbstractQueue | None = None
         self.consumer_tag: str | None = None
-        self._lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        connection.close_callbacks.add(self._on_close)
-
-    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
-        if not self._lost.done():
-            self._lost.set_result(describe(exc) if exc is not None else "closed")
-
-    async def lost(self) -> str:
-        return await asyncio.shield(self._lost)
 
     async def probe(self) -> None:
         assert self.queue is not None
@@ -91,11 +77,6 @@ class _Link:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self.queue.cancel(self.consumer_tag)
             self.consumer_tag = None
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.connection.close()
 
 
 class RabbitSource:
