@@ -143,36 +143,70 @@ class IngestDedupe:
         events: Sequence[Event],
         run: Callable[[list[Event]], Awaitable[list[EmitResult]]],
     ) -> list[EmitResult]:
-        """One result per event, in order: ``run`` (called once, with the events not
-        handled in the window, in their order) for those, the first run's result for
-        the others."""
+        """One result per event, in order: ``run`` for the events not handled in the
+        window (in their order), the first run's result for the others.
+
+        Items whose first run is still going (another request's) are waited for only
+        after this batch's own items ran and settled: two batches holding the same two
+        events in opposite orders would otherwise each wait for the other for ever. An
+        item whose awaited first run failed runs for real, in a second ``run`` call.
+        """
         results: list[EmitResult | None] = [None] * len(events)
         first_in_batch: dict[tuple[str, str], int] = {}
         repeats: list[tuple[int, int]] = []  # (index, index of its first in this batch)
-        claimed: list[tuple[int, tuple[str, str], asyncio.Future[EmitResult]]] = []
-        try:
-            for index, event in enumerate(events):
-                key = key_of(event, self._default_source)
-                first = first_in_batch.setdefault(key, index)
-                if first != index:
-                    repeats.append((index, first))
-                elif (earlier := await self._earlier(key)) is not None:
-                    results[index] = earlier
-                else:
-                    # Claimed at once: a retry of this batch arriving meanwhile waits.
-                    claimed.append((index, key, self._claim(key)))
-            ran = await run([events[index] for index, _, _ in claimed]) if claimed else []
-        except BaseException:
-            for _, key, future in claimed:
-                self._release(key, future)
-            raise
-        for (index, key, future), result in zip(claimed, ran, strict=True):
-            results[index] = result
-            self._settle(key, future, result)
+        fresh: list[int] = []
+        running: list[tuple[int, tuple[str, str]]] = []  # first run elsewhere, not done
+        for index, event in enumerate(events):
+            key = key_of(event, self._default_source)
+            first = first_in_batch.setdefault(key, index)
+            if first != index:
+                repeats.append((index, first))
+                continue
+            earlier = self._window.get(key)
+            if earlier is None:
+                fresh.append(index)
+            elif not earlier.done():
+                running.append((index, key))
+            elif (answer := self._answer(earlier)) is not None:
+                results[index] = answer
+            else:
+                fresh.append(index)
+        await self._run_claimed(events, fresh, run, results)
+        again: list[int] = []
+        for index, key in running:
+            answer = await self._earlier(key)
+            if answer is None:
+                again.append(index)
+            else:
+                results[index] = answer
+        await self._run_claimed(events, again, run, results)
         for index, first in repeats:
             self._dropped()
             results[index] = self._duplicate(_done(results[first]))
         return [_done(result) for result in results]
+
+    async def _run_claimed(
+        self,
+        events: Sequence[Event],
+        indexes: list[int],
+        run: Callable[[list[Event]], Awaitable[list[EmitResult]]],
+        results: list[EmitResult | None],
+    ) -> None:
+        """Claim the keys of ``events[i]`` for ``i`` in ``indexes`` (a retry arriving
+        meanwhile waits for them), run those events in one call and settle each."""
+        if not indexes:
+            return
+        claimed = [(key_of(events[i], self._default_source), i) for i in indexes]
+        futures = [self._claim(key) for key, _ in claimed]
+        try:
+            ran = await run([events[i] for i in indexes])
+        except BaseException:
+            for (key, _), future in zip(claimed, futures, strict=True):
+                self._release(key, future)
+            raise
+        for (key, index), future, result in zip(claimed, futures, ran, strict=True):
+            results[index] = result
+            self._settle(key, future, result)
 
     async def _earlier(self, key: tuple[str, str]) -> EmitResult | None:
         """The first run's result (flagged, counted) if it answers a repeat, else None."""
@@ -181,11 +215,18 @@ class IngestDedupe:
             return None
         try:
             # Shielded: a client giving up on the retry must not cancel the first run.
-            result = await asyncio.shield(first)
+            await asyncio.shield(first)
         except BaseException:
             if not first.done():
                 raise  # this request was cancelled, not the first run
+        return self._answer(first)
+
+    def _answer(self, first: asyncio.Future[EmitResult]) -> EmitResult | None:
+        """For a finished first run: its result (flagged, counted) if it answers a
+        repeat, else None (it raised or was cut off, or sending again may succeed)."""
+        if first.cancelled() or first.exception() is not None:
             return None  # the first run raised or was cut off: this one runs for real
+        result = first.result()
         if result.error is not None and result.error.retriable:
             return None  # the first run may succeed if sent again: so may this one
         self._dropped()

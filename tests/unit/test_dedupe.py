@@ -331,3 +331,36 @@ async def test_a_batch_that_raises_is_forgotten() -> None:
         await dedupe.emit_many(batch, run_many)
     assert [r.duplicate for r in await dedupe.emit_many(batch, run_many)] == [False, False]
     assert len(calls) == 2
+
+
+async def test_two_batches_sharing_events_in_opposite_orders_both_finish() -> None:
+    # Batch one claims a, then meets c (a POST still running); batch two claims b, then
+    # meets a. Were running first runs awaited before a batch's own items ran, one would
+    # then meet b and each batch would wait for the other for ever.
+    posted = asyncio.Event()
+    runs: list[list[str]] = []
+
+    async def slow(event: Event) -> EmitResult:
+        await posted.wait()
+        return published(event)
+
+    async def run_many(events: list[Event]) -> list[EmitResult]:
+        runs.append([e.id for e in events])
+        return [published(e) for e in events]
+
+    dedupe = IngestDedupe(DedupeConfig(), "s", lambda: None)
+    post = asyncio.ensure_future(dedupe.emit(Event(type="t", id="c"), slow))
+    await asyncio.sleep(0)
+    ids = (["a", "c", "b"], ["b", "a"])
+    one, two = (
+        asyncio.ensure_future(dedupe.emit_many([Event(type="t", id=i) for i in batch], run_many))
+        for batch in ids
+    )
+    await asyncio.sleep(0)
+    posted.set()
+    first, second = await asyncio.wait_for(asyncio.gather(one, two), timeout=5)
+    assert (await post).duplicate is False
+    # Every event ran exactly once across both batches, and each batch answers its items.
+    assert sorted(i for run in runs for i in run) == ["a", "b"]
+    assert [r.id for r in first] == ids[0] and [r.id for r in second] == ids[1]
+    assert [r.duplicate for r in first + second].count(False) == 2
