@@ -347,7 +347,7 @@ class EventPath:
             if event.kind == "domain" or handled[0].rejection is not None:
                 return [None]
             try:
-                _, outgoing = self._router.resolve(event)
+                outgoing = self._router.outgoing(event)
             except BridgeError as exc:
                 return [exc]
             self._require_started()
@@ -356,23 +356,38 @@ class EventPath:
                 channel = channel_for(outgoing, delivery)
             return [await channel.deliver_one(outgoing)]
         outcomes: list[Result | None] = [None] * len(handled)
-        groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
+        # Per channel: the events' places in the batch and their outgoing items, as two
+        # lists (no tuple per event); without a preference each route's default channel.
+        groups: dict[Channel, tuple[list[int], list[Outgoing]]] = {}
+        defaults = self._dispatch.defaults if delivery is None else None
+        outgoing_for = self._router.outgoing
         for i, item in enumerate(handled):
-            if item.event.kind == "domain" or item.rejection is not None:
+            event = item.event
+            if event.kind == "domain" or item.rejection is not None:
                 continue
             try:
-                _, outgoing = self._router.resolve(item.event)
+                outgoing = outgoing_for(event)
             except BridgeError as exc:
                 outcomes[i] = exc
                 continue
-            groups.setdefault(channel_for(outgoing, delivery), []).append((i, outgoing))
+            channel = (
+                defaults[outgoing.route]
+                if defaults is not None
+                else channel_for(outgoing, delivery)
+            )
+            group = groups.get(channel)
+            if group is None:
+                group = groups[channel] = ([], [])
+            group[0].append(i)
+            group[1].append(outgoing)
         if not groups:
             return outcomes
         self._require_started()
 
-        async def deliver(channel: Channel, items: list[tuple[int, Outgoing]]) -> None:
-            results = await channel.deliver([o for _, o in items])
-            for (i, _), result in zip(items, results, strict=True):
+        async def deliver(channel: Channel, items: tuple[list[int], list[Outgoing]]) -> None:
+            places, batch = items
+            results = await channel.deliver(batch)
+            for i, result in zip(places, results, strict=True):
                 outcomes[i] = result
 
         if len(groups) == 1:
