@@ -180,14 +180,20 @@ class EventPath:
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []
+        durable = delivery is not None and delivery.mode == "durable"
         for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
             if h.rejection is not None:
                 results.append(self._rejected_by_handler(h, h.rejection))
             elif outcome is None:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
+            elif type(outcome) is Delivery and not durable:
+                # Most events: published, said here rather than by a call of `_result`.
+                results.append(
+                    EmitResult(h.event.id, h.event.type, "published", h.outcomes, [outcome])
+                )
             else:
                 results.append(self._result(h, outcome))
-                if delivery is not None and delivery.mode == "durable":
+                if durable:
                     results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
@@ -312,9 +318,11 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await handle(
-                        self._prepare(events[i]), depth, slot, on_error, errors
-                    )
+                    event = events[i]
+                    # Most events of a batch need no preparing: no call for them.
+                    if type(event) is not Event or event.source is None:
+                        event = self._prepare(event)
+                    handled[i] = await handle(event, depth, slot, on_error, errors)
             finally:
                 self._watchdog.leave(slot)
 
