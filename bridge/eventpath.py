@@ -180,14 +180,20 @@ class EventPath:
         # Plain loops: this runs for every event, and comprehensions cost a frame each.
         results: list[EmitResult] = []
         parents: list[int] = []
+        durable = delivery is not None and delivery.mode == "durable"
         for i, (h, outcome) in enumerate(zip(handled, outcomes, strict=True)):
             if h.rejection is not None:
                 results.append(self._rejected_by_handler(h, h.rejection))
             elif outcome is None:
                 results.append(EmitResult(h.event.id, h.event.type, "handled", h.outcomes))
+            elif type(outcome) is Delivery and not durable:
+                # Most events: published, said here rather than by a call of `_result`.
+                results.append(
+                    EmitResult(h.event.id, h.event.type, "published", h.outcomes, [outcome])
+                )
             else:
                 results.append(self._result(h, outcome))
-                if delivery is not None and delivery.mode == "durable":
+                if durable:
                     results[-1] = _not_async(results[-1])
             if h.follow_ups:
                 parents.extend([i] * len(h.follow_ups))
@@ -312,9 +318,11 @@ class EventPath:
             self._watchdog.enter(slot)
             try:
                 for i in indexes:
-                    handled[i] = await handle(
-                        self._prepare(events[i]), depth, slot, on_error, errors
-                    )
+                    event = events[i]
+                    # Most events of a batch need no preparing: no call for them.
+                    if type(event) is not Event or event.source is None:
+                        event = self._prepare(event)
+                    handled[i] = await handle(event, depth, slot, on_error, errors)
             finally:
                 self._watchdog.leave(slot)
 
@@ -347,7 +355,7 @@ class EventPath:
             if event.kind == "domain" or handled[0].rejection is not None:
                 return [None]
             try:
-                _, outgoing = self._router.resolve(event)
+                outgoing = self._router.outgoing(event)
             except BridgeError as exc:
                 return [exc]
             self._require_started()
@@ -356,23 +364,38 @@ class EventPath:
                 channel = channel_for(outgoing, delivery)
             return [await channel.deliver_one(outgoing)]
         outcomes: list[Result | None] = [None] * len(handled)
-        groups: dict[Channel, list[tuple[int, Outgoing]]] = {}
+        # Per channel: the events' places in the batch and their outgoing items, as two
+        # lists (no tuple per event); without a preference each route's default channel.
+        groups: dict[Channel, tuple[list[int], list[Outgoing]]] = {}
+        defaults = self._dispatch.defaults if delivery is None else None
+        outgoing_for = self._router.outgoing
         for i, item in enumerate(handled):
-            if item.event.kind == "domain" or item.rejection is not None:
+            event = item.event
+            if event.kind == "domain" or item.rejection is not None:
                 continue
             try:
-                _, outgoing = self._router.resolve(item.event)
+                outgoing = outgoing_for(event)
             except BridgeError as exc:
                 outcomes[i] = exc
                 continue
-            groups.setdefault(channel_for(outgoing, delivery), []).append((i, outgoing))
+            channel = (
+                defaults[outgoing.route]
+                if defaults is not None
+                else channel_for(outgoing, delivery)
+            )
+            group = groups.get(channel)
+            if group is None:
+                group = groups[channel] = ([], [])
+            group[0].append(i)
+            group[1].append(outgoing)
         if not groups:
             return outcomes
         self._require_started()
 
-        async def deliver(channel: Channel, items: list[tuple[int, Outgoing]]) -> None:
-            results = await channel.deliver([o for _, o in items])
-            for (i, _), result in zip(items, results, strict=True):
+        async def deliver(channel: Channel, items: tuple[list[int], list[Outgoing]]) -> None:
+            places, batch = items
+            results = await channel.deliver(batch)
+            for i, result in zip(places, results, strict=True):
                 outcomes[i] = result
 
         if len(groups) == 1:

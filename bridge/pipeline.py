@@ -228,6 +228,11 @@ async def run_handlers(
     """
     outcomes: list[HandlerOutcome] = []
     task = slot.task
+    # Looked up once per event, not per run: this loop runs per handler per event.
+    tracing_on = tracing.TRACER is not None
+    plain = not middleware
+    data = event.data
+    traced = None
     for handler in handlers:
         timeout = handler.timeout or default_timeout
         error: str | None = None
@@ -235,16 +240,17 @@ async def run_handlers(
         failure: BaseException
         outcome: Outcome
         abandoned = False
-        traced = tracing.start_handler(handler.name) if tracing.TRACER is not None else None
+        if tracing_on:
+            traced = tracing.start_handler(handler.name)
         start = perf_counter()
         slot.deadline = start + timeout
         slot.handler = handler
         try:
             if handler.data_type is not None:
                 ctx.data = ctx.decode(handler.data_type)
-            elif ctx.data is not event.data:
-                ctx.data = event.data
-            if handler.direct and not middleware:
+            elif ctx.data is not data:
+                ctx.data = data
+            if handler.direct and plain:
                 # Most handlers: stepped here, up to its first suspension, as ``await``
                 # would; most end there. ``next`` with a default: a coroutine that returns
                 # None raises nothing.
@@ -347,12 +353,14 @@ async def run_handlers(
         if traced is not None:
             failed = failure if outcome == ERROR else None
             tracing.end_handler(traced, outcome, error, failed, histogram, duration)
+        if outcome is OK:
+            # Most runs: nothing to decide, and ``retriable`` keeps its default.
+            outcomes.append(HandlerOutcome(handler.name, OK, None, duration))
+            continue
         # An error may say that running again cannot help (an HTTP endpoint's 4xx).
         retriable = outcome != ERROR or getattr(failure, "retriable", True) is not False
         run = HandlerOutcome(handler.name, outcome, error, duration, retriable)
         outcomes.append(run)
-        if outcome == OK:
-            continue
         if outcome == STOPPED:
             break
         if outcome in (ERROR, TIMEOUT):

@@ -68,6 +68,16 @@ class Router:
             raise NoRoute(f"no route matches event type {event.type!r}", field="type")
         return rule.config.sink
 
+    def outgoing(self, event: Event) -> Outgoing:
+        """The outgoing item for a notification event (`resolve` without the sink name).
+
+        Raises as `resolve` does.
+        """
+        rule = self._by_type.get(event.type) or self._rule_for(event.type)
+        if rule is None:
+            raise NoRoute(f"no route matches event type {event.type!r}", field="type")
+        return rule.resolve(event)
+
     def resolve(self, event: Event) -> tuple[str, Outgoing]:
         """(sink name, outgoing item) for a notification event.
 
