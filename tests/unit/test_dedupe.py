@@ -362,5 +362,6 @@ async def test_two_batches_sharing_events_in_opposite_orders_both_finish() -> No
     assert (await post).duplicate is False
     # Every event ran exactly once across both batches, and each batch answers its items.
     assert sorted(i for run in runs for i in run) == ["a", "b"]
-    assert [r.id for r in first] == ids[0] and [r.id for r in second] == ids[1]
+    assert [r.id for r in first] == ids[0]
+    assert [r.id for r in second] == ids[1]
     assert [r.duplicate for r in first + second].count(False) == 2
